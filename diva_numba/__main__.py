@@ -1,0 +1,3 @@
+from diva_numba.cli import main
+
+main()

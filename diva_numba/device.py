@@ -1,0 +1,140 @@
+"""Choosing the compute device and moving arrays between host and GPU.
+
+GPU arrays are CuPy arrays; the code imports ``cupy`` whatever CUDA build
+provides it (``cupy-cuda12x``, ``cupy-cuda13x``, ...). Kernels dispatch on the
+array they are given, so the rest of the pipeline only decides once, here.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from diva_numba.errors import DeviceError
+
+DeviceName = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device a run uses.
+
+    Attributes
+    ----------
+    kind : {"cuda", "cpu"}
+    description : str
+        Human-readable name (GPU model or "CPU, N threads").
+    note : str
+        Why this device was picked when the user asked for ``auto`` ("" otherwise).
+    """
+
+    kind: Literal["cuda", "cpu"]
+    description: str
+    note: str = ""
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+
+@functools.cache
+def cuda_status() -> tuple[bool, str]:
+    """Whether a CUDA GPU is usable through both Numba and CuPy, and why not if not."""
+    try:
+        from numba import cuda
+    except Exception as exc:  # numba without its CUDA target
+        return False, f"Numba's CUDA target is unavailable ({exc.__class__.__name__})"
+    try:
+        if not cuda.is_available():
+            return False, "Numba sees no CUDA GPU"
+    except Exception as exc:
+        return False, f"Numba cannot talk to the CUDA driver ({exc})"
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install 'diva-numba[cuda]')"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False, "CuPy sees no CUDA GPU"
+        cupy.zeros(1).sum().item()
+    except Exception as exc:
+        return False, f"CuPy cannot use the GPU ({exc.__class__.__name__}: {exc})"
+    return True, ""
+
+
+def _cpu_description() -> str:
+    import numba
+
+    return f"CPU, {numba.config.NUMBA_NUM_THREADS} threads"
+
+
+def _gpu_description() -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def resolve_device(name: DeviceName = "auto") -> Device:
+    """Turn the user's ``--device`` choice into a usable :class:`Device`.
+
+    Parameters
+    ----------
+    name : {"auto", "cuda", "cpu"}
+        ``auto`` picks CUDA only when Numba sees a GPU and CuPy works.
+
+    Raises
+    ------
+    DeviceError
+        If ``cuda`` was asked for and no GPU is usable.
+    """
+    if name == "cpu":
+        return Device("cpu", _cpu_description())
+    ok, reason = cuda_status()
+    if name == "cuda":
+        if not ok:
+            raise DeviceError(f"--device cuda: no usable GPU: {reason}")
+        return Device("cuda", _gpu_description())
+    if name != "auto":
+        raise DeviceError(f"unknown device {name!r}; use auto, cuda or cpu")
+    if ok:
+        return Device("cuda", _gpu_description())
+    return Device("cpu", _cpu_description(), note=f"using the CPU: {reason}")
+
+
+def is_cuda_array(array) -> bool:
+    """True for arrays that live on a GPU (CuPy, Numba device arrays)."""
+    return hasattr(array, "__cuda_array_interface__")
+
+
+def array_module(array):
+    """``cupy`` for CuPy arrays, ``numpy`` otherwise."""
+    if is_cuda_array(array):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(array) -> np.ndarray:
+    """A NumPy copy (or view) of any array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get"):
+        return array.get()
+    if hasattr(array, "copy_to_host"):
+        return array.copy_to_host()
+    return np.asarray(array)
+
+
+def to_device(array, device: Device):
+    """The array on ``device``: a CuPy array for CUDA, a NumPy array for the CPU."""
+    if device.is_cuda:
+        import cupy
+
+        return cupy.asarray(array)
+    return to_host(array)

@@ -1,0 +1,75 @@
+"""Helpers shared by the CPU and CUDA targets of every kernel module.
+
+Per-pixel arithmetic is written once as a ``shared`` function (Numba's
+``register_jitable``): it compiles for ``njit`` CPU code and inside CUDA
+kernels alike, so the two targets cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba.extending import register_jitable
+
+shared = register_jitable
+
+#: Threads per block along x and y for 2-D launches; tests shrink them so that
+#: small inputs still span several blocks.
+BLOCK_2D = [16, 8]
+#: Threads per block for 1-D launches.
+BLOCK_1D = [256]
+
+
+def is_cuda_array(array) -> bool:
+    """True for arrays that live on a GPU."""
+    return hasattr(array, "__cuda_array_interface__")
+
+
+def launch_2d(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Grid and block for one thread per pixel, x fastest (coalesced over W)."""
+    bx, by = BLOCK_2D
+    return (math.ceil(width / bx), math.ceil(height / by)), (bx, by)
+
+
+def launch_1d(count: int) -> tuple[int, int]:
+    """Grid and block for one thread per element."""
+    (b,) = BLOCK_1D
+    return max(1, math.ceil(count / b)), b
+
+
+def device_empty(shape, dtype, like):
+    """An uninitialised GPU array of the same kind as ``like`` (CuPy or Numba)."""
+    if type(like).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.empty(shape, dtype=dtype)
+    from numba import cuda
+
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def device_zeros(shape, dtype, like):
+    """A zeroed GPU array of the same kind as ``like``."""
+    if type(like).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.zeros(shape, dtype=dtype)
+    from numba import cuda
+
+    out = cuda.device_array(shape, dtype=np.dtype(dtype))
+    out.copy_to_device(np.zeros(shape, dtype=dtype))
+    return out
+
+
+def as_device(array, like):
+    """``array`` on the GPU, as the same kind of array as ``like``."""
+    if is_cuda_array(array):
+        return array
+    if type(like).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.asarray(array)
+    from numba import cuda
+
+    return cuda.to_device(np.ascontiguousarray(array))

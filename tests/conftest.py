@@ -1,0 +1,23 @@
+"""Test configuration.
+
+CUDA kernels run under Numba's CUDA simulator unless ``DIVA_TEST_GPU=1`` asks
+for a real GPU. The variable must be set before Numba's CUDA target is first
+imported, which is why it is set here, at collection time.
+"""
+
+import os
+
+if os.environ.get("DIVA_TEST_GPU") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh random generator per test; its seed is printed on failure."""
+    seed = np.random.SeedSequence().entropy % (2**32)
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed: {seed}")
+    return np.random.default_rng(seed)
