@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -26,11 +27,27 @@ class DivaGroup(click.Group):
 
 @click.group(cls=DivaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="diva-numba")
-def cli():
+@click.option("-v", "--verbose", is_flag=True, help="Also report the progress of every stage.")
+def cli(verbose: bool):
     """Deep Image Video Analogy: give a video the look of a style image.
 
     Run `diva-numba COMMAND --help` for the options of each command.
     """
+    _configure_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+class _NoticeHandler(logging.Handler):
+    """Library log records as `diva-numba: message` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        notice(record.getMessage())
+
+
+def _configure_logging(level: int) -> None:
+    logger = logging.getLogger("diva_numba")
+    logger.handlers[:] = [_NoticeHandler()]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 @cli.command()
@@ -43,9 +60,12 @@ def info():
 
 
 def _register_subcommands() -> None:
+    from diva_numba.cli_analogy import analogy
+    from diva_numba.cli_metrics import metrics
     from diva_numba.cli_models import models
 
-    cli.add_command(models)
+    for command in (analogy, metrics, models):
+        cli.add_command(command)
 
 
 _register_subcommands()

