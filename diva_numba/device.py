@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from diva_numba.errors import DeviceError
+from diva_numba.kernels._target import is_cuda_array
 
 DeviceName = Literal["auto", "cuda", "cpu"]
 
@@ -106,9 +107,15 @@ def resolve_device(name: DeviceName = "auto") -> Device:
     return Device("cpu", _cpu_description(), note=f"using the CPU: {reason}")
 
 
-def is_cuda_array(array) -> bool:
-    """True for arrays that live on a GPU (CuPy, Numba device arrays)."""
-    return hasattr(array, "__cuda_array_interface__")
+__all__ = [
+    "Device",
+    "array_module",
+    "cuda_status",
+    "is_cuda_array",
+    "resolve_device",
+    "to_device",
+    "to_host",
+]
 
 
 def array_module(array):

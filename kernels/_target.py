@@ -23,7 +23,10 @@ BLOCK_1D = [256]
 
 def is_cuda_array(array) -> bool:
     """True for arrays that live on a GPU."""
-    return hasattr(array, "__cuda_array_interface__")
+    # Numba's device arrays (real and simulated) also carry __cuda_ndarray__.
+    return hasattr(array, "__cuda_array_interface__") or bool(
+        getattr(array, "__cuda_ndarray__", False)
+    )
 
 
 def launch_2d(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -9,6 +9,11 @@ import os
 
 if os.environ.get("DIVA_TEST_GPU") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    # pytest has already imported numba (to resolve the warning filters in
+    # pyproject.toml), so numba's configuration must re-read the environment.
+    import numba.core.config
+
+    numba.core.config.reload_config()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,0 +1,236 @@
+"""CPU twins of NNF upsampling and flow seeding against exact (rational) references."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from diva_numba.kernels import nnf_resample
+
+HALF = Fraction(1, 2)
+
+
+def nearest_cell(position, size, cell_count):
+    """Cell of a ``cell_count`` axis whose centre is nearest to pixel ``position`` of ``size``."""
+    return math.floor((position + HALF) * Fraction(cell_count, size))
+
+
+def clamp(value, size):
+    return min(max(value, 0), size - 1)
+
+
+def reference_upsample(field, target_shape, source_shape):
+    old_height, old_width = field.shape[:2]
+    height, width = target_shape
+    out = np.empty((height, width, 2), dtype=np.int32)
+    for y in range(height):
+        for x in range(width):
+            py, px = nearest_cell(y, height, old_height), nearest_cell(x, width, old_width)
+            offset_y = (int(field[py, px, 0]) - py) * Fraction(height, old_height)
+            offset_x = (int(field[py, px, 1]) - px) * Fraction(width, old_width)
+            out[y, x, 0] = clamp(y + math.floor(offset_y + HALF), source_shape[0])
+            out[y, x, 1] = clamp(x + math.floor(offset_x + HALF), source_shape[1])
+    return out
+
+
+def moved(y, x, flow, shape):
+    """(y, x, inside) after the flow, exactly; NaN vectors do not move and are outside."""
+    height, width = shape
+    fy, fx = nearest_cell(y, height, flow.shape[0]), nearest_cell(x, width, flow.shape[1])
+    dx, dy = flow[fy, fx]
+    if not (np.isfinite(dx) and np.isfinite(dy)):
+        return y, x, False
+    new_y = math.floor(y + Fraction(float(dy)) * Fraction(height, flow.shape[0]) + HALF)
+    new_x = math.floor(x + Fraction(float(dx)) * Fraction(width, flow.shape[1]) + HALF)
+    return new_y, new_x, 0 <= new_y < height and 0 <= new_x < width
+
+
+def reference_pull(field, flow, source_shape):
+    height, width = field.shape[:2]
+    out = np.empty_like(field)
+    invalid = np.empty((height, width), dtype=np.uint8)
+    for y in range(height):
+        for x in range(width):
+            qy, qx, inside = moved(y, x, flow, (height, width))
+            match = field[clamp(qy, height), clamp(qx, width)]
+            out[y, x] = clamp(match[0], source_shape[0]), clamp(match[1], source_shape[1])
+            invalid[y, x] = not inside
+    return out, invalid
+
+
+def reference_push(field, flow, frame_shape):
+    out = np.empty_like(field)
+    invalid = np.empty(field.shape[:2], dtype=np.uint8)
+    for y in range(field.shape[0]):
+        for x in range(field.shape[1]):
+            vy, vx = clamp(field[y, x, 0], frame_shape[0]), clamp(field[y, x, 1], frame_shape[1])
+            qy, qx, inside = moved(vy, vx, flow, frame_shape)
+            out[y, x] = clamp(qy, frame_shape[0]), clamp(qx, frame_shape[1])
+            invalid[y, x] = not inside
+    return out, invalid
+
+
+def random_field(rng, shape, value_shape):
+    ys = rng.integers(0, value_shape[0], size=shape)
+    xs = rng.integers(0, value_shape[1], size=shape)
+    return np.stack([ys, xs], axis=-1).astype(np.int32)
+
+
+def identity(shape):
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return np.stack([ys, xs], axis=-1).astype(np.int32)
+
+
+# (old field grid, new field grid, new source shape); old sources are drawn from it
+UPSAMPLE_CASES = [
+    ((5, 7), (10, 14), (12, 9)),
+    ((5, 7), (12, 9), (11, 16)),
+    ((9, 7), (4, 3), (5, 5)),
+    ((1, 1), (3, 5), (2, 2)),
+    ((4, 1), (7, 2), (1, 6)),
+    ((28, 29), (56, 57), (57, 56)),
+]
+
+
+@pytest.mark.parametrize("case", UPSAMPLE_CASES)
+def test_upsample_matches_reference(rng, case):
+    old_shape, new_shape, source_shape = case
+    old_source = (max(1, source_shape[0] // 2), max(1, source_shape[1] // 2))
+    field = random_field(rng, old_shape, old_source)
+    result = nnf_resample.upsample_field(field, target_shape=new_shape, source_shape=source_shape)
+    assert isinstance(result, np.ndarray) and result.dtype == np.int32
+    np.testing.assert_array_equal(result, reference_upsample(field, new_shape, source_shape))
+
+
+def test_upsample_matches_reference_with_matches_outside(rng):
+    field = rng.integers(-6, 12, size=(6, 5, 2)).astype(np.int32)
+    result = nnf_resample.upsample_field_cpu(field, target_shape=(11, 9), source_shape=(8, 7))
+    np.testing.assert_array_equal(result, reference_upsample(field, (11, 9), (8, 7)))
+    assert result[..., 0].min() >= 0 and result[..., 0].max() <= 7
+    assert result[..., 1].min() >= 0 and result[..., 1].max() <= 6
+
+
+@pytest.mark.parametrize("shapes", [((4, 6), (8, 12)), ((5, 3), (13, 7)), ((7, 7), (7, 7))])
+def test_identity_upsamples_to_identity(shapes):
+    old_shape, new_shape = shapes
+    result = nnf_resample.upsample_field_cpu(
+        identity(old_shape), target_shape=new_shape, source_shape=new_shape
+    )
+    np.testing.assert_array_equal(result, identity(new_shape))
+
+
+def test_constant_translation_is_scaled():
+    field = identity((6, 8)) + np.array([2, -3], dtype=np.int32)
+    result = nnf_resample.upsample_field_cpu(field, target_shape=(12, 16), source_shape=(40, 40))
+    np.testing.assert_array_equal(result[:, 6:], (identity((12, 16)) + [4, -6])[:, 6:])
+
+
+def random_flow(rng, shape, spread):
+    return rng.uniform(-spread, spread, size=(*shape, 2)).astype(np.float32)
+
+
+# (field grid, flow grid): same resolution, flow finer, flow coarser, odd ratios, 1-pixel
+FLOW_CASES = [((9, 7), (9, 7)), ((7, 9), (14, 18)), ((8, 10), (4, 5)), ((5, 6), (9, 13)),
+              ((1, 6), (2, 12)), ((6, 1), (6, 1)), ((1, 1), (3, 3))]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FLOW_CASES)
+def test_pull_matches_reference(rng, case):
+    field_shape, flow_shape = case
+    source_shape = (int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+    field = random_field(rng, field_shape, (source_shape[0] + 2, source_shape[1] + 2))
+    flow = random_flow(rng, flow_shape, spread=3.0)
+    result, invalid = nnf_resample.pull_field(field, flow, source_shape=source_shape)
+    assert result.dtype == np.int32 and invalid.dtype == np.uint8
+    expected, expected_invalid = reference_pull(field, flow, source_shape)
+    np.testing.assert_array_equal(result, expected)
+    np.testing.assert_array_equal(invalid, expected_invalid)
+
+
+@pytest.mark.parametrize("case", FLOW_CASES)
+def test_push_matches_reference(rng, case):
+    frame_shape, flow_shape = case
+    field_shape = (int(rng.integers(1, 9)), int(rng.integers(1, 9)))
+    field = random_field(rng, field_shape, (frame_shape[0] + 1, frame_shape[1] + 1))
+    flow = random_flow(rng, flow_shape, spread=3.0)
+    result, invalid = nnf_resample.push_field_targets(field, flow, frame_shape=frame_shape)
+    expected, expected_invalid = reference_push(field, flow, frame_shape)
+    np.testing.assert_array_equal(result, expected)
+    np.testing.assert_array_equal(invalid, expected_invalid)
+
+
+def test_zero_flow_keeps_the_fields(rng):
+    field = random_field(rng, (6, 5), (7, 8))
+    flow = np.zeros((12, 10, 2), dtype=np.float32)
+    pulled, invalid = nnf_resample.pull_field_cpu(field, flow, source_shape=(7, 8))
+    np.testing.assert_array_equal(pulled, field)
+    assert not invalid.any()
+    pushed, invalid = nnf_resample.push_field_targets_cpu(field, flow, frame_shape=(7, 8))
+    np.testing.assert_array_equal(pushed, field)
+    assert not invalid.any()
+
+
+def test_pull_follows_a_translation_at_half_resolution(rng):
+    # The content moved 2 field pixels right (4 pixels of the flow, which has twice the
+    # field's resolution): pixel x now shows what x - 2 showed; the left two columns are new.
+    field = random_field(rng, (5, 8), (9, 9))
+    flow = np.zeros((10, 16, 2), dtype=np.float32)
+    flow[..., 0] = -4.0
+    pulled, invalid = nnf_resample.pull_field_cpu(field, flow, source_shape=(9, 9))
+    np.testing.assert_array_equal(pulled[:, 2:], field[:, :-2])
+    np.testing.assert_array_equal(invalid[:, :2], 1)
+    np.testing.assert_array_equal(invalid[:, 2:], 0)
+    np.testing.assert_array_equal(pulled[:, :2], field[:, :1].repeat(2, axis=1))
+
+
+def test_push_moves_matches_down_and_marks_leavers(rng):
+    field = random_field(rng, (4, 4), (6, 7))
+    flow = np.zeros((6, 7, 2), dtype=np.float32)
+    flow[..., 1] = 1.6  # rounds to 2 rows down
+    pushed, invalid = nnf_resample.push_field_targets_cpu(field, flow, frame_shape=(6, 7))
+    np.testing.assert_array_equal(pushed[..., 0], np.minimum(field[..., 0] + 2, 5))
+    np.testing.assert_array_equal(pushed[..., 1], field[..., 1])
+    np.testing.assert_array_equal(invalid, field[..., 0] + 2 > 5)
+
+
+def test_non_finite_flow_marks_invalid_without_moving(rng):
+    field = random_field(rng, (4, 5), (6, 6))
+    flow = np.zeros((4, 5, 2), dtype=np.float32)
+    flow[1, 2, 0] = np.nan
+    flow[3, 0, 1] = np.inf
+    flow[0, 0, 1] = 1e30
+    pulled, invalid = nnf_resample.pull_field_cpu(field, flow, source_shape=(6, 6))
+    np.testing.assert_array_equal(pulled[[1, 3], [2, 0]], field[[1, 3], [2, 0]])
+    np.testing.assert_array_equal(pulled[0, 0], field[3, 0])
+    assert invalid.sum() == 3 and invalid[1, 2] and invalid[3, 0] and invalid[0, 0]
+
+
+def test_flow_in_float64_is_accepted_on_the_host(rng):
+    field = random_field(rng, (4, 5), (6, 6))
+    flow = random_flow(rng, (4, 5), 2.0)
+    expected = nnf_resample.pull_field_cpu(field, flow, source_shape=(6, 6))
+    result = nnf_resample.pull_field_cpu(field, flow.astype(np.float64), source_shape=(6, 6))
+    np.testing.assert_array_equal(result[0], expected[0])
+
+
+def test_bad_inputs_raise():
+    field = np.zeros((3, 3, 2), dtype=np.int32)
+    with pytest.raises(ValueError, match="int32"):
+        nnf_resample.upsample_field(field[..., :1], target_shape=(6, 6), source_shape=(6, 6))
+    with pytest.raises(ValueError, match="target_shape"):
+        nnf_resample.upsample_field(field, target_shape=(0, 6), source_shape=(6, 6))
+    with pytest.raises(ValueError, match="flow"):
+        nnf_resample.pull_field(field, np.zeros((3, 3), np.float32), source_shape=(3, 3))
+    with pytest.raises(ValueError, match="frame_shape"):
+        nnf_resample.push_field_targets(field, np.zeros((3, 3, 2), np.float32), frame_shape=(3,))
+
+
+def test_traffic_bytes():
+    assert nnf_resample.traffic_bytes(
+        "upsample_field", field_shape=(28, 28, 2), out_shape=(56, 56)
+    ) == 8 * (28 * 28 + 56 * 56)
+    assert (
+        nnf_resample.traffic_bytes("pull_field", field_shape=(10, 10), flow_shape=(20, 20, 2))
+        == 8 * 400 + 17 * 100
+    )
