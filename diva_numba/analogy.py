@@ -1,0 +1,443 @@
+"""Deep Image Analogy for one image pair: A : A' :: B : B'.
+
+Given a structure image A and a style image B', the analogy solves for the
+latent images A' (A's structure, B''s look) and B (B''s structure, A's look)
+coarse to fine over the VGG-19 feature levels 5..1 (DESIGN.md section 2):
+
+1. PatchMatch both ways between the normalised feature pairs (A, A') and (B, B');
+2. vote the wanted features at level L through the fields, deconvolve them to
+   level L-2 with L-BFGS, run forward to level L-1, and blend with the
+   structure image's own features under a response mask;
+3. upsample the fields to the next level.
+
+At the pixels the fields vote A' from B' and B from A.
+
+:class:`AnalogyModel` holds what does not change between images (the weights,
+the feature extractor, the sub-networks and their GPU buffers); :func:`analogy`
+runs one pair; :class:`FrameGuide` carries what a video frame inherits from
+the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from diva_numba import vgg
+from diva_numba.device import Device, array_module, to_device, to_host
+from diva_numba.kernels.nnf_resample import upsample_field
+from diva_numba.kernels.normalize import blend, normalize_features, response_mask
+from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
+from diva_numba.kernels.voting import vote
+from diva_numba.lbfgs import LBFGSParams
+from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
+
+log = logging.getLogger("diva_numba")
+
+#: Blend weights alpha for levels 4, 3, 2, 1: the official code's three presets.
+ALPHA_PRESETS: dict[str, tuple[float, float, float, float]] = {
+    "low": (0.7, 0.6, 0.5, 0.0),
+    "paper": (0.8, 0.7, 0.6, 0.1),
+    "high": (0.9, 0.8, 0.7, 0.2),
+}
+
+#: Levels whose latent features are reconstructed (L -> L-1).
+DECONVOLVED_LEVELS = (5, 4, 3, 2)
+
+
+@dataclass(frozen=True)
+class AnalogyParams:
+    """Every knob of the analogy, with the reference code's defaults.
+
+    Attributes
+    ----------
+    alphas : tuple of 4 float
+        Blend weights for levels 4, 3, 2, 1; larger keeps more of the structure
+        image (see :data:`ALPHA_PRESETS`).
+    mask : {"sigmoid", "step"}
+        Response mask: the paper's sigmoid or the official code's hard step.
+    kappa, tau : float
+        Sigmoid steepness and threshold on the min-max normalised response.
+    patch_sizes : tuple of 5 int
+        PatchMatch patch side for levels 1..5.
+    patchmatch_iterations : int
+        PatchMatch rounds per level.
+    search_radii : tuple of 4 int
+        First random-search radius for levels 1..4; level 5 searches the whole
+        map (``max(H, W) / 16`` of the image).
+    lbfgs_iterations : int
+        L-BFGS iterations per deconvolution at most.
+    lbfgs_history : int
+        L-BFGS curvature pairs.
+    seed : int
+        Seeds every PatchMatch random draw; same seed and device, same result.
+    """
+
+    alphas: tuple[float, float, float, float] = ALPHA_PRESETS["paper"]
+    mask: Literal["sigmoid", "step"] = "sigmoid"
+    kappa: float = 300.0
+    tau: float = 0.05
+    patch_sizes: tuple[int, int, int, int, int] = (5, 5, 3, 3, 3)
+    patchmatch_iterations: int = 10
+    search_radii: tuple[int, int, int, int] = (4, 4, 6, 6)
+    lbfgs_iterations: int = 100
+    lbfgs_history: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.alphas) != 4 or not all(0.0 <= a <= 1.0 for a in self.alphas):
+            raise ValueError(f"alphas must be 4 values in [0, 1], got {self.alphas}")
+        if self.mask not in ("sigmoid", "step"):
+            raise ValueError(f"mask must be 'sigmoid' or 'step', got {self.mask!r}")
+        if self.patchmatch_iterations < 0 or self.lbfgs_iterations < 0:
+            raise ValueError("iteration counts must be >= 0")
+
+    def alpha(self, level: int) -> float:
+        """Blend weight of the features reconstructed at ``level`` (1..4)."""
+        return self.alphas[4 - level]
+
+    def patch_size(self, level: int) -> int:
+        """Patch side at ``level``; the pixels (level 0) use 3."""
+        return 3 if level == 0 else self.patch_sizes[level - 1]
+
+    def search_radius(self, level: int, image_shape: tuple[int, int]) -> int:
+        if level == 5:
+            return max(1, max(image_shape) // 16)
+        return self.search_radii[level - 1]
+
+    def patchmatch_params(
+        self, level: int, image_shape: tuple[int, int], direction: int, iterations: int
+    ) -> PatchMatchParams:
+        return PatchMatchParams(
+            patch_size=self.patch_size(level),
+            iterations=iterations,
+            search_radius=self.search_radius(level, image_shape),
+            seed=(self.seed * 1_000_003 + level * 2 + direction) & 0xFFFFFFFF,
+        )
+
+
+@dataclass
+class FrameGuide:
+    """What a frame inherits from the previous one (video), already in its geometry.
+
+    Every mapping is keyed by level (1..5). A level missing from a mapping gets
+    the image-analogy default.
+
+    Attributes
+    ----------
+    fields_ab, fields_ba : dict of int to int32 array (H_L, W_L, 2)
+        Starting fields; for ``ba`` the field lives on the style image's grid.
+    refine_ab, refine_ba : dict of int to uint8 array (H_L, W_L)
+        Pixels that get a fresh search (1); the rest keep their seeded match.
+    deconv_ab, deconv_ba : dict of int to float32 array
+        Warm starts of the deconvolution solved for level L (at level L-2).
+    patchmatch_iterations : int, optional
+        Rounds per level on guided frames (fewer than a cold start needs).
+    """
+
+    fields_ab: dict[int, object] = field(default_factory=dict)
+    fields_ba: dict[int, object] = field(default_factory=dict)
+    refine_ab: dict[int, object] = field(default_factory=dict)
+    refine_ba: dict[int, object] = field(default_factory=dict)
+    deconv_ab: dict[int, object] = field(default_factory=dict)
+    deconv_ba: dict[int, object] = field(default_factory=dict)
+    patchmatch_iterations: int | None = None
+
+
+@dataclass
+class AnalogyResult:
+    """Output of :func:`analogy`.
+
+    Attributes
+    ----------
+    a_prime, b : uint8 NumPy array (H, W, 3)
+        A' at A's working size, B at B''s working size (RGB).
+    nnf_ab, nnf_ba : int32 NumPy array (H, W, 2)
+        Pixel-level fields: for each pixel of A its match ``(y, x)`` in B', and the
+        reverse.
+    level_fields : dict of int to (nnf_ab, nnf_ba)
+        Fields of every feature level (device arrays), for ``--save-levels`` and
+        for seeding the next video frame.
+    deconvolutions : dict of int to (R_ab, R_ba)
+        Deconvolution solutions per level (device arrays), for warm starts.
+    profile : Profile
+    """
+
+    a_prime: np.ndarray
+    b: np.ndarray
+    nnf_ab: np.ndarray
+    nnf_ba: np.ndarray
+    level_fields: dict[int, tuple[object, object]]
+    deconvolutions: dict[int, tuple[object, object]]
+    profile: Profile
+
+
+class Profile:
+    """Wall time per (stage, level), synchronising the GPU around each stage."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.rows: list[tuple[str, int | None, float]] = []
+
+    def _sync(self) -> None:
+        if self.device.is_cuda:
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
+
+    @contextmanager
+    def stage(self, name: str, level: int | None = None) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.rows.append((name, level, time.perf_counter() - start))
+
+    def total(self, name: str | None = None) -> float:
+        return sum(t for stage, _, t in self.rows if name is None or stage == name)
+
+    def table(self) -> str:
+        """A text table of seconds per stage (rows) and level (columns)."""
+        stages = list(dict.fromkeys(stage for stage, _, _ in self.rows))
+        levels = sorted({lv for _, lv, _ in self.rows if lv is not None}, reverse=True)
+        header = f"{'stage':<16}" + "".join(f"{'L' + str(lv):>9}" for lv in levels)
+        lines = [header + f"{'total':>9}"]
+        for stage in stages:
+            cells = []
+            for lv in levels:
+                t = sum(s for st, lvl, s in self.rows if st == stage and lvl == lv)
+                cells.append(f"{t:9.3f}" if t else f"{'':>9}")
+            lines.append(f"{stage:<16}" + "".join(cells) + f"{self.total(stage):9.3f}")
+        lines.append(f"{'total':<16}" + " " * 9 * len(levels) + f"{self.total():9.3f}")
+        return "\n".join(lines)
+
+
+class AnalogyModel:
+    """The VGG-19 pieces the analogy needs, loaded once per device.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The ONNX feature model (see :func:`diva_numba.weights.store.ensure_model`).
+    device : Device
+
+    Notes
+    -----
+    Features come from onnxruntime, on the GPU when its CUDA provider works; on
+    a CUDA device without it, the project's own GPU forward pass computes them
+    (same weights, same arithmetic up to float32 rounding).
+    """
+
+    def __init__(self, model_path, device: Device):
+        from diva_numba.features import FeatureExtractor
+
+        self.device = device
+        self.extractor = FeatureExtractor(model_path, device)
+        self.weights = self.extractor.weights
+        layers = self.weights.layers
+        self.subnetworks = {lv: SubNetwork(layers, lv - 2, lv) for lv in DECONVOLVED_LEVELS}
+        self._gpu_forward = None
+        if device.is_cuda and not self.extractor.runs_on_gpu:
+            self._gpu_forward = SubNetwork(layers, 0, 5, max_workspaces=2)
+
+    def preprocess(self, rgb: np.ndarray):
+        """Level 0 of an RGB uint8 (H, W, 3) image: float32 (3, H, W) on the device."""
+        chw = np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1))
+        return to_device(np.ascontiguousarray(self.weights.preprocess(chw)), self.device)
+
+    def features(self, rgb: np.ndarray) -> dict[int, object]:
+        """Levels 0..5 of an image: the preprocessed pixels and relu1_1..relu5_1."""
+        level0 = self.preprocess(rgb)
+        if self._gpu_forward is not None:
+            maps = self._gpu_forward.forward_levels(level0, FEATURE_LEVELS)
+        else:
+            by_name = self.extractor(rgb)
+            maps = [by_name[name] for name in vgg.FEATURE_LAYERS]
+        return {0: level0, **dict(zip(FEATURE_LEVELS, maps, strict=True))}
+
+    def pixels(self, level0) -> np.ndarray:
+        """RGB uint8 (H, W, 3) image from a level-0 map (the inverse of preprocess)."""
+        xp = array_module(level0)
+        order = list(self.weights.channel_order)
+        mean = xp.asarray(self.weights.mean, dtype=xp.float32)[:, None, None]
+        scale = xp.asarray(self.weights.scale, dtype=xp.float32)[:, None, None]
+        network_order = level0 / scale + mean
+        rgb = xp.empty_like(network_order)
+        rgb[order] = network_order
+        return np.clip(np.rint(to_host(rgb).transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+
+
+def analogy(
+    model: AnalogyModel,
+    image_a: np.ndarray,
+    image_bp: np.ndarray,
+    *,
+    params: AnalogyParams = AnalogyParams(),  # noqa: B008 (frozen)
+    features_bp: dict[int, object] | None = None,
+    guide: FrameGuide | None = None,
+    profile: Profile | None = None,
+) -> AnalogyResult:
+    """Run Deep Image Analogy on one pair.
+
+    Parameters
+    ----------
+    model : AnalogyModel
+    image_a : uint8 array (Ha, Wa, 3)
+        The structure image A (RGB), at its working size.
+    image_bp : uint8 array (Hb, Wb, 3)
+        The style image B' (RGB), at its working size.
+    params : AnalogyParams
+    features_bp : dict, optional
+        ``model.features(image_bp)``, when the caller computed them once (video).
+    guide : FrameGuide, optional
+        Seeds inherited from the previous video frame.
+    profile : Profile, optional
+        Collects the time per stage; a new one is made if not given.
+
+    Returns
+    -------
+    AnalogyResult
+    """
+    profile = profile or Profile(model.device)
+    guide = guide or FrameGuide()
+    with profile.stage("features"):
+        feat_a = model.features(image_a)
+        feat_bp = features_bp if features_bp is not None else model.features(image_bp)
+    # At level 5 the latent images take the structure features unchanged.
+    feat_ap = {5: feat_a[5]}
+    feat_b = {5: feat_bp[5]}
+    shape_a = image_a.shape[:2]
+    shape_b = image_bp.shape[:2]
+    fields: dict[int, tuple[object, object]] = {}
+    deconvolutions: dict[int, tuple[object, object]] = {}
+    up_ab = up_ba = None
+    lbfgs_params = LBFGSParams(history=params.lbfgs_history, max_iterations=params.lbfgs_iterations)
+
+    for level in (5, 4, 3, 2, 1):
+        iterations = params.patchmatch_iterations
+        if guide.patchmatch_iterations is not None and level in guide.fields_ab:
+            iterations = guide.patchmatch_iterations
+        with profile.stage("normalize", level):
+            n_a = normalize_features(feat_a[level])
+            n_ap = normalize_features(feat_ap[level])
+            n_b = normalize_features(feat_b[level])
+            n_bp = normalize_features(feat_bp[level])
+        with profile.stage("patchmatch", level):
+            nnf_ab, _ = patchmatch(
+                n_a,
+                n_ap,
+                n_b,
+                n_bp,
+                init_field=_seed(guide.fields_ab, level, up_ab, model.device),
+                refine_mask=_seed(guide.refine_ab, level, None, model.device),
+                params=params.patchmatch_params(level, shape_a, 0, iterations),
+            )
+            nnf_ba, _ = patchmatch(
+                n_bp,
+                n_b,
+                n_ap,
+                n_a,
+                init_field=_seed(guide.fields_ba, level, up_ba, model.device),
+                refine_mask=_seed(guide.refine_ba, level, None, model.device),
+                params=params.patchmatch_params(level, shape_b, 1, iterations),
+            )
+        fields[level] = (nnf_ab, nnf_ba)
+        if level == 1:
+            break
+        next_level = level - 1
+        # A' gets B''s look through phi_ab; B gets A's look through phi_ba.
+        with profile.stage("deconvolution", level):
+            recon_ap, solution_ab = _reconstruct(
+                model, level, feat_bp, nnf_ab, shape_a, shape_b, guide.deconv_ab.get(level),
+                params, lbfgs_params,
+            )  # fmt: skip
+            recon_b, solution_ba = _reconstruct(
+                model, level, feat_a, nnf_ba, shape_b, shape_a, guide.deconv_ba.get(level),
+                params, lbfgs_params,
+            )  # fmt: skip
+        deconvolutions[level] = (solution_ab, solution_ba)
+        with profile.stage("blend", level):
+            alpha = params.alpha(next_level)
+            mask_a = response_mask(feat_a[next_level], kind=params.mask, kappa=params.kappa,
+                                   tau=params.tau)  # fmt: skip
+            feat_ap[next_level] = blend(feat_a[next_level], recon_ap, mask_a, alpha=alpha)
+            mask_bp = response_mask(feat_bp[next_level], kind=params.mask, kappa=params.kappa,
+                                    tau=params.tau)  # fmt: skip
+            feat_b[next_level] = blend(feat_bp[next_level], recon_b, mask_bp, alpha=alpha)
+        with profile.stage("upsample", level):
+            up_ab = upsample_field(
+                nnf_ab,
+                target_shape=vgg.level_shape(*shape_a, next_level),
+                source_shape=vgg.level_shape(*shape_b, next_level),
+            )
+            up_ba = upsample_field(
+                nnf_ba,
+                target_shape=vgg.level_shape(*shape_b, next_level),
+                source_shape=vgg.level_shape(*shape_a, next_level),
+            )
+
+    with profile.stage("pixels"):
+        # relu1_1 has the image's own resolution, so the level-1 fields are the
+        # pixel fields.
+        nnf_ab, nnf_ba = fields[1]
+        a_prime = model.pixels(vote(feat_bp[0], nnf_ab, patch_size=params.patch_size(0)))
+        b = model.pixels(vote(feat_a[0], nnf_ba, patch_size=params.patch_size(0)))
+    return AnalogyResult(
+        a_prime=a_prime,
+        b=b,
+        nnf_ab=to_host(nnf_ab),
+        nnf_ba=to_host(nnf_ba),
+        level_fields=fields,
+        deconvolutions=deconvolutions,
+        profile=profile,
+    )
+
+
+def _seed(mapping: dict[int, object], level: int, fallback, device: Device):
+    value = mapping.get(level, fallback)
+    return None if value is None else to_device(value, device)
+
+
+def _reconstruct(
+    model: AnalogyModel,
+    level: int,
+    style_features: dict[int, object],
+    nnf,
+    structure_shape: tuple[int, int],
+    style_shape: tuple[int, int],
+    warm_start,
+    params: AnalogyParams,
+    lbfgs_params: LBFGSParams,
+):
+    """Level L-1 features of a latent image, and the level L-2 solution behind them.
+
+    The target is the style features at level L warped through ``nnf``; the
+    deconvolution solves for a level L-2 map whose forward pass matches it,
+    starting from the style features at L-2 warped through the upsampled field
+    (or from ``warm_start``), and runs it forward one level.
+    """
+    network = model.subnetworks[level]
+    low = level - 2
+    target = vote(style_features[level], nnf, patch_size=params.patch_size(level))
+    if warm_start is not None:
+        initial = to_device(warm_start, model.device)
+    else:
+        low_nnf = upsample_field(
+            nnf,
+            target_shape=vgg.level_shape(*structure_shape, low),
+            source_shape=vgg.level_shape(*style_shape, low),
+        )
+        initial = vote(style_features[low], low_nnf, patch_size=params.patch_size(low))
+    result = deconvolve(network, target, initial, params=lbfgs_params)
+    log.debug(
+        "level %d: L-BFGS %d iterations, %d evaluations, loss %.4g -> %.4g (%s)",
+        level, result.iterations, result.evaluations, result.losses[0], result.loss, result.reason,
+    )  # fmt: skip
+    (features,) = network.forward_levels(result.x, (level - 1,))
+    return features, result.x

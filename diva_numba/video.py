@@ -1,0 +1,643 @@
+"""Reading and writing videos with PyAV (FFmpeg bundled in its wheels).
+
+Frames cross this module as RGB ``uint8`` arrays shaped ``(H, W, 3)``, one at a
+time, so memory stays constant whatever the length of the video.
+
+* :func:`probe_video` describes a file (:class:`VideoInfo`) and turns every way
+  a file can be unusable into one :class:`~diva_numba.errors.InputError` line.
+* :func:`read_frames` decodes frames in display orientation (the stream's
+  rotation applied).
+* :class:`VideoWriter` encodes H.264 (libx264, ``yuv420p``, BT.709 tagged) at an
+  exact frame rate, optionally copies a source file's audio, and only ever
+  leaves a complete file under the final name.
+* :func:`even_size` picks the even output size that ``yuv420p`` needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from diva_numba.errors import InputError, OutputError
+
+#: Containers the writer produces, by file suffix.
+OUTPUT_FORMATS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+#: Containers that can mark leading audio as not to be played (an edit list), which
+#: lets the audio copy start exactly on the first frame.
+EDIT_LIST_FORMATS = frozenset({"mp4", "mov"})
+
+#: Tolerance of the variable-frame-rate test, as a fraction of the median frame interval.
+VFR_RELATIVE_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` found out about a video file.
+
+    Attributes
+    ----------
+    path : str
+    width, height : int
+        Size of the frames :func:`read_frames` yields, i.e. after the rotation
+        (a portrait phone clip stored as 1920x1080 with a 90 degree rotation
+        reports 1080x1920).
+    frame_count : int
+        Number of video frames.
+    frame_count_source : {"header", "decoded"}
+        ``"header"``: the container records the count (MP4/MOV sample tables)
+        and it was checked against the packets actually present;
+        ``"decoded"``: the container does not record it (Matroska, WebM, ...)
+        or an exact count was asked for, and every frame was decoded to count.
+    fps : fractions.Fraction
+        Average frame rate, exact (``30000/1001`` for NTSC rates).
+    duration : float
+        Seconds of video: ``frame_count / fps`` (exact, and what a copy at the
+        same rate lasts); for a variable frame rate, the stream's recorded
+        duration where there is one. (Recorded durations of constant-rate
+        streams are not used: muxers guess the last frame's length.)
+    codec : str
+        FFmpeg name of the video codec (``"h264"``, ``"hevc"``, ...).
+    has_audio : bool
+    audio_codec : str or None
+        FFmpeg name of the first audio stream's codec.
+    rotation : int
+        Counter-clockwise degrees the display matrix rotates the coded picture
+        (0, 90, 180 or -90 in practice); :func:`read_frames` applies it. Flips
+        in the display matrix are not applied.
+    variable_frame_rate : bool
+        True when presentation timestamps are not evenly spaced: some interval
+        between consecutive timestamps (in presentation order) differs from
+        the median interval by more than both 2 ticks of the stream's time
+        base (timestamp rounding moves an interval by at most 2 ticks) and
+        1% of the median.
+    """
+
+    path: str
+    width: int
+    height: int
+    frame_count: int
+    frame_count_source: Literal["header", "decoded"]
+    fps: Fraction
+    duration: float
+    codec: str
+    has_audio: bool
+    audio_codec: str | None
+    rotation: int
+    variable_frame_rate: bool
+
+
+def probe_video(path: str | os.PathLike, *, exact_count: bool = False) -> VideoInfo:
+    """Describe a video file, refusing anything the pipeline cannot read.
+
+    Reads every video packet (cheap: no decoding) to check the frame count and
+    timestamps, and decodes the first frame to check that it can be decoded.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    exact_count : bool, optional
+        Decode every frame to count them even when the container records the
+        count; this also catches corrupt data anywhere in the stream, at the
+        price of a full decode.
+
+    Returns
+    -------
+    VideoInfo
+
+    Raises
+    ------
+    InputError
+        Missing file, directory, empty file, not a video, no video stream,
+        no frames, unsupported codec, truncated or corrupt data.
+    """
+    path = str(path)
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        header_count = stream.frames
+        decode_all = exact_count or header_count <= 0
+        timestamps: list[int] = []
+        packet_count = decoded_count = 0
+        rotation = None
+        try:
+            for packet in container.demux(stream):
+                # The demuxer ends with an empty packet, which flushes the decoder.
+                if packet.size:
+                    packet_count += 1
+                    if not decode_all:
+                        timestamps.append(packet.pts)
+                if decode_all or rotation is None:
+                    for frame in stream.decode(packet):
+                        decoded_count += 1
+                        if rotation is None:
+                            rotation = frame.rotation
+                        if decode_all:
+                            timestamps.append(frame.pts)
+        except av.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt or truncated video data ({_reason(exc)})") from None
+        if packet_count == 0:
+            raise InputError(f"{path}: the video stream has no frames")
+        if decoded_count == 0 or rotation is None:
+            raise InputError(f"{path}: no frame of the video stream can be decoded")
+        if not decode_all and packet_count < header_count:
+            raise InputError(
+                f"{path}: truncated: the header lists {header_count} frames "
+                f"but only {packet_count} are present"
+            )
+        fps = _frame_rate(stream)
+        frame_count = decoded_count if decode_all else header_count
+        variable_rate = _is_variable_rate(timestamps)
+        duration = float(frame_count / fps)
+        if variable_rate and stream.duration:
+            duration = float(stream.duration * stream.time_base)
+        rotation = _right_angle(rotation)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, -90):
+            width, height = height, width
+        audio_context = (
+            container.streams.audio[0].codec_context if container.streams.audio else None
+        )
+        return VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            frame_count=frame_count,
+            frame_count_source="decoded" if decode_all else "header",
+            fps=fps,
+            duration=duration,
+            codec=stream.codec_context.name,
+            has_audio=bool(container.streams.audio),
+            audio_codec=audio_context.name if audio_context is not None else None,
+            rotation=rotation,
+            variable_frame_rate=variable_rate,
+        )
+
+
+def read_frames(
+    path: str | os.PathLike, *, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode frames ``start <= index < end`` one at a time, in display orientation.
+
+    Frames before ``start`` are decoded and dropped (exact for any stream,
+    unlike seeking, which lands on key frames). An ``end`` past the last frame
+    simply stops at the last frame.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    start : int, optional
+        Index of the first frame to yield.
+    end : int or None, optional
+        Index one past the last frame to yield; ``None`` reads to the end.
+
+    Yields
+    ------
+    index : int
+        Frame index in the file (0 for the first frame).
+    frame : numpy.ndarray
+        uint8 ``(H, W, 3)`` RGB, C-contiguous, rotation applied; colours
+        converted with the matrix and range the stream is tagged with.
+
+    Raises
+    ------
+    InputError
+        The file is not a readable video, or its data is corrupt.
+    """
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"need 0 <= start <= end, got start={start}, end={end}")
+    path = str(path)
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        to_rgb = VideoReformatter()  # one conversion context for the whole stream
+        index = 0
+        frames = container.decode(stream)
+        while end is None or index < end:
+            try:
+                frame = next(frames, None)
+            except av.FFmpegError as exc:
+                raise InputError(
+                    f"{path}: corrupt video data after frame {index} ({_reason(exc)})"
+                ) from None
+            if frame is None:
+                break
+            if index >= start:
+                rgb = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                # Rows are padded for alignment, so even unrotated frames need a copy.
+                yield index, np.ascontiguousarray(np.rot90(rgb, _right_angle(frame.rotation) // 90))
+            index += 1
+        promised = stream.frames  # 0 where the container does not record a count
+        if index < promised and (end is None or index < end):
+            raise InputError(
+                f"{path}: truncated: the header lists {promised} frames "
+                f"but the data ends after {index}"
+            )
+
+
+def even_size(width: int, height: int, long_side: int | None = None) -> tuple[int, int]:
+    """Output size with both sides even, the long side as asked, the aspect kept.
+
+    ``yuv420p`` stores colour at half resolution, so H.264 needs even sizes;
+    the pipeline picks its output size with this function and the writer
+    refuses odd sizes instead of cropping behind the caller's back.
+
+    The long side becomes ``long_side`` (rounded down to even); the short side
+    is the exact scaled value rounded to the nearest even number (at least 2).
+    The short side is thus at most 1 pixel from exact, so the aspect ratio is
+    off by at most ``1 / short_side`` relative (0.28% for a 360-pixel side).
+
+    Parameters
+    ----------
+    width, height : int
+        Size of the source, in pixels.
+    long_side : int or None, optional
+        Requested length of the longer side; ``None`` keeps the source's.
+
+    Returns
+    -------
+    (width, height) : tuple of int
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive, got {width}x{height}")
+    long_source = max(width, height)
+    target = long_source if long_side is None else long_side
+    target -= target % 2
+    if target < 2:
+        raise ValueError(f"long side must be at least 2, got {long_side}")
+    short = min(width, height) * target / long_source
+    short_even = max(2, 2 * round(short / 2))
+    return (target, short_even) if width >= height else (short_even, target)
+
+
+class VideoWriter:
+    """Encode RGB frames to H.264, leaving either a complete file or nothing.
+
+    Use as a context manager::
+
+        with VideoWriter("out.mp4", width=640, height=360, fps=info.fps,
+                         audio_source="clip.mp4") as writer:
+            for frame in frames:
+                writer.write(frame)
+
+    Frames go to a hidden temporary file beside ``path``; it is renamed to
+    ``path`` only when the block ends normally with at least one frame
+    written. Any exception (Ctrl-C too) deletes the temporary file and leaves
+    ``path`` untouched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file; the suffix picks the container (.mp4, .m4v, .mov, .mkv).
+    width, height : int
+        Frame size; both must be even (see :func:`even_size`).
+    fps : fractions.Fraction or int
+        Exact frame rate; frame ``i`` is stamped ``i / fps``.
+    crf : float, optional
+        x264 constant rate factor: 0 lossless, 18 visually lossless, 23 x264's
+        default, 51 worst.
+    preset : str, optional
+        x264 speed preset (``ultrafast`` .. ``veryslow``).
+    audio_source : str or os.PathLike or None, optional
+        Copy the first audio stream of this file, packets unchanged (no
+        re-encode). Nothing happens when it has no audio.
+    audio_frames : (int, int or None), optional
+        The frame range ``[start, end)`` of ``audio_source`` that the output
+        shows; audio is cut to the same time span (``end`` None: to the last
+        frame). Audio packets are kept whole, so the cut falls on packet
+        boundaries and the end can run up to one packet long (AAC: 1024
+        samples, 21 ms at 48 kHz). In MP4 and MOV the start is exact: the
+        packet straddling it and one before it (the decoder needs it to
+        prime) get negative timestamps, which the muxer turns into an edit
+        list that players skip. Matroska cannot skip, so there the audio
+        starts at the first packet inside the range, in sync but up to one
+        packet late, and the first packet decodes without its priming.
+    overwrite : bool, optional
+        Replace an existing ``path``; otherwise an existing file is an error.
+
+    Raises
+    ------
+    OutputError
+        Unsupported suffix, odd size, missing or unwritable directory,
+        existing file, disk full, or audio the container cannot hold.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        width: int,
+        height: int,
+        fps: Fraction | int,
+        crf: float = 18,
+        preset: str = "medium",
+        audio_source: str | os.PathLike | None = None,
+        audio_frames: tuple[int, int | None] = (0, None),
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self.fps = Fraction(fps)
+        self.crf, self.preset = crf, preset
+        self.audio_source = None if audio_source is None else str(audio_source)
+        self.audio_frames = audio_frames
+        self.overwrite = overwrite
+        self.frames_written = 0
+        self.has_audio = False
+        self._temp_path: Path | None = None
+        self._container = None
+        self._stream = None
+        self._audio: _AudioCopy | None = None
+        self._to_yuv = VideoReformatter()
+        self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        suffix = self.path.suffix.lower()
+        if suffix not in OUTPUT_FORMATS:
+            raise OutputError(
+                f"{self.path}: cannot write '{suffix or 'no suffix'}' videos; "
+                f"use {', '.join(OUTPUT_FORMATS)}"
+            )
+        if self.width < 2 or self.height < 2 or self.width % 2 or self.height % 2:
+            raise OutputError(
+                f"{self.path}: H.264 yuv420p needs an even width and height, "
+                f"got {self.width}x{self.height}"
+            )
+        if self.fps <= 0:
+            raise OutputError(f"{self.path}: frame rate must be positive, got {self.fps}")
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise OutputError(f"{self.path}: directory {directory} does not exist")
+        if self.path.is_dir():
+            raise OutputError(f"{self.path} is a directory")
+        if self.path.exists() and not self.overwrite:
+            raise OutputError(f"{self.path} already exists")
+
+    def __enter__(self) -> VideoWriter:
+        # FFmpeg creates the file itself (honouring the umask); the random name
+        # keeps concurrent writers to the same directory apart.
+        name = f".{self.path.stem}.{secrets.token_hex(4)}.partial{self.path.suffix}"
+        self._temp_path = self.path.with_name(name)
+        try:
+            self._container = av.open(
+                str(self._temp_path), mode="w", format=OUTPUT_FORMATS[self.path.suffix.lower()]
+            )
+            self._add_video_stream()
+            if self.audio_source is not None:
+                self._audio = _AudioCopy.open(
+                    self.audio_source, self._container, frames=self.audio_frames
+                )
+                self.has_audio = self._audio is not None
+            # Creating the file now reports an unwritable directory before any work.
+            self._container.start_encoding()
+        except BaseException as exc:
+            self._abort()
+            if isinstance(exc, OSError | av.FFmpegError):
+                raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+            raise
+        return self
+
+    def _add_video_stream(self) -> None:
+        stream = self._container.add_stream("libx264", rate=self.fps)
+        stream.width, stream.height = self.width, self.height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = 1 / self.fps
+        stream.time_base = 1 / self.fps
+        # Tag what write() converts to, so that players do not guess the matrix.
+        stream.codec_context.colorspace = 1  # BT.709
+        stream.codec_context.color_primaries = 1
+        stream.codec_context.color_trc = 1
+        stream.codec_context.color_range = 1  # limited ("MPEG") range
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._stream = stream
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame.
+
+        Parameters
+        ----------
+        frame : numpy.ndarray
+            uint8 ``(height, width, 3)`` RGB.
+        """
+        if self._container is None:
+            raise RuntimeError("VideoWriter.write() outside its with-block")
+        frame = np.asarray(frame)
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}"
+            )
+        video_frame = self._to_yuv.reformat(
+            av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),
+            format="yuv420p",
+            dst_colorspace="ITU709",
+            dst_color_range="MPEG",
+        )
+        video_frame.pts = self.frames_written
+        video_frame.time_base = self._stream.codec_context.time_base
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+            if self._audio is not None:
+                self._audio.copy_until(self.frames_written / self.fps)
+        except (OSError, av.FFmpegError) as exc:
+            self._abort()
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.frames_written == 0:
+            self._abort()
+            raise OutputError(f"{self.path}: no frames were written, so no video was saved")
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.copy_until(math.inf)
+                self._audio.close()
+                self._audio = None
+            self._container.close()
+            self._container = None
+            os.replace(self._temp_path, self.path)
+        except (OSError, av.FFmpegError) as exc:
+            self._abort()
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+        except BaseException:
+            self._abort()
+            raise
+        self._temp_path = None
+
+    def _abort(self) -> None:
+        """Close everything, ignoring further errors, and delete the temporary file."""
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (OSError, av.FFmpegError):
+                pass  # the file is deleted below; its trailer does not matter
+            self._container = None
+        if self._temp_path is not None:
+            self._temp_path.unlink(missing_ok=True)
+            self._temp_path = None
+
+
+class _AudioCopy:
+    """Streams the audio packets of a source file into an output container."""
+
+    def __init__(
+        self,
+        source,
+        source_stream,
+        output_stream,
+        *,
+        window: tuple[Fraction, Fraction],
+        preroll: bool,
+    ):
+        self._source = source
+        self._preroll = preroll
+        self._source_stream = source_stream
+        self._output_stream = output_stream
+        self._window_start, self._window_end = window
+        self._packets = source.demux(source_stream)
+        self._held = None  # the packet before the window, kept to prime the decoder
+        self._started = False
+        self._done = False
+
+    @classmethod
+    def open(cls, path: str, output, *, frames: tuple[int, int | None]) -> _AudioCopy | None:
+        """Set up copying, or return None when ``path`` has no audio."""
+        start, end = frames
+        if end is None:
+            end = probe_video(path).frame_count
+        source = _open_input(path)
+        try:
+            if not source.streams.audio:
+                source.close()
+                return None
+            video = _video_stream(source, path)
+            audio = source.streams.audio[0]
+            fps = _frame_rate(video)
+            video_start = (video.start_time or 0) * video.time_base
+            window = (video_start + start / fps, video_start + end / fps)
+            try:
+                output_stream = output.add_stream_from_template(audio)
+            except ValueError:
+                codec = audio.codec_context.name if audio.codec_context else "unknown"
+                raise OutputError(
+                    f"a {output.format.name} file cannot hold the {codec} audio of {path}; "
+                    f"write another of {', '.join(OUTPUT_FORMATS)}, or leave the audio out"
+                ) from None
+            preroll = output.format.name in EDIT_LIST_FORMATS
+            return cls(source, audio, output_stream, window=window, preroll=preroll)
+        except BaseException:
+            source.close()
+            raise
+
+    def copy_until(self, output_time: Fraction | float) -> None:
+        """Mux the source packets that start before ``output_time`` (seconds)."""
+        source_time = self._window_start + output_time
+        while not self._done:
+            packet = next(self._packets, None)
+            if packet is None or packet.pts is None:
+                self._done = packet is None
+                continue
+            begin = packet.pts * packet.time_base
+            if begin >= self._window_end:
+                self._done = True
+                break
+            end = begin + (packet.duration or 0) * packet.time_base
+            if (end <= self._window_start) if self._preroll else (begin < self._window_start):
+                self._held = packet if self._preroll else None
+                continue
+            if not self._started:
+                self._started = True
+                if self._held is not None:
+                    self._mux(self._held)
+            self._mux(packet)
+            if begin >= source_time:
+                break
+
+    def _mux(self, packet) -> None:
+        shift = round(self._window_start / packet.time_base)
+        packet.pts -= shift
+        packet.dts = None if packet.dts is None else packet.dts - shift
+        packet.stream = self._output_stream
+        self._output_stream.container.mux(packet)
+
+    def close(self) -> None:
+        self._source.close()
+
+
+def _open_input(path: str):
+    """``av.open`` with every failure turned into an InputError."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path} is empty")
+    try:
+        return av.open(path, mode="r")
+    except (av.error.InvalidDataError, av.error.EOFError):
+        raise InputError(f"{path}: not a video file, or truncated") from None
+    except (OSError, av.FFmpegError) as exc:
+        raise InputError(f"{path}: cannot open ({_reason(exc)})") from None
+
+
+def _video_stream(container, path: str):
+    """The first video stream, checked to be decodable."""
+    if not container.streams.video:
+        raise InputError(f"{path} has no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise InputError(f"{path}: unsupported video codec (no decoder for it in this FFmpeg)")
+    return stream
+
+
+def _frame_rate(stream) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise InputError("the video stream has no frame rate")
+    return Fraction(rate)
+
+
+def _is_variable_rate(timestamps: list[int | None]) -> bool:
+    """The rule of :attr:`VideoInfo.variable_frame_rate`, on timestamps in time-base ticks."""
+    known = [t for t in timestamps if t is not None]
+    if len(known) < 3:
+        return False
+    intervals = np.diff(np.sort(np.asarray(known, dtype=np.int64)))
+    median = float(np.median(intervals))
+    tolerance = max(2.0, VFR_RELATIVE_TOLERANCE * median)
+    return bool(np.any(np.abs(intervals - median) > tolerance))
+
+
+def _right_angle(degrees: float) -> int:
+    """Rotation rounded to a multiple of 90 degrees, in (-180, 180]."""
+    turns = round(degrees / 90) % 4
+    return {0: 0, 1: 90, 2: 180, 3: -90}[turns]
+
+
+def _reason(exc: BaseException) -> str:
+    """The readable part of an FFmpeg or OS error, without file names or codes."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return str(reason).strip() or exc.__class__.__name__
+
+
+__all__ = ["OUTPUT_FORMATS", "VideoInfo", "VideoWriter", "even_size", "probe_video", "read_frames"]

@@ -1,0 +1,494 @@
+"""Video probing, reading and writing (PyAV), on tiny synthetic clips."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from clips import NTSC, audio_span, pan_frames, random_origin, sine_audio, write_clip
+
+from diva_numba.errors import InputError, OutputError
+from diva_numba.video import VideoWriter, even_size, probe_video, read_frames
+
+WIDTH, HEIGHT, COUNT = 64, 48, 15
+#: Mean absolute difference (0..255) that H.264 at crf 18 stays under on these textured
+#: clips (mostly from halving the colour resolution); a frame off by one pan step is
+#: off by 20 or more.
+CODEC_TOLERANCE = 8.0
+
+
+@pytest.fixture
+def frames(rng):
+    origin = random_origin(rng, width=WIDTH, height=HEIGHT, count=COUNT)
+    step = tuple(int(s) for s in rng.integers(-3, 4, size=2))
+    return pan_frames(COUNT, width=WIDTH, height=HEIGHT, step=step, origin=origin)
+
+
+@pytest.fixture
+def clip_with_audio(tmp_path, frames):
+    path = tmp_path / "clip.mp4"
+    write_clip(path, frames, audio_seconds=COUNT / float(NTSC) + 0.3)
+    return path
+
+
+def _write(path, frames, **options):
+    with VideoWriter(
+        path, width=frames.shape[2], height=frames.shape[1], fps=options.pop("fps", NTSC), **options
+    ) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer
+
+
+def _mean_abs(a, b) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def _files(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+# --- writing and reading back -------------------------------------------------------------
+
+
+def test_round_trip_keeps_count_size_and_exact_ntsc_rate(tmp_path, frames):
+    path = tmp_path / "out.mp4"
+    writer = _write(path, frames)
+    assert writer.frames_written == COUNT
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (WIDTH, HEIGHT, COUNT)
+    assert info.fps == Fraction(30000, 1001)
+    assert info.frame_count_source == "header"
+    assert info.codec == "h264"
+    assert not info.has_audio and not info.variable_frame_rate
+    assert info.duration == pytest.approx(COUNT * 1001 / 30000, abs=1e-6)
+    decoded = list(read_frames(path))
+    assert [index for index, _ in decoded] == list(range(COUNT))
+    for (_, frame), original in zip(decoded, frames, strict=True):
+        assert frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8
+        assert frame.flags.c_contiguous
+        assert _mean_abs(frame, original) < CODEC_TOLERANCE
+
+
+def test_colours_survive_the_yuv_round_trip(tmp_path, rng):
+    # Flat colours have no detail for 4:2:0 or the encoder to lose, so what is left is
+    # the colour matrix: writing with one and reading with another shifts saturated
+    # colours by 10 or more.
+    colours = rng.integers(0, 256, size=(8, 3), dtype=np.uint8)
+    flat = np.broadcast_to(colours[:, None, None, :], (8, HEIGHT, WIDTH, 3)).copy()
+    path = tmp_path / "flat.mp4"
+    _write(path, flat, crf=0)
+    for (_, frame), original in zip(read_frames(path), flat, strict=True):
+        assert np.abs(frame.astype(int) - original.astype(int)).max() <= 3
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov"])
+def test_other_containers_round_trip(tmp_path, frames, suffix):
+    path = tmp_path / f"out{suffix}"
+    _write(path, frames, fps=25)
+    info = probe_video(path)
+    assert info.frame_count == COUNT and info.fps == 25
+    # Matroska does not record frame counts, so they are counted by decoding.
+    assert info.frame_count_source == ("decoded" if suffix == ".mkv" else "header")
+
+
+def test_integer_and_odd_fraction_rates_are_exact(tmp_path, frames):
+    for rate in (Fraction(24000, 1001), Fraction(60), Fraction(25, 2)):
+        path = tmp_path / f"rate{rate.numerator}_{rate.denominator}.mp4"
+        _write(path, frames[:6], fps=rate)
+        assert probe_video(path).fps == rate
+
+
+def test_read_range_matches_full_read(tmp_path, frames, rng):
+    path = tmp_path / "out.mp4"
+    _write(path, frames)
+    everything = [frame for _, frame in read_frames(path)]
+    start = int(rng.integers(0, COUNT - 2))
+    end = int(rng.integers(start + 1, COUNT + 1))
+    part = list(read_frames(path, start=start, end=end))
+    assert [index for index, _ in part] == list(range(start, end))
+    for index, frame in part:
+        np.testing.assert_array_equal(frame, everything[index])
+    assert len(list(read_frames(path, start=COUNT - 1, end=COUNT + 10))) == 1
+    with pytest.raises(ValueError):
+        next(read_frames(path, start=3, end=2))
+
+
+def test_frames_with_padded_rows_come_out_contiguous(tmp_path, rng):
+    # 50 RGB pixels are 150 bytes, which FFmpeg pads to an aligned row length.
+    frames = rng.integers(0, 256, size=(3, 30, 50, 3), dtype=np.uint8)
+    path = tmp_path / "narrow.mp4"
+    _write(path, frames)
+    for _, frame in read_frames(path):
+        assert frame.shape == (30, 50, 3) and frame.flags.c_contiguous
+
+
+def test_exact_count_decodes_every_frame(tmp_path, frames):
+    path = tmp_path / "out.mp4"
+    _write(path, frames)
+    info = probe_video(path, exact_count=True)
+    assert info.frame_count == COUNT and info.frame_count_source == "decoded"
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_is_applied(tmp_path, frames, rotation):
+    plain, rotated = tmp_path / "plain.mp4", tmp_path / "rotated.mp4"
+    write_clip(plain, frames)
+    write_clip(rotated, frames, rotation=rotation)
+    info = probe_video(rotated)
+    assert info.rotation == rotation
+    expected_size = (WIDTH, HEIGHT) if rotation == 180 else (HEIGHT, WIDTH)
+    assert (info.width, info.height) == expected_size
+    # A display matrix rotating by +90 degrees turns the picture counter-clockwise,
+    # which is what numpy.rot90 does for k = 1.
+    for (_, upright), (_, turned) in zip(read_frames(plain), read_frames(rotated), strict=True):
+        assert turned.shape == (info.height, info.width, 3)
+        np.testing.assert_array_equal(turned, np.rot90(upright, rotation // 90))
+
+
+def test_variable_frame_rate_is_detected(tmp_path, frames):
+    ticks = np.cumsum([0, 33, 34, 33, 100, 33, 34, 200, 33, 33])
+    path = tmp_path / "vfr.mkv"
+    write_clip(path, frames[:10], fps=30, timestamps=list(ticks), time_base=Fraction(1, 1000))
+    assert probe_video(path).variable_frame_rate
+
+
+def test_rounded_constant_rate_is_not_variable(tmp_path, frames):
+    # 29.97 fps in Matroska's millisecond ticks alternates 33 and 34 ms intervals.
+    path = tmp_path / "cfr.mkv"
+    write_clip(path, frames, fps=NTSC)
+    info = probe_video(path)
+    assert not info.variable_frame_rate
+    assert info.fps == NTSC
+
+
+# --- audio ----------------------------------------------------------------------------------
+
+
+def test_audio_is_copied_over_the_whole_clip(tmp_path, frames, clip_with_audio):
+    source = probe_video(clip_with_audio)
+    assert source.has_audio and source.audio_codec == "aac"
+    path = tmp_path / "out.mp4"
+    writer = _write(path, frames, audio_source=clip_with_audio)
+    assert writer.has_audio
+    info = probe_video(path)
+    assert info.has_audio and info.audio_codec == "aac"
+    start, seconds, _ = audio_span(path)
+    # Cut on AAC packet boundaries: at most one 1024-sample packet too long.
+    assert start == pytest.approx(0.0, abs=1e-3)
+    video_seconds = COUNT / float(NTSC)
+    assert video_seconds - 1e-3 <= seconds <= video_seconds + 1024 / 48000 + 1e-3
+
+
+def test_audio_packets_are_copied_unchanged(tmp_path, frames, clip_with_audio):
+    path = tmp_path / "out.mkv"
+    _write(path, frames, audio_source=clip_with_audio)
+    with av.open(str(clip_with_audio)) as source, av.open(str(path)) as copy:
+        originals = {bytes(p) for p in source.demux(source.streams.audio[0]) if p.size}
+        copied = [bytes(p) for p in copy.demux(copy.streams.audio[0]) if p.size]
+    assert copied and all(packet in originals for packet in copied)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_audio_is_trimmed_to_the_frame_range(tmp_path, frames, clip_with_audio, rng, suffix):
+    start = int(rng.integers(1, 6))
+    end = int(rng.integers(start + 4, COUNT))
+    path = tmp_path / f"part{suffix}"
+    _write(path, frames[start:end], audio_source=clip_with_audio, audio_frames=(start, end))
+    assert probe_video(path).frame_count == end - start
+    audio_start, seconds, _ = audio_span(path)
+    packet = 1024 / 48000
+    video_seconds = (end - start) / float(NTSC)
+    if suffix == ".mp4":
+        # The edit list makes the start exact; the end runs at most one packet long.
+        assert audio_start == pytest.approx(0.0, abs=1e-3)
+        assert video_seconds - 1e-3 <= seconds <= video_seconds + packet + 1e-3
+    else:
+        # Matroska starts at the first whole packet inside the range.
+        assert 0.0 <= audio_start <= packet + 1e-3
+        assert audio_start + seconds == pytest.approx(video_seconds, abs=packet + 1e-3)
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        assert (video.start_time or 0) == 0  # the video is never shifted to fit the audio
+
+
+def test_audio_the_container_cannot_hold_is_an_output_error(tmp_path, frames):
+    source = tmp_path / "ulaw.mov"
+    write_clip(source, frames, audio_seconds=0.6, audio_codec="pcm_mulaw")
+    with pytest.raises(OutputError, match="cannot hold the pcm_mulaw audio"):
+        _write(tmp_path / "out.mp4", frames, audio_source=source)
+    assert _files(tmp_path) == ["ulaw.mov"]
+    _write(tmp_path / "out.mov", frames, audio_source=source)
+    assert probe_video(tmp_path / "out.mov").audio_codec == "pcm_mulaw"
+
+
+def test_source_without_audio_gives_silent_output(tmp_path, frames):
+    silent = tmp_path / "silent.mp4"
+    write_clip(silent, frames)
+    path = tmp_path / "out.mp4"
+    writer = _write(path, frames, audio_source=silent)
+    assert not writer.has_audio and not probe_video(path).has_audio
+
+
+def test_sine_helper_is_what_the_audio_tests_assume():
+    samples = sine_audio(0.5)
+    assert samples.shape == (1, 24000) and samples.dtype == np.float32
+    assert np.abs(samples).max() == pytest.approx(0.3, abs=1e-3)
+
+
+# --- the writer never leaves a broken file --------------------------------------------------
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+def test_exception_inside_the_block_leaves_no_file(tmp_path, frames, interruption):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(interruption):
+        with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC) as writer:
+            writer.write(frames[0])
+            writer.write(frames[1])
+            assert len(_files(tmp_path)) == 1  # the hidden temporary file
+            raise interruption
+    assert _files(tmp_path) == []
+
+
+def test_a_writer_without_frames_saves_nothing(tmp_path):
+    with pytest.raises(OutputError, match="no frames"):
+        with VideoWriter(tmp_path / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC):
+            pass
+    assert _files(tmp_path) == []
+
+
+def test_failed_overwrite_keeps_the_old_file(tmp_path, frames):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"previous result")
+    with pytest.raises(RuntimeError):
+        with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC, overwrite=True) as writer:
+            writer.write(frames[0])
+            raise RuntimeError
+    assert path.read_bytes() == b"previous result"
+    assert _files(tmp_path) == ["out.mp4"]
+    _write(path, frames, overwrite=True)
+    assert probe_video(path).frame_count == COUNT
+
+
+def test_bad_frames_are_refused(tmp_path, frames):
+    with VideoWriter(tmp_path / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC) as writer:
+        with pytest.raises(ValueError, match="expected uint8"):
+            writer.write(frames[0][:, :-2])
+        with pytest.raises(ValueError, match="expected uint8"):
+            writer.write(frames[0].astype(np.float32))
+        writer.write(frames[0])
+    with pytest.raises(RuntimeError):
+        writer.write(frames[0])
+
+
+@pytest.mark.parametrize(
+    ("size", "name", "message"),
+    [
+        ((63, 48), "out.mp4", "even width and height"),
+        ((64, 47), "out.mp4", "even width and height"),
+        ((64, 48), "out.avi", "cannot write '.avi'"),
+        ((64, 48), "missing/out.mp4", "does not exist"),
+    ],
+)
+def test_writer_refuses_bad_requests(tmp_path, size, name, message):
+    width, height = size
+    with pytest.raises(OutputError, match=message):
+        VideoWriter(tmp_path / name, width=width, height=height, fps=NTSC)
+    assert _files(tmp_path) == []
+
+
+def test_existing_file_is_not_replaced_without_overwrite(tmp_path):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="already exists"):
+        VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC)
+    assert path.read_bytes() == b"keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_unwritable_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="cannot write"):
+            with VideoWriter(locked / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC):
+                pass
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses RLIMIT_FSIZE and SIGXFSZ")
+def test_full_disk_is_an_output_error_and_leaves_nothing(tmp_path, rng):
+    # A file-size limit makes writes fail the way a full disk does (EFBIG, not ENOSPC).
+    noise = rng.integers(0, 256, size=(20, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, hard))
+        with pytest.raises(OutputError, match="cannot write"):
+            _write(tmp_path / "out.mp4", noise, crf=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert _files(tmp_path) == []
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+
+
+def _audio_only(path):
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        samples = sine_audio(0.1)
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 1024]), format="flt", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _video_track_without_frames(path):
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        audio = container.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate, frame.pts = 48000, 0
+        for packet in [*audio.encode(frame), *audio.encode(None)]:
+            container.mux(packet)
+
+
+def _make_bad_input(kind, tmp_path, frames):
+    """A file (or directory) of the given kind of badness, and the expected message."""
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "missing":
+        return path, "no such file"
+    if kind == "directory":
+        path.mkdir()
+        return path, "is a directory"
+    if kind == "empty":
+        path.touch()
+        return path, "is empty"
+    if kind == "text":
+        path.write_text("this is not a video\n" * 20)
+        return path, "not a video file"
+    if kind == "audio_only":
+        path = tmp_path / "audio_only.m4a"
+        _audio_only(path)
+        return path, "has no video stream"
+    if kind == "no_frames":
+        path = tmp_path / "no_frames.mkv"
+        _video_track_without_frames(path)
+        return path, "has no frames"
+    good = tmp_path / "good.mp4"
+    if kind == "truncated_index_first":
+        # MP4 with its index at the front: the header promises frames that are missing.
+        with av.open(str(good), mode="w", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+        return path, "truncated"
+    write_clip(good, frames)
+    data = good.read_bytes()
+    if kind == "truncated_index_last":
+        # PyAV writes the index at the end: a cut file has none at all.
+        path.write_bytes(data[: len(data) * 2 // 3])
+        return path, "not a video file, or truncated"
+    if kind == "unknown_codec":
+        # Rename the H.264 sample entry: the demuxer then knows no codec for the track.
+        path.write_bytes(data.replace(b"avc1", b"zzzz"))
+        return path, "unsupported video codec"
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = [
+    "missing",
+    "directory",
+    "empty",
+    "text",
+    "audio_only",
+    "no_frames",
+    "truncated_index_first",
+    "truncated_index_last",
+    "unknown_codec",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_inputs_are_one_line_input_errors(tmp_path, frames, kind):
+    path, message = _make_bad_input(kind, tmp_path, frames)
+    with pytest.raises(InputError, match=message) as caught:
+        probe_video(path)
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "audio_only", "truncated_index_first"])
+def test_reading_bad_inputs_raises_input_errors(tmp_path, frames, kind):
+    path, _ = _make_bad_input(kind, tmp_path, frames)
+    with pytest.raises(InputError):
+        for _ in read_frames(path):
+            pass
+
+
+# --- even sizes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "long_side", "expected"),
+    [
+        ((1920, 1080), 640, (640, 360)),
+        ((1080, 1920), 640, (360, 640)),
+        ((641, 361), None, (640, 360)),
+        ((1920, 1080), 449, (448, 252)),
+        ((100, 3), 10, (10, 2)),
+    ],
+)
+def test_even_size_examples(source, long_side, expected):
+    assert even_size(*source, long_side) == expected
+
+
+def test_even_size_keeps_the_aspect_within_a_pixel(rng):
+    for _ in range(200):
+        width, height = (int(v) for v in rng.integers(2, 4000, size=2))
+        long_side = int(rng.integers(2, 2000))
+        new_width, new_height = even_size(width, height, long_side)
+        assert new_width % 2 == 0 and new_height % 2 == 0
+        assert max(new_width, new_height) == long_side - long_side % 2
+        # Orientation is kept (a near-square source may come out square).
+        assert not (width > height and new_width < new_height)
+        assert not (width < height and new_width > new_height)
+        if width >= height:
+            exact_short, short = height * new_width / width, new_height
+        else:
+            exact_short, short = width * new_height / height, new_width
+        assert abs(short - exact_short) <= 1 or (short == 2 and exact_short < 2)
+
+
+def test_even_size_rejects_nonsense():
+    with pytest.raises(ValueError):
+        even_size(0, 10, 10)
+    with pytest.raises(ValueError):
+        even_size(10, 10, 1)
