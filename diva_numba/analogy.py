@@ -33,7 +33,7 @@ from diva_numba import vgg
 from diva_numba.device import Device, array_module, to_device, to_host
 from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
-from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
+from diva_numba.kernels.patchmatch import PatchMatchParams, identity_field, patchmatch
 from diva_numba.kernels.voting import vote
 from diva_numba.lbfgs import LBFGSParams
 from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
@@ -124,29 +124,33 @@ class AnalogyParams:
 
 @dataclass
 class FrameGuide:
-    """What a frame inherits from the previous one (video), already in its geometry.
+    """What a video frame inherits from the previous one, already in its geometry.
 
-    Every mapping is keyed by level (1..5). A level missing from a mapping gets
+    Every mapping is keyed by level (1..5); a level missing from a mapping gets
     the image-analogy default.
 
     Attributes
     ----------
-    fields_ab, fields_ba : dict of int to int32 array (H_L, W_L, 2)
-        Starting fields; for ``ba`` the field lives on the style image's grid.
-    refine_ab, refine_ba : dict of int to uint8 array (H_L, W_L)
-        Pixels that get a fresh search (1); the rest keep their seeded match.
-    deconv_ab, deconv_ba : dict of int to float32 array
-        Warm starts of the deconvolution solved for level L (at level L-2).
+    fields_ab : dict of int to int32 array (H_L, W_L, 2)
+        Starting ``phi_ab`` (the previous frame's, moved along the optical flow).
+    fresh_ab : dict of int to uint8 array (H_L, W_L)
+        Pixels (1) whose seed is not to be trusted (occluded, or carried in from
+        outside the frame): they start from the coarser level's field instead,
+        as in a cold start. PatchMatch then searches every pixel.
+    deconv_ab : dict of int to float32 array
+        Warm starts of A''s deconvolution solved for level L (a map at L-2).
+    latent_b : dict of int to float32 array, optional
+        B's latent features at levels 1..4 from an earlier frame. B' does not
+        move and A's look changes slowly, so a frame may reuse them: ``phi_ba``
+        and B's deconvolutions are then skipped.
     patchmatch_iterations : int, optional
-        Rounds per level on guided frames (fewer than a cold start needs).
+        Rounds per seeded level (fewer than a cold start needs).
     """
 
     fields_ab: dict[int, object] = field(default_factory=dict)
-    fields_ba: dict[int, object] = field(default_factory=dict)
-    refine_ab: dict[int, object] = field(default_factory=dict)
-    refine_ba: dict[int, object] = field(default_factory=dict)
+    fresh_ab: dict[int, object] = field(default_factory=dict)
     deconv_ab: dict[int, object] = field(default_factory=dict)
-    deconv_ba: dict[int, object] = field(default_factory=dict)
+    latent_b: dict[int, object] | None = None
     patchmatch_iterations: int | None = None
 
 
@@ -161,20 +165,24 @@ class AnalogyResult:
     nnf_ab, nnf_ba : int32 NumPy array (H, W, 2)
         Pixel-level fields: for each pixel of A its match ``(y, x)`` in B', and the
         reverse.
+        ``nnf_ba`` is None when the guide reused B's latent features.
     level_fields : dict of int to (nnf_ab, nnf_ba)
-        Fields of every feature level (device arrays), for ``--save-levels`` and
-        for seeding the next video frame.
-    deconvolutions : dict of int to (R_ab, R_ba)
-        Deconvolution solutions per level (device arrays), for warm starts.
+        Fields of every feature level (device arrays; ``nnf_ba`` may be None),
+        for ``--save-levels`` and for seeding the next video frame.
+    deconvolutions : dict of int to R_ab
+        A''s deconvolution solution per level (device arrays), for warm starts.
+    latent_b : dict of int to array
+        B's latent features at levels 1..4 (device arrays), for reuse.
     profile : Profile
     """
 
     a_prime: np.ndarray
-    b: np.ndarray
+    b: np.ndarray | None
     nnf_ab: np.ndarray
-    nnf_ba: np.ndarray
+    nnf_ba: np.ndarray | None
     level_fields: dict[int, tuple[object, object]]
-    deconvolutions: dict[int, tuple[object, object]]
+    deconvolutions: dict[int, object]
+    latent_b: dict[int, object]
     profile: Profile
 
 
@@ -309,15 +317,17 @@ def analogy(
     with profile.stage("features"):
         feat_a = model.features(image_a)
         feat_bp = features_bp if features_bp is not None else model.features(image_bp)
+    reuse_b = guide.latent_b is not None
     # At level 5 the latent images take the structure features unchanged.
     feat_ap = {5: feat_a[5]}
-    feat_b = {5: feat_bp[5]}
+    feat_b = {5: feat_bp[5], **(guide.latent_b or {})}
     shape_a = image_a.shape[:2]
     shape_b = image_bp.shape[:2]
     fields: dict[int, tuple[object, object]] = {}
-    deconvolutions: dict[int, tuple[object, object]] = {}
+    deconvolutions: dict[int, object] = {}
     up_ab = up_ba = None
     lbfgs_params = LBFGSParams(history=params.lbfgs_history, max_iterations=params.lbfgs_iterations)
+    mask_options = {"kind": params.mask, "kappa": params.kappa, "tau": params.tau}
 
     for level in (5, 4, 3, 2, 1):
         iterations = params.patchmatch_iterations
@@ -329,79 +339,89 @@ def analogy(
             n_b = normalize_features(feat_b[level])
             n_bp = normalize_features(feat_bp[level])
         with profile.stage("patchmatch", level):
+            init_ab = _initial_field(
+                guide.fields_ab.get(level), guide.fresh_ab.get(level), up_ab, shape_a, shape_b,
+                level, model.device,
+            )  # fmt: skip
             nnf_ab, _ = patchmatch(
-                n_a,
-                n_ap,
-                n_b,
-                n_bp,
-                init_field=_seed(guide.fields_ab, level, up_ab, model.device),
-                refine_mask=_seed(guide.refine_ab, level, None, model.device),
+                n_a, n_ap, n_b, n_bp, init_field=init_ab,
                 params=params.patchmatch_params(level, shape_a, 0, iterations),
-            )
-            nnf_ba, _ = patchmatch(
-                n_bp,
-                n_b,
-                n_ap,
-                n_a,
-                init_field=_seed(guide.fields_ba, level, up_ba, model.device),
-                refine_mask=_seed(guide.refine_ba, level, None, model.device),
-                params=params.patchmatch_params(level, shape_b, 1, iterations),
-            )
+            )  # fmt: skip
+            nnf_ba = None
+            if not reuse_b:
+                nnf_ba, _ = patchmatch(
+                    n_bp, n_b, n_ap, n_a, init_field=up_ba,
+                    params=params.patchmatch_params(level, shape_b, 1, iterations),
+                )  # fmt: skip
         fields[level] = (nnf_ab, nnf_ba)
         if level == 1:
             break
         next_level = level - 1
+        alpha = params.alpha(next_level)
         # A' gets B''s look through phi_ab; B gets A's look through phi_ba.
         with profile.stage("deconvolution", level):
-            recon_ap, solution_ab = _reconstruct(
+            recon_ap, deconvolutions[level] = _reconstruct(
                 model, level, feat_bp, nnf_ab, shape_a, shape_b, guide.deconv_ab.get(level),
                 params, lbfgs_params,
             )  # fmt: skip
-            recon_b, solution_ba = _reconstruct(
-                model, level, feat_a, nnf_ba, shape_b, shape_a, guide.deconv_ba.get(level),
-                params, lbfgs_params,
-            )  # fmt: skip
-        deconvolutions[level] = (solution_ab, solution_ba)
+            if not reuse_b:
+                recon_b, _ = _reconstruct(
+                    model, level, feat_a, nnf_ba, shape_b, shape_a, None, params, lbfgs_params
+                )
         with profile.stage("blend", level):
-            alpha = params.alpha(next_level)
-            mask_a = response_mask(feat_a[next_level], kind=params.mask, kappa=params.kappa,
-                                   tau=params.tau)  # fmt: skip
+            mask_a = response_mask(feat_a[next_level], **mask_options)
             feat_ap[next_level] = blend(feat_a[next_level], recon_ap, mask_a, alpha=alpha)
-            mask_bp = response_mask(feat_bp[next_level], kind=params.mask, kappa=params.kappa,
-                                    tau=params.tau)  # fmt: skip
-            feat_b[next_level] = blend(feat_bp[next_level], recon_b, mask_bp, alpha=alpha)
+            if not reuse_b:
+                mask_bp = response_mask(feat_bp[next_level], **mask_options)
+                feat_b[next_level] = blend(feat_bp[next_level], recon_b, mask_bp, alpha=alpha)
         with profile.stage("upsample", level):
             up_ab = upsample_field(
                 nnf_ab,
                 target_shape=vgg.level_shape(*shape_a, next_level),
                 source_shape=vgg.level_shape(*shape_b, next_level),
             )
-            up_ba = upsample_field(
-                nnf_ba,
-                target_shape=vgg.level_shape(*shape_b, next_level),
-                source_shape=vgg.level_shape(*shape_a, next_level),
-            )
+            if not reuse_b:
+                up_ba = upsample_field(
+                    nnf_ba,
+                    target_shape=vgg.level_shape(*shape_b, next_level),
+                    source_shape=vgg.level_shape(*shape_a, next_level),
+                )
 
     with profile.stage("pixels"):
         # relu1_1 has the image's own resolution, so the level-1 fields are the
         # pixel fields.
         nnf_ab, nnf_ba = fields[1]
         a_prime = model.pixels(vote(feat_bp[0], nnf_ab, patch_size=params.patch_size(0)))
-        b = model.pixels(vote(feat_a[0], nnf_ba, patch_size=params.patch_size(0)))
+        b = None
+        if nnf_ba is not None:
+            b = model.pixels(vote(feat_a[0], nnf_ba, patch_size=params.patch_size(0)))
     return AnalogyResult(
         a_prime=a_prime,
         b=b,
         nnf_ab=to_host(nnf_ab),
-        nnf_ba=to_host(nnf_ba),
+        nnf_ba=None if nnf_ba is None else to_host(nnf_ba),
         level_fields=fields,
         deconvolutions=deconvolutions,
+        latent_b={level: feat_b[level] for level in (4, 3, 2, 1)},
         profile=profile,
     )
 
 
-def _seed(mapping: dict[int, object], level: int, fallback, device: Device):
-    value = mapping.get(level, fallback)
-    return None if value is None else to_device(value, device)
+def _initial_field(seed, fresh, fallback, shape_a, shape_b, level: int, device: Device):
+    """PatchMatch's starting field: the seed, with ``fresh`` pixels from the fallback."""
+    if seed is None:
+        return fallback
+    seed = to_device(seed, device)
+    if fresh is None:
+        return seed
+    if fallback is None:
+        fallback = to_device(
+            identity_field(vgg.level_shape(*shape_a, level), vgg.level_shape(*shape_b, level)),
+            device,
+        )
+    xp = array_module(seed)
+    fresh = to_device(fresh, device).astype(bool)[:, :, None]
+    return xp.ascontiguousarray(xp.where(fresh, fallback, seed).astype(xp.int32))
 
 
 def _reconstruct(

@@ -63,8 +63,9 @@ def _register_subcommands() -> None:
     from diva_numba.cli_analogy import analogy
     from diva_numba.cli_metrics import metrics
     from diva_numba.cli_models import models
+    from diva_numba.cli_transfer import transfer
 
-    for command in (analogy, metrics, models):
+    for command in (analogy, transfer, metrics, models):
         cli.add_command(command)
 
 
