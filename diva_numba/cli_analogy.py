@@ -141,6 +141,12 @@ def load_model(model_path: Path | None, device: Device):
 )
 @analysis_options
 @click.option(
+    "--refine",
+    is_flag=True,
+    help="Photo mode: keep the structure image's fine detail under the new colours "
+    "(A' <- A + WLS(A') - WLS(A), edge-aware smoothing guided by A).",
+)
+@click.option(
     "--save-levels",
     is_flag=True,
     help="Also write every level's fields (.npy) and a flow-colour picture of each.",
@@ -149,7 +155,7 @@ def load_model(model_path: Path | None, device: Device):
 @device_option
 @as_user_errors
 def analogy(image_a, image_bp, output, model_path, size, ratio, alpha, mask, iters, lbfgs_iters,
-            seed, profile, save_levels, overwrite, device):  # fmt: skip
+            seed, profile, refine, save_levels, overwrite, device):  # fmt: skip
     """Image analogy A : A' :: B : B' for a structure image A and a style image B'.
 
     Writes to OUTPUT: A_prime.png (A's structure with B''s look), B.png (B''s
@@ -170,6 +176,12 @@ def analogy(image_a, image_bp, output, model_path, size, ratio, alpha, mask, ite
                                         name=str(image_bp)))  # fmt: skip
     model = load_model(model_path, device)
     result = run_analogy(model, a, bp, params=params)
+    if refine:
+        from diva_numba.refine import refine_photo
+
+        with result.profile.stage("refine"):
+            result.a_prime = refine_photo(result.a_prime, a)
+            result.b = refine_photo(result.b, bp)
     _write_analogy(output, result, a_full.shape[:2], bp_full.shape[:2], save_levels, overwrite)
     if profile:
         click.echo(result.profile.table())
