@@ -192,6 +192,10 @@ class Profile:
     def __init__(self, device: Device):
         self.device = device
         self.rows: list[tuple[str, int | None, float]] = []
+        self.deconvolution_flops: dict[int, float] = {}
+
+    def add_deconvolution_flops(self, level: int, flops: float) -> None:
+        self.deconvolution_flops[level] = self.deconvolution_flops.get(level, 0.0) + flops
 
     def _sync(self) -> None:
         if self.device.is_cuda:
@@ -223,6 +227,17 @@ class Profile:
                 cells.append(f"{t:9.3f}" if t else f"{'':>9}")
             lines.append(f"{stage:<16}" + "".join(cells) + f"{self.total(stage):9.3f}")
         lines.append(f"{'total':<16}" + " " * 9 * len(levels) + f"{self.total():9.3f}")
+        if self.deconvolution_flops:
+            cells = []
+            for lv in levels:
+                seconds = sum(t for st, lvl, t in self.rows if st == "deconvolution" and lvl == lv)
+                flops = self.deconvolution_flops.get(lv, 0.0)
+                cells.append(f"{flops / seconds / 1e9:9.1f}" if flops and seconds else " " * 9)
+            flops = sum(self.deconvolution_flops.values())
+            seconds = self.total("deconvolution")
+            lines.append(
+                f"{'deconv GFLOP/s':<16}" + "".join(cells) + f"{flops / seconds / 1e9:9.1f}"
+            )
         return "\n".join(lines)
 
 
@@ -362,12 +377,13 @@ def analogy(
         with profile.stage("deconvolution", level):
             recon_ap, deconvolutions[level] = _reconstruct(
                 model, level, feat_bp, nnf_ab, shape_a, shape_b, guide.deconv_ab.get(level),
-                params, lbfgs_params,
+                params, lbfgs_params, profile,
             )  # fmt: skip
             if not reuse_b:
                 recon_b, _ = _reconstruct(
-                    model, level, feat_a, nnf_ba, shape_b, shape_a, None, params, lbfgs_params
-                )
+                    model, level, feat_a, nnf_ba, shape_b, shape_a, None, params, lbfgs_params,
+                    profile,
+                )  # fmt: skip
         with profile.stage("blend", level):
             mask_a = response_mask(feat_a[next_level], **mask_options)
             feat_ap[next_level] = blend(feat_a[next_level], recon_ap, mask_a, alpha=alpha)
@@ -434,6 +450,7 @@ def _reconstruct(
     warm_start,
     params: AnalogyParams,
     lbfgs_params: LBFGSParams,
+    profile: Profile | None = None,
 ):
     """Level L-1 features of a latent image, and the level L-2 solution behind them.
 
@@ -455,6 +472,9 @@ def _reconstruct(
         )
         initial = vote(style_features[low], low_nnf, patch_size=params.patch_size(low))
     result = deconvolve(network, target, initial, params=lbfgs_params)
+    if profile is not None:
+        height, width = initial.shape[1:]
+        profile.add_deconvolution_flops(level, result.evaluations * network.flops(height, width))
     log.debug(
         "level %d: L-BFGS %d iterations, %d evaluations, loss %.4g -> %.4g (%s)",
         level, result.iterations, result.evaluations, result.losses[0], result.loss, result.reason,

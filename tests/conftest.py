@@ -7,6 +7,10 @@ imported, which is why it is set here, at collection time.
 
 import os
 
+# As in diva_numba/__init__.py; set before NumPy loads its BLAS.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 if os.environ.get("DIVA_TEST_GPU") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     # pytest has already imported numba (to resolve the warning filters in

@@ -1,0 +1,438 @@
+"""VGG-19 sub-networks run forward and backward as GEMMs, for the deconvolution step.
+
+The deconvolution of the analogy looks for a feature map ``R`` at level ``L - 2``
+whose image through the network, ``CNN_{L-2 -> L}(R)``, is close to a target at
+level ``L``. :class:`SubNetwork` is that piece of VGG-19 with fixed weights: its
+forward pass, and the gradient of ``sum((CNN(R) - target)**2)`` with respect to
+``R`` (weights are fixed, so no weight gradients are formed).
+
+Each 3x3 convolution (padding 1) is a GEMM over im2col columns::
+
+    Y = W.reshape(O, C * 9) @ im2col(X) + b          # (O, H * W)
+    dX = col2im(W.reshape(O, C * 9).T @ dY)           # (C, H, W)
+
+with ReLU after every conv and a 2x2 ceil-mode max-pool after the convs in
+:data:`diva_numba.vgg.POOL_AFTER`. The GEMMs are ``matmul`` of the array's own
+module (NumPy's BLAS on the CPU, cuBLAS through CuPy on the GPU); im2col/col2im,
+ReLU, pooling and the loss are the Numba kernels of :mod:`diva_numba.kernels`.
+Everything runs in the dtype of the input (float32 normally; float64 for checks).
+
+Level ``0`` is the preprocessed image, level ``L`` (1..5) the output of
+``reluL_1``. The optimiser evaluates the same sub-network on the same shape about a
+hundred times, so every buffer (activations, pooling indices, columns, gradients)
+lives in a workspace keyed on the input's shape, dtype and device, reused across
+calls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from diva_numba import vgg
+from diva_numba.device import array_module
+from diva_numba.errors import ModelError
+from diva_numba.kernels import activations, im2col, lbfgs_ops
+from diva_numba.kernels._target import device_empty, is_cuda_array
+from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
+
+#: Weights of the convs: name -> (weight (O, I, 3, 3), bias (O,)), float32.
+ConvWeights = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+#: All feature levels, finest first.
+FEATURE_LEVELS: tuple[int, ...] = tuple(range(1, len(vgg.FEATURE_LAYERS) + 1))
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """One conv + ReLU (+ pool) with its weight flattened to the GEMM's ``(O, C * 9)``."""
+
+    name: str
+    weight: np.ndarray  # (O, C * 9)
+    bias: np.ndarray  # (O,)
+    pool: bool
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] // im2col.TAPS
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+
+def _load_convs(weights: ConvWeights, names: Iterable[str]) -> tuple[_Conv, ...]:
+    convs = []
+    for name in names:
+        if name not in weights:
+            raise ModelError(f"the model has no weights for {name}")
+        weight, bias = (np.asarray(array) for array in weights[name])
+        if weight.ndim != 4 or weight.shape[2:] != (3, 3) or bias.shape != weight.shape[:1]:
+            raise ModelError(
+                f"{name}: expected weight (O, I, 3, 3) and bias (O,), "
+                f"got {weight.shape} and {bias.shape}"
+            )
+        if convs and convs[-1].out_channels != weight.shape[1]:
+            raise ModelError(
+                f"{name} takes {weight.shape[1]} channels but the layer before gives "
+                f"{convs[-1].out_channels}"
+            )
+        convs.append(
+            _Conv(
+                name,
+                np.ascontiguousarray(weight.reshape(weight.shape[0], -1), dtype=np.float32),
+                np.ascontiguousarray(bias, dtype=np.float32),
+                name in vgg.POOL_AFTER,
+            )
+        )
+    return tuple(convs)
+
+
+class _Workspace:
+    """Buffers of one input shape: everything a forward + backward pass writes."""
+
+    def __init__(self, convs: tuple[_Conv, ...], input_shape: tuple[int, int, int], like):
+        dtype = like.dtype
+
+        def empty(shape, dtype=dtype):
+            if is_cuda_array(like):
+                return device_empty(shape, dtype, like=like)
+            return np.empty(shape, dtype=dtype)
+
+        self.input_shapes: list[tuple[int, int, int]] = []
+        self.activations, self.pooled, self.argmax = [], [], []
+        shape = input_shape
+        for conv in convs:
+            self.input_shapes.append(shape)
+            _, height, width = shape
+            self.activations.append(empty((conv.out_channels, height, width)))
+            if conv.pool:
+                pooled_shape = (conv.out_channels, vgg.pooled_size(height), vgg.pooled_size(width))
+                self.pooled.append(empty(pooled_shape))
+                self.argmax.append(empty(pooled_shape, np.int32))
+                shape = pooled_shape
+            else:
+                self.pooled.append(None)
+                self.argmax.append(None)
+                shape = (conv.out_channels, height, width)
+        largest_columns = max(
+            channels * im2col.TAPS * height * width for channels, height, width in self.input_shapes
+        )
+        largest_map = max(int(np.prod(act.shape)) for act in self.activations)
+        self.columns = empty((largest_columns,))
+        # Gradients flow backwards through two alternating buffers; the gradient with
+        # respect to the input has its own, since the caller receives it.
+        self.gradient_buffers = [empty((largest_map,)), empty((largest_map,))]
+        self.input_gradient = empty(input_shape)
+        self.loss = empty((1,), np.float64)
+
+    @property
+    def output(self):
+        return self.activations[-1]
+
+
+class SubNetwork:
+    """The VGG-19 layers between two feature levels, with fixed weights.
+
+    Parameters
+    ----------
+    weights : mapping
+        Conv name -> ``(weight, bias)``: float32 ``(O, I, 3, 3)`` and ``(O,)``, as read
+        from the ONNX model. Only the convs between the levels are used.
+    start_level, end_level : int
+        ``0 <= start_level < end_level <= 5``. Level 0 is the preprocessed image,
+        level ``L`` the output of ``reluL_1``. The analogy's deconvolutions use
+        (3, 5), (2, 4), (1, 3) and (0, 2).
+    max_workspaces : int
+        Input shapes whose buffers are kept (least recently used dropped first).
+
+    Raises
+    ------
+    ModelError
+        If a conv is missing from ``weights`` or the shapes do not chain.
+
+    Notes
+    -----
+    Arrays may be NumPy (CPU) or CuPy (GPU); outputs live on the input's device and
+    have its dtype (float32, or float64 for gradient checks). Weights are copied to
+    the GPU, in the needed dtype, on first use.
+    """
+
+    def __init__(
+        self, weights: ConvWeights, start_level: int, end_level: int, *, max_workspaces: int = 2
+    ):
+        self.start_level = start_level
+        self.end_level = end_level
+        self.layers = vgg.layers_between(start_level, end_level)
+        self._convs = _load_convs(weights, self.layers)
+        self._parameters: dict[tuple[bool, str], list[tuple[object, object]]] = {}
+        self._workspaces: OrderedDict[tuple, _Workspace] = OrderedDict()
+        self._max_workspaces = max_workspaces
+
+    def __repr__(self) -> str:
+        return (
+            f"SubNetwork(level {self.start_level} -> {self.end_level}: "
+            f"{self.layers[0]}..{self.layers[-1]})"
+        )
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the input map (3 for level 0)."""
+        return self._convs[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the output map."""
+        return self._convs[-1].out_channels
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """Shape ``(C', H', W')`` of the output for an ``height x width`` input map."""
+        for conv in self._convs:
+            if conv.pool:
+                height, width = vgg.pooled_size(height), vgg.pooled_size(width)
+        return self.out_channels, height, width
+
+    def flops(self, height: int, width: int, *, backward: bool = True) -> int:
+        """Floating-point operations of the GEMMs for an ``height x width`` input map.
+
+        A conv costs ``2 * O * C * 9 * H * W`` forward and the same again for the
+        gradient with respect to its input (``backward=True``, i.e. one call of
+        :meth:`loss_and_gradient`). Element-wise work (im2col, ReLU, pooling) is not
+        counted.
+        """
+        total = 0
+        for conv in self._convs:
+            total += 2 * conv.weight.size * height * width
+            if conv.pool:
+                height, width = vgg.pooled_size(height), vgg.pooled_size(width)
+        return total * (2 if backward else 1)
+
+    def release_workspaces(self) -> None:
+        """Drop every cached buffer (they are rebuilt on the next call)."""
+        self._workspaces.clear()
+
+    # -- passes ------------------------------------------------------------------------
+
+    def forward(self, x):
+        """Output of the sub-network.
+
+        Parameters
+        ----------
+        x : float32 or float64 array, shape (C, H, W), NumPy or CuPy
+            Feature map at ``start_level`` (the preprocessed image for level 0).
+
+        Returns
+        -------
+        array, shape :meth:`output_shape` ``(H, W)``, same dtype and device
+            A new array (feature map at ``end_level``).
+        """
+        return self.forward_levels(x, (self.end_level,))[0]
+
+    def forward_levels(self, x, levels: Iterable[int]) -> tuple:
+        """Feature maps at several levels in one pass.
+
+        Parameters
+        ----------
+        x : float32 or float64 array, shape (C, H, W), NumPy or CuPy
+            Feature map at ``start_level``.
+        levels : iterable of int
+            Levels ``start_level < level <= end_level``, in any order.
+
+        Returns
+        -------
+        tuple of arrays
+            One new ``(C_l, H_l, W_l)`` array per requested level, in the order asked.
+        """
+        levels = tuple(levels)
+        for level in levels:
+            if not self.start_level < level <= self.end_level:
+                raise ValueError(
+                    f"level {level} is not produced by levels {self.start_level} -> "
+                    f"{self.end_level}"
+                )
+        x, workspace = self._prepare(x)
+        self._forward(x, workspace)
+        xp = array_module(x)
+        return tuple(
+            xp.copy(workspace.activations[self.layers.index(vgg.conv_of_level(level))])
+            for level in levels
+        )
+
+    def loss_and_gradient(self, x, target):
+        """Deconvolution loss ``sum((forward(x) - target)**2)`` and its gradient in ``x``.
+
+        The loss is the plain sum of squares (no 1/2): the gradient is
+        ``2 J^T (forward(x) - target)``. :func:`deconvolve` stops on the gradient of
+        exactly this loss.
+
+        Parameters
+        ----------
+        x : float32 or float64 array, shape (C, H, W), NumPy or CuPy
+        target : array, shape :meth:`output_shape`, same dtype and device
+
+        Returns
+        -------
+        loss : float on the CPU; a one-element float64 GPU array on the GPU
+            (reading it, ``float(loss[0])``, waits for the GPU; the optimiser reads it
+            together with its own scalars instead).
+        grad : array, shape (C, H, W), same dtype and device as ``x``
+            Valid until the next call on an input of this shape (a workspace buffer).
+        """
+        x, workspace = self._prepare(x)
+        if tuple(target.shape) != tuple(workspace.output.shape) or target.dtype != x.dtype:
+            raise ValueError(
+                f"target must be {x.dtype} {tuple(workspace.output.shape)}, "
+                f"got {target.dtype} {tuple(target.shape)}"
+            )
+        self._forward(x, workspace)
+        output = workspace.output
+        grad = workspace.gradient_buffers[0][: output.size]
+        lbfgs_ops.squared_error(
+            output.reshape(-1),
+            target.reshape(-1),
+            grad_out=grad,
+            scalars=workspace.loss,
+            slot=0,
+        )
+        input_gradient = self._backward(grad.reshape(output.shape), workspace)
+        loss = workspace.loss if is_cuda_array(x) else float(workspace.loss[0])
+        return loss, input_gradient
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _prepare(self, x):
+        if x.ndim != 3 or x.shape[0] != self.in_channels:
+            raise ValueError(f"expected a ({self.in_channels}, H, W) map, got {tuple(x.shape)}")
+        if x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"expected float32 or float64, got {x.dtype}")
+        x = array_module(x).ascontiguousarray(x)
+        key = (tuple(x.shape), x.dtype.str, is_cuda_array(x))
+        workspace = self._workspaces.pop(key, None)
+        if workspace is None:
+            while len(self._workspaces) >= self._max_workspaces:
+                self._workspaces.popitem(last=False)
+            workspace = _Workspace(self._convs, tuple(x.shape), like=x)
+        self._workspaces[key] = workspace
+        return x, workspace
+
+    def _device_parameters(self, like) -> list[tuple[object, object]]:
+        """``(weight (O, C*9), bias (O,))`` per conv on ``like``'s device and dtype."""
+        key = (is_cuda_array(like), like.dtype.str)
+        if key not in self._parameters:
+            xp = array_module(like)
+            self._parameters[key] = [
+                (xp.asarray(conv.weight, dtype=like.dtype), xp.asarray(conv.bias, dtype=like.dtype))
+                for conv in self._convs
+            ]
+        return self._parameters[key]
+
+    def _forward(self, x, workspace: _Workspace) -> None:
+        xp = array_module(x)
+        layer_input = x
+        for index, (weight, bias) in enumerate(self._device_parameters(x)):
+            channels, height, width = layer_input.shape
+            columns = workspace.columns[: channels * im2col.TAPS * height * width]
+            columns = columns.reshape(channels * im2col.TAPS, height * width)
+            im2col.im2col(layer_input, out=columns)
+            activation = workspace.activations[index]
+            xp.matmul(weight, columns, out=activation.reshape(weight.shape[0], height * width))
+            activations.relu_forward(activation, bias=bias)
+            if workspace.pooled[index] is None:
+                layer_input = activation
+            else:
+                activations.maxpool_forward(
+                    activation, out=workspace.pooled[index], argmax=workspace.argmax[index]
+                )
+                layer_input = workspace.pooled[index]
+
+    def _backward(self, grad_output, workspace: _Workspace):
+        """Gradient with respect to the input, from that with respect to the output."""
+        xp = array_module(grad_output)
+        buffers = workspace.gradient_buffers
+        current = 0  # index of the buffer holding ``grad``
+        grad = grad_output
+        parameters = self._device_parameters(grad_output)
+        for index in reversed(range(len(parameters))):
+            weight, _ = parameters[index]
+            activation = workspace.activations[index]
+            out_channels, height, width = activation.shape
+            if workspace.argmax[index] is not None:
+                current = 1 - current
+                unpooled = buffers[current][: activation.size].reshape(activation.shape)
+                grad = activations.maxpool_backward(
+                    grad, workspace.argmax[index], height, width, out=unpooled
+                )
+            activations.relu_backward(grad, activation)
+            channels = workspace.input_shapes[index][0]
+            columns = workspace.columns[: channels * im2col.TAPS * height * width]
+            columns = columns.reshape(channels * im2col.TAPS, height * width)
+            xp.matmul(weight.T, grad.reshape(out_channels, height * width), out=columns)
+            if index == 0:
+                target = workspace.input_gradient
+            else:
+                current = 1 - current
+                target = buffers[current][: channels * height * width]
+                target = target.reshape(channels, height, width)
+            grad = im2col.col2im(columns, height, width, out=target)
+        return grad
+
+
+def deconvolve(
+    network: SubNetwork,
+    target,
+    initial,
+    *,
+    params: LBFGSParams = LBFGSParams(),  # noqa: B008 (frozen, so sharing it is safe)
+) -> LBFGSResult:
+    """Find ``R`` with ``network.forward(R)`` close to ``target`` (least squares, L-BFGS).
+
+    Parameters
+    ----------
+    network : SubNetwork
+        Usually levels ``L - 2 -> L``.
+    target : float32 array, shape ``network.output_shape(H, W)``, NumPy or CuPy
+        The wanted features at ``network.end_level``.
+    initial : float32 array, shape (C, H, W), same device
+        Starting point at ``network.start_level`` (not modified).
+    params : LBFGSParams
+        The defaults are the official code's: history 4, 100 iterations, stop when
+        ``|g|^2 < 1e-8 max(|R|^2, 1)`` with ``g`` the gradient of
+        ``sum((forward(R) - target)**2)``.
+
+    Returns
+    -------
+    LBFGSResult
+        ``result.x`` is ``R``, shaped like ``initial``.
+    """
+    return minimize_lbfgs(
+        lambda x: network.loss_and_gradient(x, target),
+        initial,
+        params=params,
+    )
+
+
+def full_forward(weights: ConvWeights, image) -> tuple:
+    """All five feature maps of a preprocessed image, with the project's own kernels.
+
+    This is the forward pass the pipeline runs on the GPU when onnxruntime has no CUDA
+    provider; it must agree with the ONNX model to float32 tolerance. For repeated
+    calls build ``SubNetwork(weights, 0, 5)`` once and call
+    ``forward_levels(image, FEATURE_LEVELS)``, so the weights move to the GPU once.
+
+    Parameters
+    ----------
+    weights : mapping
+        Conv name -> ``(weight, bias)`` as for :class:`SubNetwork`.
+    image : float32 array, shape (3, H, W), NumPy or CuPy
+        The preprocessed image (level 0: channel order and mean of the model applied).
+
+    Returns
+    -------
+    tuple of 5 arrays
+        ``relu1_1`` .. ``relu5_1``, each ``(C_L, H_L, W_L)`` with
+        ``(H_L, W_L) = diva_numba.vgg.level_shape(H, W, L)``.
+    """
+    return SubNetwork(weights, 0, 5, max_workspaces=1).forward_levels(image, FEATURE_LEVELS)

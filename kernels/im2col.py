@@ -1,0 +1,213 @@
+"""im2col and col2im for 3x3 convolutions with padding 1 and stride 1.
+
+A 3x3 convolution of a ``(C, H, W)`` map is the GEMM ``weight.reshape(O, C * 9) @ cols``
+with ``cols = im2col(image)`` of shape ``(C * 9, H * W)``: row ``c * 9 + ky * 3 + kx``
+holds channel ``c`` shifted by ``(ky - 1, kx - 1)``, zero outside the map. That row
+order is the C-order flattening of an ``(O, C, 3, 3)`` weight, so the weight needs
+no copy.
+
+:func:`col2im` is the exact adjoint of :func:`im2col` (``<im2col(x), y> ==
+<x, col2im(y)>``): it carries the gradient of the columns back to the input, summing
+the nine taps that read each input pixel. Every output element is written by one
+thread (the CPU twin accumulates one channel plane per thread; the CUDA kernel
+gathers the nine taps per pixel), so there are no races and no atomics.
+
+The CPU twins copy whole shifted rows (the inner loops vectorise); the CUDA kernels
+compute one element per thread. Both decode rows and bounds with the same helpers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from diva_numba.kernels._target import device_empty, is_cuda_array, launch_2d, shared
+
+#: Taps per input channel (3x3 kernel).
+TAPS = 9
+
+
+@shared
+def tap_offset(row):
+    """Channel and ``(dy, dx)`` shift read by im2col row ``row``."""
+    tap = row % TAPS
+    return row // TAPS, tap // 3 - 1, tap % 3 - 1
+
+
+@shared
+def shifted_range(size, shift):
+    """Coordinates ``i`` in ``[0, size)`` whose source ``i + shift`` is also inside."""
+    # if/else rather than min/max: the builtins have no CUDA lowering.
+    low = -shift if shift < 0 else 0
+    high = size - shift if shift > 0 else size
+    return low, high
+
+
+@shared
+def im2col_value(image, row, pixel):
+    """``cols[row, pixel]``: the input value tap ``row`` reads for output ``pixel``."""
+    height, width = image.shape[1], image.shape[2]
+    channel, dy, dx = tap_offset(row)
+    y_lo, y_hi = shifted_range(height, dy)
+    x_lo, x_hi = shifted_range(width, dx)
+    y = pixel // width
+    x = pixel % width
+    if y_lo <= y < y_hi and x_lo <= x < x_hi:
+        return image[channel, y + dy, x + dx]
+    return 0.0
+
+
+@shared
+def col2im_value(cols, channel, y, x, width):
+    """Sum of the column entries whose tap reads input pixel ``(y, x)`` of ``channel``."""
+    height = cols.shape[1] // width
+    total = 0.0
+    for tap in range(TAPS):
+        _, dy, dx = tap_offset(tap)
+        # Output pixel (y - dy, x - dx) reads this input through the tap.
+        y_lo, y_hi = shifted_range(height, -dy)
+        x_lo, x_hi = shifted_range(width, -dx)
+        if y_lo <= y < y_hi and x_lo <= x < x_hi:
+            total += cols[channel * TAPS + tap, (y - dy) * width + (x - dx)]
+    return total
+
+
+# --- CPU ------------------------------------------------------------------------------
+
+
+@njit(parallel=True)
+def _im2col_cpu(image, cols):
+    height, width = image.shape[1], image.shape[2]
+    for row in prange(cols.shape[0]):
+        channel, dy, dx = tap_offset(row)
+        y_lo, y_hi = shifted_range(height, dy)
+        x_lo, x_hi = shifted_range(width, dx)
+        cols[row, : y_lo * width] = 0
+        cols[row, y_hi * width :] = 0
+        for y in range(y_lo, y_hi):
+            line = cols[row, y * width : (y + 1) * width]
+            line[:x_lo] = 0
+            line[x_hi:] = 0
+            source = image[channel, y + dy]
+            for x in range(x_lo, x_hi):
+                line[x] = source[x + dx]
+
+
+@njit(parallel=True)
+def _col2im_cpu(cols, image):
+    height, width = image.shape[1], image.shape[2]
+    for channel in prange(image.shape[0]):
+        plane = image[channel]
+        plane[:] = 0
+        for tap in range(TAPS):
+            _, dy, dx = tap_offset(tap)
+            row = cols[channel * TAPS + tap]
+            y_lo, y_hi = shifted_range(height, dy)
+            x_lo, x_hi = shifted_range(width, dx)
+            # Column pixel (y, x) read input (y + dy, x + dx): add it back there.
+            for y in range(y_lo, y_hi):
+                target = plane[y + dy]
+                for x in range(x_lo, x_hi):
+                    target[x + dx] += row[y * width + x]
+
+
+def im2col_cpu(image: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """CPU twin of :func:`im2col`."""
+    channels, height, width = image.shape
+    if out is None:
+        out = np.empty((channels * TAPS, height * width), dtype=image.dtype)
+    _im2col_cpu(image, out)
+    return out
+
+
+def col2im_cpu(cols: np.ndarray, height: int, width: int, *, out=None) -> np.ndarray:
+    """CPU twin of :func:`col2im`."""
+    if out is None:
+        out = np.empty((cols.shape[0] // TAPS, height, width), dtype=cols.dtype)
+    _col2im_cpu(cols, out)
+    return out
+
+
+# --- CUDA -----------------------------------------------------------------------------
+
+
+@cuda.jit
+def _im2col_kernel(image, cols):
+    pixel, row = cuda.grid(2)
+    if row < cols.shape[0] and pixel < cols.shape[1]:
+        cols[row, pixel] = im2col_value(image, row, pixel)
+
+
+@cuda.jit
+def _col2im_kernel(cols, image):
+    pixel, channel = cuda.grid(2)
+    width = image.shape[2]
+    if channel < image.shape[0] and pixel < image.shape[1] * width:
+        y = pixel // width
+        x = pixel % width
+        image[channel, y, x] = col2im_value(cols, channel, y, x, width)
+
+
+def im2col_cuda(image, *, out=None):
+    """CUDA twin of :func:`im2col` (CuPy or Numba device arrays)."""
+    channels, height, width = image.shape
+    if out is None:
+        out = device_empty((channels * TAPS, height * width), image.dtype, like=image)
+    grid, block = launch_2d(out.shape[0], out.shape[1])
+    _im2col_kernel[grid, block](image, out)
+    return out
+
+
+def col2im_cuda(cols, height: int, width: int, *, out=None):
+    """CUDA twin of :func:`col2im` (CuPy or Numba device arrays)."""
+    channels = cols.shape[0] // TAPS
+    if out is None:
+        out = device_empty((channels, height, width), cols.dtype, like=cols)
+    grid, block = launch_2d(channels, height * width)
+    _col2im_kernel[grid, block](cols, out)
+    return out
+
+
+# --- dispatch -------------------------------------------------------------------------
+
+
+def im2col(image, *, out=None):
+    """Unfold the 3x3 neighbourhoods (padding 1) of a feature map into columns.
+
+    Parameters
+    ----------
+    image : float32 or float64 array, shape (C, H, W), C-contiguous
+    out : array, shape (C * 9, H * W), same dtype and device, optional
+        Written in full; allocated when omitted.
+
+    Returns
+    -------
+    cols : array, shape (C * 9, H * W)
+        ``cols[c * 9 + ky * 3 + kx, y * W + x] = image[c, y + ky - 1, x + kx - 1]``,
+        zero where that position lies outside the map.
+    """
+    if is_cuda_array(image):
+        return im2col_cuda(image, out=out)
+    return im2col_cpu(image, out=out)
+
+
+def col2im(cols, height: int, width: int, *, out=None):
+    """Fold columns back onto the map, summing overlapping taps (adjoint of :func:`im2col`).
+
+    Parameters
+    ----------
+    cols : float32 or float64 array, shape (C * 9, H * W), C-contiguous
+    height, width : int
+        Spatial size ``H, W`` of the map.
+    out : array, shape (C, H, W), same dtype and device, optional
+        Overwritten (not accumulated into); allocated when omitted.
+
+    Returns
+    -------
+    image : array, shape (C, H, W)
+        ``image[c, y, x]`` is the sum of ``cols[c * 9 + ky * 3 + kx, p]`` over the
+        output pixels ``p`` whose tap ``(ky, kx)`` reads ``(y, x)``.
+    """
+    if is_cuda_array(cols):
+        return col2im_cuda(cols, height, width, out=out)
+    return col2im_cpu(cols, height, width, out=out)

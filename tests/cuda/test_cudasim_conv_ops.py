@@ -1,0 +1,216 @@
+"""CUDA kernels of the deconvolution vs their CPU twins, and the GPU orchestration.
+
+Runs under Numba's CUDA simulator (or a real GPU with ``DIVA_TEST_GPU=1``) on tiny
+inputs, with blocks shrunk so that every launch spans several of them. The GEMMs
+are CuPy's on a real GPU; here a stand-in array module does them on the host, so
+that everything else on the GPU path (kernels, workspaces, the optimiser's device
+scalars) runs on device arrays.
+"""
+
+import types
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from diva_numba import network as network_module
+from diva_numba import vgg
+from diva_numba.device import to_host
+from diva_numba.kernels import _target, activations, im2col, lbfgs_ops
+from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
+
+pytestmark = pytest.mark.cudasim
+
+# Float kernels may differ by a few float32 ulps on a real GPU (fused multiply-adds).
+FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(_target, "BLOCK_2D", [4, 2])
+    monkeypatch.setattr(_target, "BLOCK_1D", [8])
+
+
+def assert_on_device(array):
+    """Outputs are allocated as the same kind of GPU array as the inputs."""
+    assert type(array) is type(cuda.device_array(1))
+
+
+# --- im2col / col2im --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 1, 1), (3, 4, 2)])
+def test_im2col(rng, shape):
+    image = rng.standard_normal(shape).astype(np.float32)
+    result = im2col.im2col(cuda.to_device(image))
+    assert_on_device(result)
+    np.testing.assert_array_equal(to_host(result), im2col.im2col_cpu(image))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 1, 1), (3, 4, 2)])
+def test_col2im(rng, shape):
+    channels, height, width = shape
+    cols = rng.standard_normal((channels * 9, height * width)).astype(np.float32)
+    result = im2col.col2im(cuda.to_device(cols), height, width)
+    assert_on_device(result)
+    np.testing.assert_allclose(
+        to_host(result), im2col.col2im_cpu(cols, height, width), **FLOAT_TOLERANCE
+    )
+
+
+# --- ReLU and pooling -----------------------------------------------------------------------
+
+
+def test_relu_forward(rng):
+    values = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    bias = rng.standard_normal(3).astype(np.float32)
+    device_values = cuda.to_device(values)
+    activations.relu_forward(device_values, bias=cuda.to_device(bias))
+    expected = activations.relu_forward(values.copy(), bias=bias)
+    np.testing.assert_allclose(to_host(device_values), expected, **FLOAT_TOLERANCE)
+    device_values = cuda.to_device(values)
+    activations.relu_forward(device_values)
+    np.testing.assert_array_equal(to_host(device_values), np.maximum(values, 0))
+
+
+def test_relu_backward(rng):
+    activation = np.maximum(rng.standard_normal((2, 5, 3)), 0).astype(np.float32)
+    grad = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    device_grad = cuda.to_device(grad)
+    activations.relu_backward(device_grad, cuda.to_device(activation))
+    np.testing.assert_array_equal(
+        to_host(device_grad), activations.relu_backward(grad.copy(), activation)
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 1, 1), (3, 4, 3)])
+def test_maxpool_forward_and_backward(rng, shape):
+    values = rng.integers(0, 3, size=shape).astype(np.float32)  # ties on purpose
+    pooled, argmax = activations.maxpool_forward(cuda.to_device(values))
+    assert_on_device(pooled)
+    expected_pooled, expected_argmax = activations.maxpool_forward(values)
+    np.testing.assert_array_equal(to_host(pooled), expected_pooled)
+    np.testing.assert_array_equal(to_host(argmax), expected_argmax)
+
+    grad_pooled = rng.standard_normal(expected_pooled.shape).astype(np.float32)
+    grad = activations.maxpool_backward(cuda.to_device(grad_pooled), argmax, *shape[1:])
+    assert_on_device(grad)
+    expected = activations.maxpool_backward(grad_pooled, expected_argmax, *shape[1:])
+    np.testing.assert_array_equal(to_host(grad), expected)
+
+
+# --- L-BFGS vector operations -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [[8], [3]])
+@pytest.mark.parametrize("size", [1, 37])
+def test_reductions(rng, monkeypatch, block, size):
+    monkeypatch.setattr(_target, "BLOCK_1D", block)
+    a = rng.standard_normal(size).astype(np.float32)
+    b = rng.standard_normal(size).astype(np.float32)
+    device_scalars = cuda.to_device(np.zeros(3))
+    host_scalars = np.zeros(3)
+    lbfgs_ops.dot(cuda.to_device(a), cuda.to_device(b), device_scalars, 1)
+    lbfgs_ops.dot(a, b, host_scalars, 1)
+
+    device_grad = cuda.device_array(size, dtype=np.float32)
+    host_grad = np.empty(size, dtype=np.float32)
+    lbfgs_ops.squared_error(
+        cuda.to_device(a), cuda.to_device(b), grad_out=device_grad, scalars=device_scalars, slot=2
+    )
+    lbfgs_ops.squared_error(a, b, grad_out=host_grad, scalars=host_scalars, slot=2)
+    np.testing.assert_allclose(to_host(device_scalars), host_scalars, rtol=1e-12)
+    np.testing.assert_allclose(to_host(device_grad), host_grad, **FLOAT_TOLERANCE)
+
+
+def test_vector_updates(rng):
+    a, b, x = (rng.standard_normal(19).astype(np.float32) for _ in range(3))
+    scalars = np.array([0.0, 1.5, -0.5, 4.0])
+    device_scalars = cuda.to_device(scalars)
+    device_a, device_b, device_x = (cuda.to_device(v) for v in (a, b, x))
+
+    lbfgs_ops.combine(device_a, device_a, device_b, alpha=2.0, beta=-1.0)
+    lbfgs_ops.combine(a, a, b, alpha=2.0, beta=-1.0)
+    lbfgs_ops.add_scaled(device_a, device_x, device_scalars, plus=1, minus=2, over=3)
+    lbfgs_ops.add_scaled(a, x, scalars, plus=1, minus=2, over=3)
+    lbfgs_ops.scale(device_a, device_scalars, numerator=3, denominator=2)
+    lbfgs_ops.scale(a, scalars, numerator=3, denominator=2)
+    np.testing.assert_allclose(to_host(device_a), a, **FLOAT_TOLERANCE)
+
+    lbfgs_ops.copy_scalar(cuda.to_device(np.array([7.0])), device_scalars, 0)
+    lbfgs_ops.copy_scalar(-3.0, device_scalars, 1)
+    np.testing.assert_array_equal(to_host(device_scalars), [7.0, -3.0, -0.5, 4.0])
+
+
+# --- the optimiser and the network on device arrays -------------------------------
+
+
+def test_lbfgs_on_device_arrays_follows_the_cpu_run(rng):
+    size = 6
+    basis, _ = np.linalg.qr(rng.standard_normal((size, size)))
+    matrix = basis @ np.diag(np.geomspace(1.0, 10.0, size)) @ basis.T
+    offset = rng.standard_normal(size)
+
+    def host_objective(x):
+        return float(0.5 * x @ matrix @ x - offset @ x), matrix @ x - offset
+
+    def device_objective(x):
+        value, grad = host_objective(to_host(x))
+        return cuda.to_device(np.array([value])), cuda.to_device(grad)
+
+    x0 = rng.standard_normal(size)
+    params = LBFGSParams(max_iterations=4)
+    on_host = minimize_lbfgs(host_objective, x0, params=params)
+    on_device = minimize_lbfgs(device_objective, cuda.to_device(x0), params=params)
+    assert_on_device(on_device.x)
+    assert (on_device.iterations, on_device.evaluations) == (
+        on_host.iterations,
+        on_host.evaluations,
+    )
+    np.testing.assert_allclose(to_host(on_device.x), on_host.x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(on_device.losses, on_host.losses, rtol=1e-10)
+
+
+def host_gemm_module():
+    """What the network needs from CuPy, for Numba device arrays, GEMM on the host."""
+
+    def matmul(a, b, out):
+        out.copy_to_device(np.ascontiguousarray(to_host(a) @ to_host(b)))
+        return out
+
+    return types.SimpleNamespace(
+        matmul=matmul,
+        asarray=lambda a, dtype=None: cuda.to_device(np.ascontiguousarray(a, dtype=dtype)),
+        ascontiguousarray=lambda a: a,
+        copy=lambda a: cuda.to_device(to_host(a)),
+    )
+
+
+def tiny_weights(rng):
+    weights, in_channels = {}, 3
+    for name in vgg.layers_between(0, 2):
+        out_channels = 2
+        weight = rng.standard_normal((out_channels, in_channels, 3, 3)) * 0.5
+        bias = rng.standard_normal(out_channels) * 0.1
+        weights[name] = (weight.astype(np.float32), bias.astype(np.float32))
+        in_channels = out_channels
+    return weights
+
+
+def test_network_pass_on_device_arrays(rng, monkeypatch):
+    monkeypatch.setattr(network_module, "array_module", lambda array: host_gemm_module())
+    network = network_module.SubNetwork(tiny_weights(rng), 0, 2)
+    x = rng.standard_normal((3, 3, 4)).astype(np.float32)
+    target = np.abs(rng.standard_normal(network.output_shape(3, 4))).astype(np.float32)
+
+    device_output = network.forward(cuda.to_device(x))
+    assert_on_device(device_output)
+    loss, grad = network.loss_and_gradient(cuda.to_device(x), cuda.to_device(target))
+    assert_on_device(loss)
+    assert_on_device(grad)
+
+    monkeypatch.undo()
+    expected_loss, expected_grad = network.loss_and_gradient(x, target)
+    np.testing.assert_allclose(to_host(device_output), network.forward(x), **FLOAT_TOLERANCE)
+    assert to_host(loss)[0] == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(to_host(grad), expected_grad, rtol=1e-4, atol=1e-5)
