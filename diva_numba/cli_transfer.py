@@ -126,6 +126,13 @@ PREVIEW_ROWS = 4
     show_default=True,
     help="H.264 quality (lower is better; 18 is visually lossless).",
 )
+@click.option(
+    "--chroma",
+    type=click.Choice(["420", "444"]),
+    default="420",
+    show_default=True,
+    help="Colour resolution: 420 plays everywhere; 444 keeps saturated colour edges sharp.",
+)
 @click.option("--profile", is_flag=True, help="Print the time of each stage for the last frame.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @device_option
@@ -177,6 +184,7 @@ def transfer(style, clip, output, device, **options):
         work,
         output,
         crf=params.crf,
+        chroma=params.chroma,
         overwrite=options["overwrite"],
         keep_frames=options["keep_frames"],
     )
@@ -208,6 +216,7 @@ def _transfer_params(device: Device, options: dict):
         temporal_weight=options["temporal_weight"],
         independent=options["independent"],
         crf=options["crf"],
+        chroma=options["chroma"],
     )
 
 

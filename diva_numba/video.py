@@ -323,6 +323,10 @@ class VideoWriter:
         packet late, and the first packet decodes without its priming.
     overwrite : bool, optional
         Replace an existing ``path``; otherwise an existing file is an error.
+    pixel_format : {"yuv420p", "yuv444p"}, optional
+        ``yuv420p`` (the default) plays everywhere but stores colour at half
+        resolution, which smears saturated colour edges; ``yuv444p`` keeps
+        full-resolution colour (H.264 High 4:4:4, which fewer players decode).
 
     Raises
     ------
@@ -343,6 +347,7 @@ class VideoWriter:
         audio_source: str | os.PathLike | None = None,
         audio_frames: tuple[int, int | None] = (0, None),
         overwrite: bool = False,
+        pixel_format: Literal["yuv420p", "yuv444p"] = "yuv420p",
     ):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -351,6 +356,7 @@ class VideoWriter:
         self.audio_source = None if audio_source is None else str(audio_source)
         self.audio_frames = audio_frames
         self.overwrite = overwrite
+        self.pixel_format = pixel_format
         self.frames_written = 0
         self.has_audio = False
         self._temp_path: Path | None = None
@@ -367,6 +373,8 @@ class VideoWriter:
                 f"{self.path}: cannot write '{suffix or 'no suffix'}' videos; "
                 f"use {', '.join(OUTPUT_FORMATS)}"
             )
+        if self.pixel_format not in ("yuv420p", "yuv444p"):
+            raise OutputError(f"{self.path}: unsupported pixel format {self.pixel_format!r}")
         if self.width < 2 or self.height < 2 or self.width % 2 or self.height % 2:
             raise OutputError(
                 f"{self.path}: H.264 yuv420p needs an even width and height, "
@@ -409,7 +417,7 @@ class VideoWriter:
     def _add_video_stream(self) -> None:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = self.width, self.height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = self.pixel_format
         stream.codec_context.time_base = 1 / self.fps
         stream.time_base = 1 / self.fps
         # Tag what write() converts to, so that players do not guess the matrix.
@@ -437,7 +445,7 @@ class VideoWriter:
             )
         video_frame = self._to_yuv.reformat(
             av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),
-            format="yuv420p",
+            format=self.pixel_format,
             dst_colorspace="ITU709",
             dst_color_range="MPEG",
         )

@@ -71,20 +71,20 @@ def unpooled_gradient(grad_pooled, argmax, channel, y, x, width):
 # --- CPU ------------------------------------------------------------------------------
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _relu_forward_cpu(values, bias):
     for channel in prange(values.shape[0]):
         for pixel in range(values.shape[1]):
             values[channel, pixel] = biased_relu(values[channel, pixel], bias[channel])
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _relu_backward_cpu(grad, activation):
     for index in prange(grad.size):
         grad[index] = relu_gradient(grad[index], activation[index])
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _maxpool_forward_cpu(values, pooled, argmax):
     for channel in prange(pooled.shape[0]):
         for out_y in range(pooled.shape[1]):
@@ -94,7 +94,7 @@ def _maxpool_forward_cpu(values, pooled, argmax):
                 argmax[channel, out_y, out_x] = best_index
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _maxpool_backward_cpu(grad_pooled, argmax, grad):
     width = grad.shape[2]
     for channel in prange(grad.shape[0]):

@@ -75,7 +75,7 @@ def col2im_value(cols, channel, y, x, width):
 # --- CPU ------------------------------------------------------------------------------
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _im2col_cpu(image, cols):
     height, width = image.shape[1], image.shape[2]
     for row in prange(cols.shape[0]):
@@ -93,7 +93,7 @@ def _im2col_cpu(image, cols):
                 line[x] = source[x + dx]
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _col2im_cpu(cols, image):
     height, width = image.shape[1], image.shape[2]
     for channel in prange(image.shape[0]):

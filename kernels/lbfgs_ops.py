@@ -40,7 +40,7 @@ def ratio(scalars, plus, minus, over):
 # --- CPU ------------------------------------------------------------------------------
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _dot_cpu(a, b):
     total = 0.0
     for index in prange(a.size):
@@ -48,7 +48,7 @@ def _dot_cpu(a, b):
     return total
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _squared_error_cpu(output, target, grad):
     total = 0.0
     for index in prange(output.size):
@@ -58,20 +58,20 @@ def _squared_error_cpu(output, target, grad):
     return total
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _combine_cpu(out, a, b, alpha, beta):
     for index in prange(out.size):
         out[index] = alpha * a[index] + beta * b[index]
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _add_scaled_cpu(y, x, scalars, plus, minus, over):
     coefficient = ratio(scalars, plus, minus, over)
     for index in prange(y.size):
         y[index] = y[index] + coefficient * x[index]
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _scale_cpu(y, scalars, numerator, denominator):
     factor = scalars[numerator] / scalars[denominator]
     for index in prange(y.size):

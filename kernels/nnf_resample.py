@@ -134,7 +134,7 @@ def _pushed_target(field, flow, y, x, frame_height, frame_width):
 # --------------------------------------------------------------------------- CPU twins
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _upsample_rows(field, source_height, source_width, out):
     height, width = out.shape[0], out.shape[1]
     for y in numba.prange(height):
@@ -144,7 +144,7 @@ def _upsample_rows(field, source_height, source_width, out):
             )
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _pull_rows(field, flow, source_height, source_width, out, invalid):
     height, width = field.shape[0], field.shape[1]
     for y in numba.prange(height):
@@ -154,7 +154,7 @@ def _pull_rows(field, flow, source_height, source_width, out, invalid):
             )
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _push_rows(field, flow, frame_height, frame_width, out, invalid):
     height, width = field.shape[0], field.shape[1]
     for y in numba.prange(height):

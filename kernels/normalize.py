@@ -82,7 +82,7 @@ def _blend_value(structure, reconstructed, weight):
 # --------------------------------------------------------------------------- CPU twins
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _normalize_rows(features, eps, out):
     channels, height, width = features.shape
     for y in numba.prange(height):
@@ -98,7 +98,7 @@ def _normalize_rows(features, eps, out):
                 out[c, y, x] = features[c, y, x] * sums[x]
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _response_mask_rows(features, kind, kappa, tau, out):
     channels, height, width = features.shape
     for y in numba.prange(height):
@@ -115,7 +115,7 @@ def _response_mask_rows(features, kind, kappa, tau, out):
             out[y, x] = _mask_value(out[y, x], lowest, highest, kind, kappa, tau)
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _blend_rows(structure, reconstructed, mask, alpha, out):
     channels, height, width = structure.shape
     for y in numba.prange(height):

@@ -102,7 +102,7 @@ def _field_pixel_distance(maps, field, y, x, radius):
 # --------------------------------------------------------------------------- CPU twin
 
 
-@numba.njit(parallel=True, fastmath=CPU_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
 def _distance_rows(maps, field, radius, out):
     height, width = out.shape
     for row in numba.prange(height):

@@ -192,7 +192,7 @@ def _search_pixel(maps, field, distance, mask, y, x, key, search_radius, radius)
 # --------------------------------------------------------------------------- CPU twins
 
 
-@numba.njit(parallel=True, fastmath=CPU_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
 def _start_rows(maps, init_field, field, distance, radius):
     height, width = distance.shape
     for row in numba.prange(height):
@@ -201,7 +201,7 @@ def _start_rows(maps, init_field, field, distance, radius):
             _start_pixel(maps, init_field, field, distance, y, x, radius)
 
 
-@numba.njit(parallel=True, fastmath=CPU_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
 def _propagate_rows(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
     height, width = distance_in.shape
     for row in numba.prange(height):
@@ -212,7 +212,7 @@ def _propagate_rows(maps, field_in, distance_in, field_out, distance_out, mask, 
             )
 
 
-@numba.njit(parallel=True, fastmath=CPU_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
 def _search_rows(maps, field, distance, mask, key, search_radius, radius):
     height, width = distance.shape
     for row in numba.prange(height):

@@ -68,7 +68,7 @@ def _mean_vote(plane, sources, count):
     return total / np.float32(count)
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _vote_rows(source, field, half, source_height, source_width, out):
     # source is (C, Hs * Ws) and out (C, Ht * Wt): flat pixels keep the gathers 1-D.
     height, width = field.shape[0], field.shape[1]

@@ -11,4 +11,6 @@ fi
 "$venv/bin/python" -m pip install --quiet -e ".[test]"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+# Numba's and OpenBLAS's thread pools must not spin while the other works.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"
 exec "$venv/bin/python" -m pytest "$@"
