@@ -30,62 +30,73 @@ def parse_alphas(value: str) -> tuple[float, float, float, float]:
     return numbers  # type: ignore[return-value]
 
 
-def analysis_options(command):
-    """Options shared by `analogy` and `transfer`."""
-    options = [
-        click.option(
-            "--model",
-            "model_path",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            envvar="DIVA_NUMBA_MODEL",
-            help="ONNX feature model to use instead of the default one (fetched on first use).",
-        ),
-        click.option(
-            "--size",
-            type=click.IntRange(32, 4096),
-            help="Long side of the working images in pixels "
-            "[default: 448 on a GPU, 224 on the CPU, never enlarging].",
-        ),
-        click.option(
-            "--ratio",
-            type=click.FloatRange(0.05, 1.0),
-            default=1.0,
-            show_default=True,
-            help="Scale the working size down further by this factor, for speed.",
-        ),
-        click.option(
-            "--alpha",
-            default="paper",
-            show_default=True,
-            help="Structure weight per level 4..1: a preset (low, paper, high) or four "
-            "numbers. Larger keeps more of the structure image.",
-        ),
-        click.option(
-            "--mask",
-            type=click.Choice(["sigmoid", "step"]),
-            default="sigmoid",
-            show_default=True,
-            help="Response mask: the paper's sigmoid or the reference code's hard step.",
-        ),
-        click.option(
-            "--iters",
-            type=click.IntRange(1, 100),
-            default=10,
-            show_default=True,
-            help="PatchMatch iterations per level.",
-        ),
-        click.option(
-            "--lbfgs-iters",
-            type=click.IntRange(0, 1000),
-            help="L-BFGS iterations per deconvolution at most "
-            "[default: 100 on a GPU, 20 on the CPU; see BENCHMARKS.md].",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
-        click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _stack(*options):
+    """One decorator applying ``options`` in the order listed (first is outermost)."""
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+#: Options of the analogy itself, shared by `analogy` and `transfer`.
+analogy_options = _stack(
+    click.option(
+        "--model",
+        "model_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="DIVA_NUMBA_MODEL",
+        help="ONNX feature model to use instead of the default one (fetched on first use).",
+    ),
+    click.option(
+        "--alpha",
+        default="paper",
+        show_default=True,
+        help="Structure weight per level 4..1: a preset (low, paper, high) or four "
+        "numbers. Larger keeps more of the structure image.",
+    ),
+    click.option(
+        "--mask",
+        type=click.Choice(["sigmoid", "step"]),
+        default="sigmoid",
+        show_default=True,
+        help="Response mask: the paper's sigmoid or the reference code's hard step.",
+    ),
+    click.option(
+        "--iters",
+        type=click.IntRange(1, 100),
+        default=10,
+        show_default=True,
+        help="PatchMatch iterations per level (on a video's first frame).",
+    ),
+    click.option(
+        "--lbfgs-iters",
+        type=click.IntRange(0, 1000),
+        help="L-BFGS iterations per deconvolution at most (on a video's first frame) "
+        "[default: 100 on a GPU, 20 on the CPU; see BENCHMARKS.md].",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+    click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
+)
+
+#: Working-size options of `analogy`.
+image_size_options = _stack(
+    click.option(
+        "--size",
+        type=click.IntRange(32, 4096),
+        help="Long side of the working images in pixels "
+        "[default: 448 on a GPU, 224 on the CPU, never enlarging].",
+    ),
+    click.option(
+        "--ratio",
+        type=click.FloatRange(0.05, 1.0),
+        default=1.0,
+        show_default=True,
+        help="Scale the working size down further by this factor, for speed.",
+    ),
+)
 
 
 #: Defaults chosen from the measurements in BENCHMARKS.md.
@@ -139,7 +150,8 @@ def load_model(model_path: Path | None, device: Device):
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory to write (created; must not exist unless --overwrite).",
 )
-@analysis_options
+@image_size_options
+@analogy_options
 @click.option(
     "--refine",
     is_flag=True,

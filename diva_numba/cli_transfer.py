@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from diva_numba.cli_analogy import INPUT_IMAGE, build_params, load_model
+from diva_numba.cli_analogy import INPUT_IMAGE, analogy_options, build_params, load_model
 from diva_numba.cli_common import Device, as_user_errors, device_option, notice
 from diva_numba.errors import OutputError
 
@@ -46,37 +46,11 @@ PREVIEW_ROWS = 4
 )
 @click.option("--end", type=click.IntRange(1), help="Stop before this frame [default: the last].")
 @click.option(
-    "--alpha",
-    default="paper",
-    show_default=True,
-    help="Structure weight per level 4..1: a preset (low, paper, high) or four numbers.",
-)
-@click.option(
-    "--mask",
-    type=click.Choice(["sigmoid", "step"]),
-    default="sigmoid",
-    show_default=True,
-    help="Response mask of the blend.",
-)
-@click.option(
-    "--iters",
-    type=click.IntRange(1, 100),
-    default=10,
-    show_default=True,
-    help="PatchMatch iterations per level on the first frame.",
-)
-@click.option(
     "--guided-iters",
     type=click.IntRange(1, 100),
     default=3,
     show_default=True,
     help="PatchMatch iterations per level on frames seeded from the previous one.",
-)
-@click.option(
-    "--lbfgs-iters",
-    type=click.IntRange(0, 1000),
-    help="L-BFGS iterations per deconvolution on the first frame "
-    "[default: 100 on a GPU, 20 on the CPU].",
 )
 @click.option(
     "--guided-lbfgs-iters",
@@ -94,14 +68,6 @@ PREVIEW_ROWS = 4
     "--independent",
     is_flag=True,
     help="Process every frame as a separate image analogy (no temporal coherence).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="DIVA_NUMBA_MODEL",
-    help="ONNX feature model to use instead of the default one.",
 )
 @click.option(
     "--work-dir",
@@ -133,8 +99,8 @@ PREVIEW_ROWS = 4
     show_default=True,
     help="Colour resolution: 420 plays everywhere; 444 keeps saturated colour edges sharp.",
 )
-@click.option("--profile", is_flag=True, help="Print the time of each stage for the last frame.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@analogy_options
 @device_option
 @as_user_errors
 def transfer(style, clip, output, device, **options):

@@ -14,6 +14,31 @@ from numba.extending import register_jitable
 
 shared = register_jitable
 
+
+# Conditionals rather than the min/max builtins: those go through a varargs
+# overload that Numba's CUDA target does not compile.
+@shared
+def smaller(first, second):
+    """The smaller of two numbers, on both targets."""
+    return first if first < second else second
+
+
+@shared
+def larger(first, second):
+    """The larger of two numbers, on both targets."""
+    return first if first > second else second
+
+
+@shared
+def clamp_index(value, size):
+    """``value`` clamped into ``[0, size - 1]``, on both targets."""
+    if value < 0:
+        return 0
+    if value >= size:
+        return size - 1
+    return value
+
+
 #: Threads per block along x and y for 2-D launches; tests shrink them so that
 #: small inputs still span several blocks.
 BLOCK_2D = [16, 8]

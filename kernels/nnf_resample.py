@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 
 from . import _target
-from ._target import shared
+from ._target import clamp_index, shared
 
 # --------------------------------------------------------------------------- shared maths
 
@@ -43,18 +43,6 @@ from ._target import shared
 @shared
 def _nearest_cell(position, size, cell_count):
     return ((2 * position + 1) * cell_count) // (2 * size)
-
-
-@shared
-def clamp_index(value, size):
-    """``value`` clamped into ``[0, size - 1]`` (compiles for both targets)."""
-    # Conditionals rather than min/max: the builtins go through a varargs
-    # overload that not every Numba CUDA target compiles.
-    if value < 0:
-        return 0
-    if value >= size:
-        return size - 1
-    return value
 
 
 @shared

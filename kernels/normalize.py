@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda
 
 from . import _target
-from ._target import shared
+from ._target import larger, shared, smaller
 
 #: Default epsilon added to the L2 norm: post-ReLU vectors can be all zero.
 DEFAULT_EPS = 1e-6
@@ -60,18 +60,6 @@ def _mask_value(response, lowest, highest, kind, kappa, tau):
         return np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-z)))
     e = np.float32(math.exp(z))
     return e / (np.float32(1.0) + e)
-
-
-@shared
-def _smaller(a, b):
-    # Not the min/max builtins: their varargs overload does not compile for
-    # every Numba CUDA target.
-    return a if a < b else b
-
-
-@shared
-def _larger(a, b):
-    return a if a > b else b
 
 
 @shared
@@ -161,8 +149,8 @@ def _minmax_partials_kernel(lows, highs, partial_lows, partial_highs):
     high = np.float32(-math.inf)
     i = cuda.grid(1)
     while i < lows.shape[0]:
-        low = _smaller(low, lows[i])
-        high = _larger(high, highs[i])
+        low = smaller(low, lows[i])
+        high = larger(high, highs[i])
         i += cuda.gridsize(1)
     scratch[tid] = low
     scratch[block + tid] = high
@@ -172,8 +160,8 @@ def _minmax_partials_kernel(lows, highs, partial_lows, partial_highs):
         # Halving with the odd element kept works for any block size.
         half = (active + 1) // 2
         if tid < active - half:
-            scratch[tid] = _smaller(scratch[tid], scratch[tid + half])
-            scratch[block + tid] = _larger(scratch[block + tid], scratch[block + tid + half])
+            scratch[tid] = smaller(scratch[tid], scratch[tid + half])
+            scratch[block + tid] = larger(scratch[block + tid], scratch[block + tid + half])
         cuda.syncthreads()
         active = half
     if tid == 0:

@@ -33,31 +33,13 @@ import numpy as np
 from numba import cuda
 
 from . import _target
-from ._target import shared
+from ._target import clamp_index, larger, shared, smaller
 
 #: Fast-math flags of the CPU twins: ``reassoc`` lets the channel sums vectorise,
 #: ``contract`` allows fused multiply-adds. Division stays exact (no ``arcp``).
 CPU_FASTMATH = {"reassoc", "contract"}
 
 # --------------------------------------------------------------------------- shared maths
-
-
-@shared
-def smaller(first, second):
-    """The smaller of two numbers (the builtin ``min`` does not compile for CUDA)."""
-    return first if first < second else second
-
-
-@shared
-def larger(first, second):
-    """The larger of two numbers (the builtin ``max`` does not compile for CUDA)."""
-    return first if first > second else second
-
-
-@shared
-def clamp_index(value, size):
-    """``value`` clamped into ``[0, size - 1]``."""
-    return smaller(larger(value, 0), size - 1)
 
 
 @shared

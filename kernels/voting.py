@@ -25,8 +25,7 @@ import numpy as np
 from numba import cuda
 
 from . import _target
-from ._target import shared
-from .nnf_resample import clamp_index
+from ._target import clamp_index, shared
 
 #: Largest supported patch side (a CUDA thread keeps its taps in local memory).
 MAX_PATCH_SIZE = 5
