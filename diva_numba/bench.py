@@ -11,11 +11,12 @@ Each case states the work it cannot avoid: the *compulsory* bytes (every input
 read once, every output written once, from the kernel modules' ``traffic_bytes``
 or ``cost`` helpers, or the formulas below for the convolution helpers) and, for
 arithmetic-heavy cases, the floating-point operations. The device's limits are
-measured in the same run: copy bandwidth (a large array copy, read + write
-counted) and float32 matrix-multiply rate. A case's *fraction of limit* is its
-roofline floor, ``max(bytes / bandwidth, flops / matmul rate)``, over its median
-time: 100 % means the kernel runs as fast as the device could possibly move its
-data or do its arithmetic.
+measured in the same run: memory bandwidth (the best of streaming a large array
+with the array library's copy and, on the CPU, with an in-place update on all
+Numba threads; read + write counted) and float32 matrix-multiply rate. A case's
+*fraction of limit* is its roofline floor, ``max(bytes / bandwidth, flops /
+matmul rate)``, over its median time: 100 % means the kernel runs as fast as the
+device could possibly move its data or do its arithmetic.
 
 Before every timed call the backend evicts the last-level cache (CPU L3, GPU L2)
 by streaming through a buffer twice its size, so the inputs come from memory as the
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from diva_numba import vgg
@@ -116,12 +118,12 @@ class BenchSettings:
 
 @dataclass(frozen=True)
 class DeviceLimits:
-    """The device's measured best copy bandwidth and float32 matrix rate.
+    """The device's measured memory bandwidth and float32 matrix rate.
 
     Attributes
     ----------
     bandwidth : float
-        Bytes per second of a large device-memory copy (read + write counted).
+        Bytes per second streamed through a large array (read + write counted).
     matmul_rate : float
         Floating-point operations per second of a large float32 matrix product.
     bandwidth_method, matmul_method : str
@@ -252,6 +254,15 @@ class _CpuBackend:
     def upload(array: np.ndarray):
         return np.ascontiguousarray(array)
 
+    @staticmethod
+    def bandwidth_probes(source, target) -> dict[str, Callable[[], object]]:
+        """Calls that read and write one array's worth of memory each."""
+        # np.copyto runs on one thread; the kernels run on all of Numba's.
+        return {
+            "numpy.copyto": lambda: np.copyto(target, source),
+            f"in-place add on {_numba_threads()} Numba threads": lambda: _add_one(target),
+        }
+
     def time_call(self, call: Callable[[], object]) -> float:
         # Reading twice the last-level cache evicts what the previous call left there,
         # so the kernel fetches its inputs from memory, as the traffic model assumes.
@@ -280,6 +291,10 @@ class _CudaBackend:
     def upload(self, array: np.ndarray):
         return self.xp.asarray(np.ascontiguousarray(array))
 
+    def bandwidth_probes(self, source, target) -> dict[str, Callable[[], object]]:
+        """Calls that read and write one array's worth of memory each."""
+        return {"cupy.copyto": lambda: self.xp.copyto(target, source)}
+
     def time_call(self, call: Callable[[], object]) -> float:
         # Writing twice the L2 cache evicts what the previous call left there (see the CPU).
         self._eviction_buffer.fill(0)
@@ -291,6 +306,12 @@ class _CudaBackend:
         return time.perf_counter() - start
 
 
+@numba.njit(parallel=True)
+def _add_one(values):
+    for index in numba.prange(values.size):
+        values[index] += np.float32(1.0)
+
+
 def _cupy_allows_tf32() -> bool:
     try:
         return int(os.environ.get("CUPY_TF32", "0")) > 0
@@ -299,20 +320,24 @@ def _cupy_allows_tf32() -> bool:
 
 
 def _measure_limits(backend, size: str, *, repeats: int = 5) -> DeviceLimits:
-    """Best-of-``repeats`` copy bandwidth and float32 matmul rate of the backend's device."""
+    """Best-of-``repeats`` memory bandwidth and float32 matmul rate of the backend's device."""
     xp = backend.xp
-    copy_mib, side = backend.limit_sizes[size]
-    source = xp.ones(copy_mib * 2**20 // _FLOAT, dtype=xp.float32)
+    stream_mib, side = backend.limit_sizes[size]
+    source = xp.ones(stream_mib * 2**20 // _FLOAT, dtype=xp.float32)
     target = xp.empty_like(source)
-    copy_seconds = _best_time(backend, lambda: xp.copyto(target, source), repeats)
+    rates = {
+        name: 2 * source.nbytes / _best_time(backend, call, repeats)
+        for name, call in backend.bandwidth_probes(source, target).items()
+    }
     a = xp.ones((side, side), dtype=xp.float32)
     b = xp.ones((side, side), dtype=xp.float32)
     product = xp.empty_like(a)
     matmul_seconds = _best_time(backend, lambda: xp.matmul(a, b, out=product), repeats)
+    probes = ", ".join(f"{name} {rate / 1e9:,.1f} GB/s" for name, rate in rates.items())
     return DeviceLimits(
-        bandwidth=2 * source.nbytes / copy_seconds,
+        bandwidth=max(rates.values()),
         matmul_rate=2 * side**3 / matmul_seconds,
-        bandwidth_method=f"{xp.__name__}.copyto of {copy_mib} MiB, best of {repeats}",
+        bandwidth_method=f"best of {probes}; {stream_mib} MiB, best of {repeats}",
         matmul_method=(
             f"float32 {xp.__name__}.matmul {side}^3{backend.matmul_note}, best of {repeats}"
         ),
@@ -349,8 +374,6 @@ def _cpu_model() -> str:
 
 
 def _numba_threads() -> int:
-    import numba
-
     return numba.config.NUMBA_NUM_THREADS
 
 
@@ -835,8 +858,6 @@ def run_benchmarks(
 
 
 def _environment(device: Device) -> dict:
-    import numba
-
     environment = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device_kind": device.kind,
@@ -912,7 +933,7 @@ def _header_lines(report: BenchReport) -> list[str]:
     limits = report.limits
     return [
         f"device: {report.device}",
-        f"copy bandwidth: {limits.bandwidth / 1e9:,.1f} GB/s ({limits.bandwidth_method})",
+        f"memory bandwidth: {limits.bandwidth / 1e9:,.1f} GB/s ({limits.bandwidth_method})",
         f"matmul rate: {limits.matmul_rate / 1e9:,.1f} GFLOP/s ({limits.matmul_method})",
         f"sizes: {report.settings.size}; median of up to {report.settings.repeat} timed calls "
         "after a warm-up call",

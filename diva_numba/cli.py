@@ -61,11 +61,12 @@ def info():
 
 def _register_subcommands() -> None:
     from diva_numba.cli_analogy import analogy
+    from diva_numba.cli_bench import bench
     from diva_numba.cli_metrics import metrics
     from diva_numba.cli_models import models
     from diva_numba.cli_transfer import transfer
 
-    for command in (analogy, transfer, metrics, models):
+    for command in (analogy, transfer, bench, metrics, models):
         cli.add_command(command)
 
 

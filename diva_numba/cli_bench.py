@@ -59,7 +59,7 @@ from diva_numba.outputs import check_target
 def bench(device, kernels, repeat, size, json_path, markdown, quiet):
     """Time each Numba kernel and report its share of the device's limits.
 
-    Measures the device's copy bandwidth and float32 matrix rate first, then
+    Measures the device's memory bandwidth and float32 matrix rate first, then
     times every kernel at the sizes a 448x448 image gives it (median of the
     timed calls after a warm-up call that compiles). For each case it prints
     the compulsory bytes and/or FLOPs, the rates achieved and the percentage of
