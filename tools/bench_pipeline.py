@@ -111,7 +111,7 @@ def main() -> None:
     video.add_argument("--size", type=int, default=192)
     video.add_argument("--frames", type=int, default=12)
     video.add_argument("--device", default="auto")
-    video.add_argument("--output", default="/tmp/diva-bench.mp4")
+    video.add_argument("--output", default="diva-bench.mp4")
     args = parser.parse_args()
     bench_analogy(args) if args.what == "analogy" else bench_video(args)
 
