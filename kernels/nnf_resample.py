@@ -308,26 +308,12 @@ def pull_field(field, flow, *, source_shape):
 
 def pull_field_cpu(field, flow, *, source_shape):
     """CPU twin of :func:`pull_field`."""
-    _check_field(field)
-    flow = _check_flow(flow)
-    source_height, source_width = _check_shape(source_shape, "source_shape")
-    out = np.empty(field.shape, dtype=np.int32)
-    invalid = np.empty(field.shape[:2], dtype=np.uint8)
-    _pull_rows(np.ascontiguousarray(field), flow, source_height, source_width, out, invalid)
-    return out, invalid
+    return _flow_op_cpu(_pull_rows, field, flow, _check_shape(source_shape, "source_shape"))
 
 
 def pull_field_cuda(field, flow, *, source_shape):
     """CUDA kernel of :func:`pull_field`."""
-    _check_field(field)
-    flow = _target.as_device(_check_flow(flow), like=field)
-    source_height, source_width = _check_shape(source_shape, "source_shape")
-    height, width = field.shape[:2]
-    out = _target.device_empty((height, width, 2), np.int32, like=field)
-    invalid = _target.device_empty((height, width), np.uint8, like=field)
-    grid, block = _target.launch_2d(height, width)
-    _pull_kernel[grid, block](field, flow, source_height, source_width, out, invalid)
-    return out, invalid
+    return _flow_op_cuda(_pull_kernel, field, flow, _check_shape(source_shape, "source_shape"))
 
 
 def push_field_targets(field, flow, *, frame_shape):
@@ -367,25 +353,33 @@ def push_field_targets(field, flow, *, frame_shape):
 
 def push_field_targets_cpu(field, flow, *, frame_shape):
     """CPU twin of :func:`push_field_targets`."""
-    _check_field(field)
-    flow = _check_flow(flow)
-    frame_height, frame_width = _check_shape(frame_shape, "frame_shape")
-    out = np.empty(field.shape, dtype=np.int32)
-    invalid = np.empty(field.shape[:2], dtype=np.uint8)
-    _push_rows(np.ascontiguousarray(field), flow, frame_height, frame_width, out, invalid)
-    return out, invalid
+    return _flow_op_cpu(_push_rows, field, flow, _check_shape(frame_shape, "frame_shape"))
 
 
 def push_field_targets_cuda(field, flow, *, frame_shape):
     """CUDA kernel of :func:`push_field_targets`."""
+    return _flow_op_cuda(_push_kernel, field, flow, _check_shape(frame_shape, "frame_shape"))
+
+
+def _flow_op_cpu(rows, field, flow, bounds):
+    """Run a field-through-flow CPU loop: new field and invalid mask."""
+    _check_field(field)
+    flow = _check_flow(flow)
+    out = np.empty(field.shape, dtype=np.int32)
+    invalid = np.empty(field.shape[:2], dtype=np.uint8)
+    rows(np.ascontiguousarray(field), flow, bounds[0], bounds[1], out, invalid)
+    return out, invalid
+
+
+def _flow_op_cuda(kernel, field, flow, bounds):
+    """Launch a field-through-flow CUDA kernel: new field and invalid mask."""
     _check_field(field)
     flow = _target.as_device(_check_flow(flow), like=field)
-    frame_height, frame_width = _check_shape(frame_shape, "frame_shape")
     height, width = field.shape[:2]
     out = _target.device_empty((height, width, 2), np.int32, like=field)
     invalid = _target.device_empty((height, width), np.uint8, like=field)
     grid, block = _target.launch_2d(height, width)
-    _push_kernel[grid, block](field, flow, frame_height, frame_width, out, invalid)
+    kernel[grid, block](field, flow, bounds[0], bounds[1], out, invalid)
     return out, invalid
 
 

@@ -124,6 +124,17 @@ def _start_pixel(maps, init_field, field, distance, y, x, radius):
 
 
 @shared
+def _try_candidate(maps, y, x, qy, qx, radius, best, best_y, best_x):
+    """The better of the current match and candidate ``(qy, qx)``; ties keep the current."""
+    if qy == best_y and qx == best_x:
+        return best, best_y, best_x
+    candidate = pair_distance(maps, y, x, qy, qx, radius)
+    if candidate < best:
+        return candidate, qy, qx
+    return best, best_y, best_x
+
+
+@shared
 def _propagate_pixel(
     maps, field_in, distance_in, field_out, distance_out, mask, y, x, jump, radius
 ):
@@ -144,13 +155,7 @@ def _propagate_pixel(
                 continue
             qy = clamp_index(field_in[ny, nx, 0] - step_y, target.shape[0])
             qx = clamp_index(field_in[ny, nx, 1] - step_x, target.shape[1])
-            if qy == best_y and qx == best_x:
-                continue
-            candidate = pair_distance(maps, y, x, qy, qx, radius)
-            if candidate < best:
-                best = candidate
-                best_y = qy
-                best_x = qx
+            best, best_y, best_x = _try_candidate(maps, y, x, qy, qx, radius, best, best_y, best_x)
     field_out[y, x, 0] = best_y
     field_out[y, x, 1] = best_x
     distance_out[y, x] = best
@@ -177,13 +182,7 @@ def _search_pixel(maps, field, distance, mask, y, x, key, search_radius, radius)
         qx = low_x + mix32(pixel_key ^ (draw + 1)) % span_x
         draw += 2
         window //= 2
-        if qy == best_y and qx == best_x:
-            continue
-        candidate = pair_distance(maps, y, x, qy, qx, radius)
-        if candidate < best:
-            best = candidate
-            best_y = qy
-            best_x = qx
+        best, best_y, best_x = _try_candidate(maps, y, x, qy, qx, radius, best, best_y, best_x)
     field[y, x, 0] = best_y
     field[y, x, 1] = best_x
     distance[y, x] = best
