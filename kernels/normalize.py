@@ -51,7 +51,11 @@ def _inverse_norm(sum_of_squares, eps):
 def _mask_value(response, lowest, highest, kind, kappa, tau):
     span = highest - lowest
     # A flat response map carries no structure: every pixel counts as weakest.
-    level = (response - lowest) / span if span > np.float32(0.0) else np.float32(0.0)
+    level = np.float32(0.0)
+    if span > np.float32(0.0):
+        # The strongest pixels are 1 outright: a response that overflowed to inf
+        # would otherwise divide inf by an infinite span (NaN).
+        level = np.float32(1.0) if response >= highest else (response - lowest) / span
     if kind == 1:
         return np.float32(1.0) if level >= np.float32(tau) else np.float32(0.0)
     z = np.float32(kappa) * (level - np.float32(tau))
