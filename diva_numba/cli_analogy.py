@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from diva_numba.cli_common import Device, as_user_errors, device_option, notice
+from diva_numba.cli_common import Device, as_user_errors, device_option, notice, within_memory
 
 INPUT_IMAGE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -186,14 +186,19 @@ def analogy(image_a, image_bp, output, model_path, size, ratio, alpha, mask, ite
     a = resize(a_full, *working_shape(a_full, device, size=size, ratio=ratio, name=str(image_a)))
     bp = resize(bp_full, *working_shape(bp_full, device, size=size, ratio=ratio,
                                         name=str(image_bp)))  # fmt: skip
-    model = load_model(model_path, device)
-    result = run_analogy(model, a, bp, params=params)
-    if refine:
-        from diva_numba.refine import refine_photo
 
-        with result.profile.stage("refine"):
-            result.a_prime = refine_photo(result.a_prime, a)
-            result.b = refine_photo(result.b, bp)
+    def compute(on: Device):
+        result = run_analogy(load_model(model_path, on), a, bp, params=params)
+        if refine:
+            from diva_numba.refine import refine_photo
+
+            with result.profile.stage("refine"):
+                result.a_prime = refine_photo(result.a_prime, a)
+                result.b = refine_photo(result.b, bp)
+        return result
+
+    long_side = max(*a.shape[:2], *bp.shape[:2])
+    result = within_memory(device, compute, smaller=f"--size (now {long_side}) or --ratio")
     _write_analogy(output, result, a_full.shape[:2], bp_full.shape[:2], save_levels, overwrite)
     if profile:
         click.echo(result.profile.table())

@@ -10,8 +10,9 @@ import click
 import numpy as np
 
 from diva_numba.cli_analogy import INPUT_IMAGE, analogy_options, build_params, load_model
-from diva_numba.cli_common import Device, as_user_errors, device_option, notice
+from diva_numba.cli_common import Device, as_user_errors, device_option, notice, within_memory
 from diva_numba.errors import OutputError
+from diva_numba.outputs import check_target
 
 #: Working long side by device; the CPU default keeps the bundled example to a
 #: few minutes on two cores (see BENCHMARKS.md).
@@ -108,7 +109,8 @@ def transfer(style, clip, output, device, **options):
 
     Frame 0 is a full image analogy; later frames are seeded from the previous
     one through the optical flow. The output has the clip's frame count, frame
-    rate and audio. An interrupted run (Ctrl-C, crash, kill) continues with
+    timing (a constant rate, or each frame's own time for a variable rate) and
+    audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.
     """
     from diva_numba.transfer import (
@@ -120,23 +122,50 @@ def transfer(style, clip, output, device, **options):
     )
 
     params = _transfer_params(device, options)
-    if output.exists() and not options["overwrite"]:
-        raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir() and str(output.parent):
-        raise OutputError(f"{output}: directory {output.parent} does not exist")
+    check_target(output, overwrite=options["overwrite"])
     plan = plan_transfer(style, clip, params, start=options["start"], end=options["end"])
     work_dir = options["work_dir"] or output.with_name(output.name + ".work")
-    manifest = run_manifest(style, clip, plan, params, device)
-    work = WorkDirectory.open(work_dir, manifest, resume=options["resume"])
-    done = work.finished_frames(plan.start, plan.end)
     total = plan.end - plan.start
-    if done:
-        notice(f"resuming after {done} of {total} frames")
-    model = load_model(options["model_path"], device)
-    reporter = _Reporter(total, done, output, preview=options["preview"])
+    keep_hint = (
+        f"the finished frames are kept in {work_dir}; fix that and run the same command "
+        "with --resume to continue"
+    )
+
+    reporter = _Reporter(total, output, preview=options["preview"])
+
+    def compute(on: Device):
+        manifest = run_manifest(style, clip, plan, params, on)
+        # A retry on the CPU after running out of GPU memory continues the same run.
+        work = WorkDirectory.open(work_dir, manifest, resume=options["resume"] or on != device)
+        reporter.done = work.finished_frames(plan.start, plan.end)
+        if reporter.done:
+            notice(f"resuming after {reporter.done} of {total} frames")
+        model = load_model(options["model_path"], on)
+        try:
+            with reporter:
+                stylise_frames(model, plan, clip, work, params, on_frame=reporter.frame)
+        except OutputError as exc:
+            raise OutputError(f"{exc}; {keep_hint}") from None
+        return work
+
     try:
-        with _terminate_as_interrupt(), reporter:
-            stylise_frames(model, plan, clip, work, params, on_frame=reporter.frame)
+        with _terminate_as_interrupt():
+            work = within_memory(
+                device, compute, smaller=f"--size (now {max(plan.width, plan.height)})"
+            )
+            try:
+                encode_video(
+                    plan,
+                    clip,
+                    work,
+                    output,
+                    crf=params.crf,
+                    chroma=params.chroma,
+                    overwrite=options["overwrite"],
+                    keep_frames=options["keep_frames"],
+                )
+            except OutputError as exc:
+                raise OutputError(f"{exc}; {keep_hint}") from None
     except KeyboardInterrupt:
         error = click.ClickException(
             f"interrupted after {reporter.done} of {total} frames; the work is kept in "
@@ -144,16 +173,6 @@ def transfer(style, clip, output, device, **options):
         )
         error.exit_code = 130
         raise error from None
-    encode_video(
-        plan,
-        clip,
-        work,
-        output,
-        crf=params.crf,
-        chroma=params.chroma,
-        overwrite=options["overwrite"],
-        keep_frames=options["keep_frames"],
-    )
     if options["profile"] and reporter.last_profile is not None:
         click.echo(reporter.last_profile.table())
     _remove_tree(work_dir)
@@ -189,9 +208,9 @@ def _transfer_params(device: Device, options: dict):
 class _Reporter:
     """Progress bar with seconds per frame and ETA, and the optional preview sheet."""
 
-    def __init__(self, total: int, done: int, output: Path, *, preview: bool):
+    def __init__(self, total: int, output: Path, *, preview: bool):
         self.total = total
-        self.done = done
+        self.done = 0
         self.preview_path = output.with_name(output.name + ".preview.png") if preview else None
         self.preview_every = max(1, total // PREVIEW_ROWS)
         self.rows: list[np.ndarray] = []

@@ -30,11 +30,15 @@ class Device:
         Human-readable name (GPU model or "CPU, N threads").
     note : str
         Why this device was picked when the user asked for ``auto`` ("" otherwise).
+    automatic : bool
+        Picked by ``auto`` rather than named by the user; only then may a run
+        that runs out of GPU memory offer to continue on the CPU.
     """
 
     kind: Literal["cuda", "cpu"]
     description: str
     note: str = ""
+    automatic: bool = False
 
     @property
     def is_cuda(self) -> bool:
@@ -103,8 +107,48 @@ def resolve_device(name: DeviceName = "auto") -> Device:
     if name != "auto":
         raise DeviceError(f"unknown device {name!r}; use auto, cuda or cpu")
     if ok:
-        return Device("cuda", _gpu_description())
-    return Device("cpu", _cpu_description(), note=f"using the CPU: {reason}")
+        return Device("cuda", _gpu_description(), automatic=True)
+    return Device("cpu", _cpu_description(), note=f"using the CPU: {reason}", automatic=True)
+
+
+#: How out-of-memory failures read in the libraries that allocate GPU memory without
+#: raising MemoryError: Numba's CudaAPIError, CuPy's CUDARuntimeError and CUBLASError,
+#: onnxruntime's (unexported) RuntimeException and its BFC arena.
+_OUT_OF_MEMORY_MARKERS = (
+    "out of memory",
+    "out_of_memory",
+    "failed to allocate memory",
+    "alloc_failed",
+    "cudaerrormemoryallocation",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` reports an allocation failure, on the host or on the GPU.
+
+    CuPy's ``OutOfMemoryError`` is a :class:`MemoryError`, like NumPy's; the
+    other libraries say it only in their messages.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(marker in text for marker in _OUT_OF_MEMORY_MARKERS)
+
+
+def release_gpu_memory() -> None:
+    """Return CuPy's cached blocks to the driver (after dropping the arrays)."""
+    import gc
+
+    gc.collect()
+    try:
+        import cupy
+    except ImportError:
+        return
+    try:
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception:  # no usable GPU: nothing was cached
+        pass
 
 
 __all__ = [
@@ -112,6 +156,8 @@ __all__ = [
     "array_module",
     "cuda_status",
     "is_cuda_array",
+    "is_out_of_memory",
+    "release_gpu_memory",
     "resolve_device",
     "to_device",
     "to_host",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diva_numba.device import Device, is_cuda_array, to_host
+from diva_numba.device import Device, is_cuda_array, is_out_of_memory, to_host
 from diva_numba.errors import InputError, ModelError
 from diva_numba.vgg import FEATURE_LAYERS, level_shape
 from diva_numba.weights.export import INPUT_NAME, read_onnx_weights
@@ -116,6 +116,8 @@ class FeatureExtractor:
                 str(self.model_path), sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own, unexported classes
+            if is_out_of_memory(exc):
+                raise
             raise ModelError(f"onnxruntime cannot load {self.model_path}: {exc}") from None
         # The CUDA provider can fail to initialise (missing CUDA libraries) and
         # onnxruntime then quietly falls back to the CPU.

@@ -7,6 +7,7 @@ conversion drops information a notice is logged on the ``diva_numba`` logger.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -24,6 +25,16 @@ log = logging.getLogger("diva_numba")
 MIN_SIDE = 32
 #: Area above which inputs are scaled down (the reference code's limit).
 MAX_AREA = 350_000
+#: Images are decoded at 1/2, 1/4 or 1/8 size while that leaves at least this area,
+#: which keeps the decoded copy small and still well above MAX_AREA.
+REDUCED_DECODE_AREA = 4 * MAX_AREA
+#: Larger images are refused: decoding even a reduced copy needs gigabytes.
+MAX_DECODE_PIXELS = 200_000_000
+REDUCED_COLOUR_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -52,7 +63,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise InputError(f"{path}: file is empty")
-    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    decoded = _decode(data, path)
     if decoded is None:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
     image = _to_rgb8(decoded, path)
@@ -63,6 +74,71 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             f"{MIN_SIDE} px on each side"
         )
     return image
+
+
+def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
+    """Decode, at reduced resolution when full resolution is far above what is used.
+
+    The size comes from the file header, so a small file that expands to
+    gigabytes (a "decompression bomb") is refused or shrunk before any pixel
+    is decoded.
+    """
+    flags = cv2.IMREAD_UNCHANGED
+    size = header_size(data)
+    if size is not None:
+        width, height = size
+        if width * height > MAX_DECODE_PIXELS:
+            raise InputError(
+                f"{path}: {width}x{height} is too large to decode safely (more than "
+                f"{MAX_DECODE_PIXELS // 1_000_000} megapixels); scale it down first"
+            )
+        factor = 1
+        while factor < 8 and width * height / (2 * factor) ** 2 >= REDUCED_DECODE_AREA:
+            factor *= 2
+        if factor > 1:
+            log.warning(
+                "%s: %dx%d decoded at 1/%d size, in 8-bit colour", path, width, height, factor
+            )
+            # Like the full-size path, which cannot apply EXIF orientation either.
+            flags = REDUCED_COLOUR_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise InputError(f"{path}: not a readable image ({_opencv_reason(exc)})") from None
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to decode it; scale it down first") from None
+
+
+def header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG or JPEG header, or None for other or broken files."""
+    head = data[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    raw = data.tobytes()
+    position = 2
+    while position + 9 < len(raw):
+        if raw[position] != 0xFF:
+            return None
+        marker = raw[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(raw[position + 2 : position + 4], "big")
+        # Start-of-frame markers (baseline, progressive, ...), not DHT/JPG/DAC.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(raw[position + 5 : position + 7], "big")
+            width = int.from_bytes(raw[position + 7 : position + 9], "big")
+            return width, height
+        position += 2 + length
+    return None
+
+
+def _opencv_reason(exc: Exception) -> str:
+    """The message of an OpenCV error without its source location."""
+    text = str(exc).strip().splitlines()[-1]
+    return text.split(") ", 1)[-1].strip() or "decoder error"
 
 
 def _to_rgb8(decoded: np.ndarray, path: Path) -> np.ndarray:
@@ -160,7 +236,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
+        raise OutputError(f"{path}: cannot write ({reason})") from None
 
 
 def _umask() -> int:

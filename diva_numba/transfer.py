@@ -21,14 +21,17 @@ frames at the end, under a temporary name, and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +41,23 @@ from diva_numba.analogy import AnalogyModel, AnalogyParams, FrameGuide, analogy
 from diva_numba.device import to_device, to_host
 from diva_numba.errors import InputError, OutputError
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
-from diva_numba.imageio import load_image, resize, save_image
+from diva_numba.imageio import MAX_AREA, MIN_SIDE, load_image, resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
-from diva_numba.video import VideoInfo, VideoWriter, even_size, probe_video, read_frames
+from diva_numba.video import (
+    VideoInfo,
+    VideoWriter,
+    even_size,
+    frame_times,
+    probe_video,
+    read_frames,
+)
 
 log = logging.getLogger("diva_numba")
 
 WORK_FORMAT = 1
+#: Manifest entries a resumed run may change: a run started on the GPU can finish on
+#: the CPU (frames differ only by rounding; sizes and parameters are still checked).
+RESUMABLE_ANYWHERE = frozenset({"device"})
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,11 @@ class WorkDirectory:
                     f"work directory {path} is damaged (no readable manifest.json); remove it "
                     "to start again"
                 ) from None
-            differences = [key for key in manifest if saved.get(key) != manifest[key]]
+            differences = [
+                key
+                for key in manifest
+                if key not in RESUMABLE_ANYWHERE and saved.get(key) != manifest[key]
+            ]
             if differences:
                 raise InputError(
                     f"work directory {path} was made by a different run (differs in: "
@@ -224,9 +241,9 @@ class WorkDirectory:
         if not path.exists():
             return None
         try:
-            with np.load(path) as arrays:
+            with open(path, "rb") as handle, np.load(handle) as arrays:
                 return FrameState.from_arrays({key: arrays[key] for key in arrays.files})
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             raise InputError(
                 f"work directory {self.path}: state.npz is damaged; remove it"
             ) from None
@@ -246,13 +263,34 @@ class WorkDirectory:
         path = self.path / "latent_b.npz"
         if not path.exists():
             return None
-        with np.load(path) as arrays:
-            return {int(key.split("_")[1]): arrays[key] for key in arrays.files}
+        try:
+            with open(path, "rb") as handle, np.load(handle) as arrays:
+                return {int(key.split("_")[1]): arrays[key] for key in arrays.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            raise InputError(
+                f"work directory {self.path}: latent_b.npz is damaged; remove it"
+            ) from None
 
 
 @dataclass(frozen=True)
 class TransferPlan:
-    """The checked inputs of a run and the sizes it works at."""
+    """The checked inputs of a run and the sizes it works at.
+
+    Attributes
+    ----------
+    info : VideoInfo
+    start, end : int
+        The frame range ``[start, end)`` of the clip.
+    width, height : int
+        Working (and output) frame size.
+    style : numpy.ndarray
+        uint8 ``(H, W, 3)`` style image at its working size.
+    frame_times : tuple of fractions.Fraction or None
+        For a variable frame rate: ``end - start + 1`` times in seconds, the
+        start of every frame of the range from frame ``start`` on, then the
+        end of the last (see :func:`~diva_numba.video.frame_times`); None for
+        a constant rate, where frame ``i`` shows at ``i / info.fps``.
+    """
 
     info: VideoInfo
     start: int
@@ -260,6 +298,7 @@ class TransferPlan:
     width: int
     height: int
     style: np.ndarray
+    frame_times: tuple[Fraction, ...] | None = None
 
 
 def plan_transfer(
@@ -270,30 +309,63 @@ def plan_transfer(
     Raises
     ------
     InputError
-        Unreadable inputs, no frames in the range, a variable frame rate.
+        Unreadable inputs, no frames in the range, frames without usable
+        timestamps in a variable-rate clip.
     """
     info = probe_video(clip_path)
-    if info.variable_frame_rate:
-        raise InputError(
-            f"{clip_path}: variable frame rate is not supported; convert it to a constant "
-            "rate first (e.g. ffmpeg -i IN -vsync cfr -r RATE OUT)"
-        )
     last = info.frame_count if end is None else min(end, info.frame_count)
     if start < 0 or start >= last:
         raise InputError(
             f"{clip_path}: frame range [{start}, {last}) is empty (the clip has "
             f"{info.frame_count} frames)"
         )
+    times = None
+    if info.variable_frame_rate:
+        # Resampling to a constant rate would drop or repeat frames; each keeps its time.
+        clip_times = frame_times(clip_path)
+        if len(clip_times) <= last:
+            raise InputError(
+                f"{clip_path}: {len(clip_times) - 1} frames have timestamps, "
+                f"but the clip has {info.frame_count}"
+            )
+        times = tuple(t - clip_times[start] for t in clip_times[start : last + 1])
+        log.debug("%s: variable frame rate; every frame keeps its own time", clip_path)
     width, height = even_size(
         info.width, info.height, min(params.long_side, max(info.width, info.height))
     )
     if min(width, height) < 32:
-        raise InputError(f"{clip_path}: {width}x{height} frames are too small (32 px minimum)")
+        raise InputError(
+            f"{clip_path}: {width}x{height} frames are too small (32 px minimum on each "
+            "side); ask for a larger --size"
+        )
     style = load_image(style_path)
-    style_long = min(params.long_side, max(style.shape[:2]))
-    scale = style_long / max(style.shape[:2])
-    style_size = (max(32, round(style.shape[0] * scale)), max(32, round(style.shape[1] * scale)))
-    return TransferPlan(info, start, last, width, height, resize(style, *style_size))
+    style_size = style_working_size(*style.shape[:2], long_side=params.long_side, name=style_path)
+    return TransferPlan(info, start, last, width, height, resize(style, *style_size), times)
+
+
+def style_working_size(
+    height: int, width: int, *, long_side: int, name: str | os.PathLike = "style image"
+) -> tuple[int, int]:
+    """The (H, W) the style image is used at: aspect kept, long side as the frames'.
+
+    Never enlarged, except that the short side is brought up to the network's
+    minimum; an image so elongated that this would exceed the area limit is
+    refused rather than squeezed (its strokes would be distorted).
+
+    Raises
+    ------
+    InputError
+        The style image is too elongated.
+    """
+    scale = min(long_side, max(height, width)) / max(height, width)
+    scale = max(scale, MIN_SIDE / min(height, width))
+    size = (max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale)))
+    if size[0] * size[1] > MAX_AREA:
+        raise InputError(
+            f"{name}: {width}x{height} is too elongated to use as a style (at least "
+            f"{MIN_SIDE} px on the short side would make it {size[1]}x{size[0]}); crop it"
+        )
+    return size
 
 
 def run_manifest(style_path: Path, clip_path: Path, plan: TransferPlan, params, device) -> dict:
@@ -403,7 +475,11 @@ def encode_video(
     overwrite: bool,
     keep_frames: Path | None = None,
 ) -> None:
-    """Encode the finished frames (with the clip's audio) to ``output``, atomically."""
+    """Encode the finished frames (with the clip's audio) to ``output``, atomically.
+
+    Frames keep the clip's timing: its exact rate, or for a variable rate each
+    frame's own time (``plan.frame_times``).
+    """
     if keep_frames is not None:
         keep_frames.mkdir(parents=True, exist_ok=True)
     with VideoWriter(
@@ -416,6 +492,7 @@ def encode_video(
         audio_source=clip_path,
         audio_frames=(plan.start, plan.end),
         overwrite=overwrite,
+        frame_times=plan.frame_times,
     ) as writer:
         for index in range(plan.start, plan.end):
             frame = load_image(work.frame_path(index))
@@ -505,5 +582,5 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _disk_message(path: Path, exc: OSError) -> str:
-    reason = "disk full" if exc.errno == 28 else (exc.strerror or str(exc))
-    return f"cannot write {path}: {reason}; the finished frames are kept, run again with --resume"
+    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"cannot write {path}: {reason}"

@@ -7,18 +7,22 @@ time, so memory stays constant whatever the length of the video.
   a file can be unusable into one :class:`~diva_numba.errors.InputError` line.
 * :func:`read_frames` decodes frames in display orientation (the stream's
   rotation applied).
+* :func:`frame_times` gives every frame's presentation time, for clips whose
+  frame rate varies (phone cameras).
 * :class:`VideoWriter` encodes H.264 (libx264, ``yuv420p``, BT.709 tagged) at an
-  exact frame rate, optionally copies a source file's audio, and only ever
-  leaves a complete file under the final name.
+  exact frame rate or at given frame times, optionally copies a source file's
+  audio, and only ever leaves a complete file under the final name.
 * :func:`even_size` picks the even output size that ``yuv420p`` needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
-from collections.abc import Iterator
+import statistics
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +43,10 @@ EDIT_LIST_FORMATS = frozenset({"mp4", "mov"})
 
 #: Tolerance of the variable-frame-rate test, as a fraction of the median frame interval.
 VFR_RELATIVE_TOLERANCE = 0.01
+
+#: Finest time base the writer uses for frame times (MPEG's 90 kHz clock); times that
+#: need a finer one are rounded to it.
+FINEST_TIME_BASE = Fraction(1, 90000)
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,11 @@ class VideoInfo:
         Average frame rate, exact (``30000/1001`` for NTSC rates).
     duration : float
         Seconds of video: ``frame_count / fps`` (exact, and what a copy at the
-        same rate lasts); for a variable frame rate, the stream's recorded
-        duration where there is one. (Recorded durations of constant-rate
-        streams are not used: muxers guess the last frame's length.)
+        same rate lasts); for a variable frame rate, the span of the
+        timestamps plus the median frame interval, the end that
+        :func:`frame_times` gives. (Recorded durations are not used: muxers
+        guess the last frame's length, and some derive the whole duration
+        from decoding timestamps.)
     codec : str
         FFmpeg name of the video codec (``"h264"``, ``"hevc"``, ...).
     has_audio : bool
@@ -80,7 +90,7 @@ class VideoInfo:
         between consecutive timestamps (in presentation order) differs from
         the median interval by more than both 2 ticks of the stream's time
         base (timestamp rounding moves an interval by at most 2 ticks) and
-        1% of the median.
+        1% of the median. :func:`frame_times` gives the times of such a clip.
     """
 
     path: str
@@ -158,8 +168,9 @@ def probe_video(path: str | os.PathLike, *, exact_count: bool = False) -> VideoI
         frame_count = decoded_count if decode_all else header_count
         variable_rate = _is_variable_rate(timestamps)
         duration = float(frame_count / fps)
-        if variable_rate and stream.duration:
-            duration = float(stream.duration * stream.time_base)
+        if variable_rate:
+            known = [t for t in timestamps if t is not None]
+            duration = float(_bounds(known, Fraction(stream.time_base), fps)[-1])
         rotation = _right_angle(rotation)
         width, height = stream.codec_context.width, stream.codec_context.height
         if rotation in (90, -90):
@@ -244,6 +255,56 @@ def read_frames(
             )
 
 
+def frame_times(path: str | os.PathLike) -> list[Fraction]:
+    """Presentation time of every frame, then the end of the last, in seconds from the first.
+
+    Read from the packets' timestamps (cheap: no decoding), exact in the
+    stream's time base. Frame ``i`` (as :func:`read_frames` counts) shows from
+    ``times[i]`` to ``times[i + 1]``; the last frame lasts the median interval,
+    since the length a container records for it is a muxer's guess. For a
+    constant rate the times are ``i / fps`` up to the time base's rounding.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    list of fractions.Fraction
+        ``frame_count + 1`` increasing times; the first is 0.
+
+    Raises
+    ------
+    InputError
+        The file is not a readable video, some frames have a timestamp and
+        others none, or two frames share one. A stream without any
+        timestamps (raw H.264) is taken to run at its average rate.
+    """
+    path = str(path)
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            ticks = [packet.pts for packet in container.demux(stream) if packet.size]
+        except av.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt or truncated video data ({_reason(exc)})") from None
+        fps = _frame_rate(stream)
+        time_base = Fraction(stream.time_base) if stream.time_base else None
+    if not ticks:
+        raise InputError(f"{path}: the video stream has no frames")
+    known = [t for t in ticks if t is not None]
+    if not known or time_base is None:
+        return [i / fps for i in range(len(ticks) + 1)]
+    if len(known) < len(ticks):
+        raise InputError(
+            f"{path}: {len(ticks) - len(known)} of {len(ticks)} frames have no timestamp"
+        )
+    times = _bounds(known, time_base, fps)
+    for earlier, later in itertools.pairwise(times):
+        if later <= earlier:
+            raise InputError(f"{path}: two frames share the timestamp {float(later):.6f} s")
+    return times
+
+
 def even_size(width: int, height: int, long_side: int | None = None) -> tuple[int, int]:
     """Output size with both sides even, the long side as asked, the aspect kept.
 
@@ -301,7 +362,9 @@ class VideoWriter:
     width, height : int
         Frame size; both must be even (see :func:`even_size`).
     fps : fractions.Fraction or int
-        Exact frame rate; frame ``i`` is stamped ``i / fps``.
+        Exact frame rate; frame ``i`` is stamped ``i / fps``. With
+        ``frame_times``, the average rate (recorded in the stream, and x264's
+        rate control uses it).
     crf : float, optional
         x264 constant rate factor: 0 lossless, 18 visually lossless, 23 x264's
         default, 51 worst.
@@ -313,12 +376,13 @@ class VideoWriter:
     audio_frames : (int, int or None), optional
         The frame range ``[start, end)`` of ``audio_source`` that the output
         shows; audio is cut to the same time span (``end`` None: to the last
-        frame). Audio packets are kept whole, so the cut falls on packet
-        boundaries and the end can run up to one packet long (AAC: 1024
-        samples, 21 ms at 48 kHz). In MP4 and MOV the start is exact: the
-        packet straddling it and one before it (the decoder needs it to
-        prime) get negative timestamps, which the muxer turns into an edit
-        list that players skip. Matroska cannot skip, so there the audio
+        frame), measured at the source's frame rate, or with ``frame_times``
+        on the source's own frame times (:func:`frame_times`). Audio packets
+        are kept whole, so the cut falls on packet boundaries and the end can
+        run up to one packet long (AAC: 1024 samples, 21 ms at 48 kHz). In MP4
+        and MOV the start is exact: the packet straddling it and one before it
+        (the decoder needs it to prime) get negative timestamps, which the
+        muxer turns into an edit list that players skip. Matroska cannot skip, so there the audio
         starts at the first packet inside the range, in sync but up to one
         packet late, and the first packet decodes without its priming.
     overwrite : bool, optional
@@ -327,12 +391,24 @@ class VideoWriter:
         ``yuv420p`` (the default) plays everywhere but stores colour at half
         resolution, which smears saturated colour edges; ``yuv444p`` keeps
         full-resolution colour (H.264 High 4:4:4, which fewer players decode).
+    frame_times : sequence of fractions.Fraction or None, optional
+        Variable frame rate: the start of every frame in seconds, from 0 on,
+        increasing, then the end of the last frame (what :func:`frame_times`
+        returns, or a slice of it shifted to start at 0): at least one entry
+        more than the frames written. Frame ``i`` is stamped
+        ``frame_times[i]`` and lasts until ``frame_times[i + 1]``, on the
+        coarsest time base that holds every time exactly (times read from a
+        container on a clock of up to 90 kHz do), else on a 90 kHz clock;
+        Matroska stores milliseconds whatever the time base.
 
     Raises
     ------
     OutputError
         Unsupported suffix, odd size, missing or unwritable directory,
         existing file, disk full, or audio the container cannot hold.
+    ValueError
+        ``frame_times`` that do not start at 0 and increase, or a frame
+        written beyond the last end they give.
     """
 
     def __init__(
@@ -348,6 +424,7 @@ class VideoWriter:
         audio_frames: tuple[int, int | None] = (0, None),
         overwrite: bool = False,
         pixel_format: Literal["yuv420p", "yuv444p"] = "yuv420p",
+        frame_times: Sequence[Fraction] | None = None,
     ):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -357,6 +434,11 @@ class VideoWriter:
         self.audio_frames = audio_frames
         self.overwrite = overwrite
         self.pixel_format = pixel_format
+        self.frame_times = None if frame_times is None else [Fraction(t) for t in frame_times]
+        # Frame i is stamped at ticks[i] of the time base; a constant rate counts frames.
+        self._time_base: Fraction | None = None
+        self._ticks: list[int] | None = None
+        self._tick_index: dict[int, int] = {}
         self.frames_written = 0
         self.has_audio = False
         self._temp_path: Path | None = None
@@ -382,6 +464,17 @@ class VideoWriter:
             )
         if self.fps <= 0:
             raise OutputError(f"{self.path}: frame rate must be positive, got {self.fps}")
+        self._time_base = 1 / self.fps
+        if self.frame_times is not None:
+            self._time_base = _time_base(self.frame_times)
+            self._ticks = [round(time / self._time_base) for time in self.frame_times]
+            self._tick_index = {tick: index for index, tick in enumerate(self._ticks)}
+            if len(self._ticks) < 2 or self._ticks[0] != 0:
+                raise ValueError("frame_times must start at 0 and end after the first frame")
+            if any(later <= earlier for earlier, later in itertools.pairwise(self._ticks)):
+                raise ValueError(
+                    f"frame_times must increase by at least {self._time_base} s per frame"
+                )
         directory = self.path.parent
         if not directory.is_dir():
             raise OutputError(f"{self.path}: directory {directory} does not exist")
@@ -402,7 +495,10 @@ class VideoWriter:
             self._add_video_stream()
             if self.audio_source is not None:
                 self._audio = _AudioCopy.open(
-                    self.audio_source, self._container, frames=self.audio_frames
+                    self.audio_source,
+                    self._container,
+                    frames=self.audio_frames,
+                    own_times=self.frame_times is not None,
                 )
                 self.has_audio = self._audio is not None
             # Creating the file now reports an unwritable directory before any work.
@@ -418,8 +514,8 @@ class VideoWriter:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = self.width, self.height
         stream.pix_fmt = self.pixel_format
-        stream.codec_context.time_base = 1 / self.fps
-        stream.time_base = 1 / self.fps
+        stream.codec_context.time_base = self._time_base
+        stream.time_base = self._time_base
         # Tag what write() converts to, so that players do not guess the matrix.
         stream.codec_context.colorspace = 1  # BT.709
         stream.codec_context.color_primaries = 1
@@ -443,23 +539,41 @@ class VideoWriter:
             raise ValueError(
                 f"expected uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}"
             )
+        if self._ticks is not None and self.frames_written + 1 >= len(self._ticks):
+            raise ValueError(
+                f"frame_times end after {len(self._ticks) - 1} frames; "
+                f"cannot write frame {self.frames_written}"
+            )
         video_frame = self._to_yuv.reformat(
             av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),
             format=self.pixel_format,
             dst_colorspace="ITU709",
             dst_color_range="MPEG",
         )
-        video_frame.pts = self.frames_written
+        video_frame.pts = self._tick(self.frames_written)
         video_frame.time_base = self._stream.codec_context.time_base
         try:
-            for packet in self._stream.encode(video_frame):
-                self._container.mux(packet)
+            self._mux_video(self._stream.encode(video_frame))
             self.frames_written += 1
             if self._audio is not None:
-                self._audio.copy_until(self.frames_written / self.fps)
+                self._audio.copy_until(self._tick(self.frames_written) * self._time_base)
         except (OSError, av.FFmpegError) as exc:
             self._abort()
             raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
+
+    def _tick(self, index: int) -> int:
+        """Timestamp of frame ``index`` (or end of frame ``index - 1``) in time-base ticks."""
+        return index if self._ticks is None else self._ticks[index]
+
+    def _mux_video(self, packets) -> None:
+        for packet in packets:
+            if self._ticks is not None:
+                # Muxers guess a frame's length from the timestamps around it, which at a
+                # variable rate mis-times the last frame and with it the file's duration.
+                index = self._tick_index.get(packet.pts)
+                if index is not None:
+                    packet.duration = self._ticks[index + 1] - self._ticks[index]
+            self._container.mux(packet)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is not None:
@@ -472,8 +586,7 @@ class VideoWriter:
             self._abort()
             raise OutputError(f"{self.path}: no frames were written, so no video was saved")
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
+            self._mux_video(self._stream.encode(None))
             if self._audio is not None:
                 self._audio.copy_until(math.inf)
                 self._audio.close()
@@ -528,11 +641,18 @@ class _AudioCopy:
         self._done = False
 
     @classmethod
-    def open(cls, path: str, output, *, frames: tuple[int, int | None]) -> _AudioCopy | None:
-        """Set up copying, or return None when ``path`` has no audio."""
+    def open(
+        cls, path: str, output, *, frames: tuple[int, int | None], own_times: bool = False
+    ) -> _AudioCopy | None:
+        """Set up copying, or return None when ``path`` has no audio.
+
+        ``frames`` are timed at the source's average rate, or with ``own_times``
+        on its frame times (:func:`frame_times`).
+        """
         start, end = frames
+        times = frame_times(path) if own_times else None
         if end is None:
-            end = probe_video(path).frame_count
+            end = len(times) - 1 if times is not None else probe_video(path).frame_count
         source = _open_input(path)
         try:
             if not source.streams.audio:
@@ -542,7 +662,14 @@ class _AudioCopy:
             audio = source.streams.audio[0]
             fps = _frame_rate(video)
             video_start = (video.start_time or 0) * video.time_base
-            window = (video_start + start / fps, video_start + end / fps)
+            if times is None:
+                window = (video_start + start / fps, video_start + end / fps)
+            else:
+                last = len(times) - 1
+                window = (
+                    video_start + times[min(start, last)],
+                    video_start + times[min(end, last)],
+                )
             try:
                 output_stream = output.add_stream_from_template(audio)
             except ValueError:
@@ -636,6 +763,30 @@ def _is_variable_rate(timestamps: list[int | None]) -> bool:
     return bool(np.any(np.abs(intervals - median) > tolerance))
 
 
+def _bounds(ticks: list[int], time_base: Fraction, fps: Fraction) -> list[Fraction]:
+    """Start of every frame and the end of the last, seconds from the first start.
+
+    ``ticks`` are timestamps in ``time_base`` units, in any order; the last
+    frame lasts the (lower) median interval, which stays on the time base, or
+    ``1 / fps`` for a single frame.
+    """
+    ordered = sorted(ticks)
+    times = [(tick - ordered[0]) * time_base for tick in ordered]
+    intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
+    last = statistics.median_low(intervals) if intervals else 1 / fps
+    return [*times, times[-1] + last]
+
+
+def _time_base(times: Sequence[Fraction]) -> Fraction:
+    """The coarsest time base that holds every time exactly, or FINEST_TIME_BASE."""
+    denominator = 1
+    for time in times:
+        denominator = math.lcm(denominator, Fraction(time).denominator)
+        if denominator > FINEST_TIME_BASE.denominator:
+            return FINEST_TIME_BASE
+    return Fraction(1, denominator)
+
+
 def _right_angle(degrees: float) -> int:
     """Rotation rounded to a multiple of 90 degrees, in (-180, 180]."""
     turns = round(degrees / 90) % 4
@@ -648,4 +799,12 @@ def _reason(exc: BaseException) -> str:
     return str(reason).strip() or exc.__class__.__name__
 
 
-__all__ = ["OUTPUT_FORMATS", "VideoInfo", "VideoWriter", "even_size", "probe_video", "read_frames"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "VideoInfo",
+    "VideoWriter",
+    "even_size",
+    "frame_times",
+    "probe_video",
+    "read_frames",
+]

@@ -14,7 +14,7 @@ import pytest
 from clips import NTSC, audio_span, pan_frames, random_origin, sine_audio, write_clip
 
 from diva_numba.errors import InputError, OutputError
-from diva_numba.video import VideoWriter, even_size, probe_video, read_frames
+from diva_numba.video import VideoWriter, even_size, frame_times, probe_video, read_frames
 
 WIDTH, HEIGHT, COUNT = 64, 48, 15
 #: Mean absolute difference (0..255) that H.264 at crf 18 stays under on these textured
@@ -240,6 +240,130 @@ def test_sine_helper_is_what_the_audio_tests_assume():
     samples = sine_audio(0.5)
     assert samples.shape == (1, 24000) and samples.dtype == np.float32
     assert np.abs(samples).max() == pytest.approx(0.3, abs=1e-3)
+
+
+# --- variable frame rate -------------------------------------------------------------------
+
+#: Frame intervals in milliseconds of a clip whose rate drops twice (a phone camera in dim
+#: light); the lower median is 33 ms.
+VFR_INTERVALS_MS = [33, 34, 33, 100, 33, 34, 200, 33, 33]
+
+
+def _irregular_times(rng, count: int, clock: int) -> list[Fraction]:
+    """``count + 1`` frame bounds on a ``1 / clock`` time base, one interval far off the rest."""
+    ticks = rng.integers(clock // 100, clock // 25, size=count)
+    ticks[rng.integers(count - 1)] = clock // 5  # at least twice any other interval
+    return [Fraction(int(t), clock) for t in np.concatenate([[0], np.cumsum(ticks)])]
+
+
+def _vfr_clip_with_audio(tmp_path, frames):
+    path = tmp_path / "vfr.mp4"
+    ticks = np.cumsum([0, *VFR_INTERVALS_MS])
+    write_clip(path, frames[:10], fps=30, timestamps=list(ticks), time_base=Fraction(1, 1000),
+               audio_seconds=1.0)  # fmt: skip
+    return path
+
+
+def test_frame_times_of_a_constant_rate_are_i_over_fps(tmp_path, frames):
+    path = tmp_path / "out.mp4"
+    _write(path, frames)
+    assert frame_times(path) == [i * Fraction(1001, 30000) for i in range(COUNT + 1)]
+
+
+def test_frame_times_of_a_variable_rate_clip(tmp_path, frames):
+    path = _vfr_clip_with_audio(tmp_path, frames)
+    starts = np.cumsum([0, *VFR_INTERVALS_MS])
+    expected = [Fraction(int(t), 1000) for t in [*starts, starts[-1] + 33]]
+    assert frame_times(path) == expected
+    info = probe_video(path)
+    assert info.variable_frame_rate and info.frame_count == 10
+    # The end is the last start plus the median interval, as frame_times gives it.
+    assert info.duration == pytest.approx(0.566, abs=1e-9)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_irregular_frame_times_are_kept(tmp_path, frames, rng, suffix):
+    times = _irregular_times(rng, COUNT, 600)
+    path = tmp_path / f"vfr{suffix}"
+    writer = _write(path, frames, fps=COUNT / times[-1], frame_times=times)
+    assert writer.frames_written == COUNT
+    info = probe_video(path, exact_count=True)
+    assert info.frame_count == COUNT and info.variable_frame_rate
+    read_back = frame_times(path)[:-1]
+    if suffix == ".mkv":
+        # Matroska keeps milliseconds: each time is rounded to the nearest one.
+        assert max(abs(a - b) for a, b in zip(read_back, times[:-1], strict=True)) <= 0.0005
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            packets = sorted((p for p in container.demux(stream) if p.size), key=lambda p: p.pts)
+            lengths = [p.duration * stream.time_base for p in packets]
+        # Every frame lasts until the next one, the last one until the end given.
+        intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert max(abs(a - b) for a, b in zip(lengths, intervals, strict=True)) <= 0.001
+    else:
+        # MP4 and MOV keep the 1/600 s clock (scaled up), so the times are exact.
+        assert read_back == times[:-1]
+    # The frames are all there, in order.
+    for (_, frame), original in zip(read_frames(path), frames, strict=True):
+        assert _mean_abs(frame, original) < CODEC_TOLERANCE
+
+
+def test_times_finer_than_90_khz_are_rounded(tmp_path, frames):
+    times = [Fraction(i * i, 1_000_003) + Fraction(i, 30) for i in range(7)]
+    path = tmp_path / "fine.mp4"
+    _write(path, frames[:6], fps=30, frame_times=times)
+    read_back = frame_times(path)[:-1]
+    assert all(
+        abs(a - b) <= Fraction(1, 180000) for a, b in zip(read_back, times[:-1], strict=True)
+    )
+
+
+def test_audio_of_a_vfr_source_spans_the_frame_times(tmp_path, frames):
+    source = _vfr_clip_with_audio(tmp_path, frames)
+    times = frame_times(source)
+    path = tmp_path / "out.mp4"
+    writer = _write(path, frames[:10], fps=probe_video(source).fps, audio_source=source,
+                    frame_times=times)  # fmt: skip
+    assert writer.has_audio
+    start, seconds, _ = audio_span(path)
+    assert start == pytest.approx(0.0, abs=1e-3)
+    # Up to the end of the last frame (0.566 s), cut on an AAC packet boundary.
+    assert float(times[-1]) - 1e-3 <= seconds <= float(times[-1]) + 1024 / 48000 + 1e-3
+
+
+def test_audio_of_a_vfr_range_is_cut_on_the_frame_times(tmp_path, frames):
+    source = _vfr_clip_with_audio(tmp_path, frames)
+    times = frame_times(source)
+    start, end = 2, 8  # spans the 100 ms and 200 ms gaps
+    span = [t - times[start] for t in times[start : end + 1]]
+    path = tmp_path / "part.mp4"
+    _write(path, frames[start:end], fps=probe_video(source).fps, audio_source=source,
+           audio_frames=(start, end), frame_times=span)  # fmt: skip
+    assert frame_times(path)[:-1] == span[:-1]
+    audio_start, seconds, _ = audio_span(path)
+    assert audio_start == pytest.approx(0.0, abs=1e-3)
+    # times[8] - times[2] = 0.4 s; at the average rate 6 frames would be 0.34 s.
+    assert float(span[-1]) - 1e-3 <= seconds <= float(span[-1]) + 1024 / 48000 + 1e-3
+
+
+def test_writer_refuses_bad_frame_times(tmp_path, frames):
+    for times in ([Fraction(1, 30), Fraction(2, 30)], [0, Fraction(1, 30), Fraction(1, 30)], [0]):
+        with pytest.raises(ValueError, match="frame_times must"):
+            VideoWriter(tmp_path / "out.mp4", width=WIDTH, height=HEIGHT, fps=30,
+                        frame_times=times)  # fmt: skip
+    times = [0, Fraction(1, 30), Fraction(3, 30)]
+    with pytest.raises(ValueError, match="end after 2 frames"):
+        _write(tmp_path / "out.mp4", frames[:3], fps=20, frame_times=times)
+    assert _files(tmp_path) == []
+    _write(tmp_path / "out.mp4", frames[:2], fps=20, frame_times=times)
+    assert frame_times(tmp_path / "out.mp4")[:-1] == times[:2]
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "audio_only"])
+def test_frame_times_of_bad_inputs_are_input_errors(tmp_path, frames, kind):
+    path, message = _make_bad_input(kind, tmp_path, frames)
+    with pytest.raises(InputError, match=message):
+        frame_times(path)
 
 
 # --- the writer never leaves a broken file --------------------------------------------------

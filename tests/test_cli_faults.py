@@ -1,0 +1,479 @@
+"""Faults a long run meets: running out of memory, a full disk, signals, damaged work.
+
+Every test drives the real command line (click's runner, or a subprocess for
+signals) on a tiny random-weight model and asserts the exact user-visible
+behaviour: the exit status, one `Error:` line with its advice, and that no
+output is left half-written under its real name.
+"""
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from clips import pan_frames, write_clip
+
+import diva_numba.cli_analogy as cli_analogy
+import diva_numba.cli_common as cli_common
+import diva_numba.cli_transfer as cli_transfer
+import diva_numba.transfer as transfer_module
+from diva_numba.cli import cli
+from diva_numba.device import Device, is_out_of_memory
+from diva_numba.imageio import load_image
+from diva_numba.video import probe_video
+
+FAST = ["--iters", "2", "--lbfgs-iters", "2"]
+FAST_VIDEO = [*FAST, "--guided-iters", "1", "--guided-lbfgs-iters", "1"]
+FRAMES = 6
+
+
+@pytest.fixture
+def clip(tmp_path):
+    frames = pan_frames(FRAMES, width=64, height=48)
+    path = tmp_path / "clip.mp4"
+    write_clip(path, frames, fps=Fraction(25), audio_seconds=0.3)
+    style = tmp_path / "style.png"
+    cv2.imwrite(str(style), cv2.applyColorMap(frames[0][:, :, 1], cv2.COLORMAP_JET))
+    return path, style
+
+
+def transfer(args, model, **kwargs):
+    return CliRunner().invoke(
+        cli, ["transfer", *args, "--model", str(model), *FAST_VIDEO], **kwargs
+    )
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+def assert_one_error(result, exit_code: int) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = error_lines(result)
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def hidden_files(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+# --- running out of memory -------------------------------------------------------------------
+
+
+class OutOfMemoryError(MemoryError):
+    """Shaped like CuPy's: a MemoryError from cupy.cuda.memory."""
+
+    __module__ = "cupy.cuda.memory"
+
+
+class CudaAPIError(Exception):
+    """Shaped like Numba's driver error."""
+
+
+class RuntimeException(Exception):
+    """Shaped like onnxruntime's unexported error class."""
+
+
+GPU_OUT_OF_MEMORY = [
+    OutOfMemoryError("Out of memory allocating 2,147,483,648 bytes (allocated so far: 0 bytes)."),
+    CudaAPIError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY"),
+    RuntimeException(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+        "running Conv node. Failed to allocate memory for requested buffer of size 411041792"
+    ),
+    RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"),
+    RuntimeError("cudaErrorMemoryAllocation: out of memory"),
+]
+
+
+@pytest.mark.parametrize("error", GPU_OUT_OF_MEMORY, ids=lambda e: type(e).__name__)
+def test_out_of_memory_is_recognised_in_every_library(error):
+    assert is_out_of_memory(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("operands could not be broadcast together"),
+        RuntimeError("[700] Call to cuLaunchKernel results in CUDA_ERROR_ILLEGAL_ADDRESS"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+)
+def test_other_errors_are_not_out_of_memory(error):
+    assert not is_out_of_memory(error)
+
+
+def fake_gpu(monkeypatch, *, automatic: bool):
+    """Make --device resolve to a GPU that runs out of memory as soon as the model loads."""
+    gpu = Device("cuda", "Test GPU 8 GB", automatic=automatic)
+    real_resolve = cli_common.resolve_device
+
+    def resolve(name="auto"):
+        return real_resolve("cpu") if name == "cpu" else gpu
+
+    monkeypatch.setattr(cli_common, "resolve_device", resolve)
+    return gpu
+
+
+def load_model_failing_on_gpu(real_load_model, calls):
+    def load(model_path, device):
+        calls.append(device.kind)
+        if device.is_cuda:
+            raise GPU_OUT_OF_MEMORY[0]
+        return real_load_model(model_path, device)
+
+    return load
+
+
+def write_pair(tmp_path, rng):
+    a = cv2.GaussianBlur(rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), (0, 0), 2)
+    bp = cv2.GaussianBlur(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "bp.png"), bp)
+    return [str(tmp_path / "a.png"), str(tmp_path / "bp.png")]
+
+
+def analogy(args, model, **kwargs):
+    return CliRunner().invoke(cli, ["analogy", *args, "--model", str(model), *FAST], **kwargs)
+
+
+@pytest.mark.parametrize("device_flag", ["cuda", "auto"])
+def test_gpu_out_of_memory_is_one_line_with_advice(device_flag, tmp_path, rng, tiny_model,
+                                                   monkeypatch):  # fmt: skip
+    fake_gpu(monkeypatch, automatic=device_flag == "auto")
+    calls = []
+    monkeypatch.setattr(
+        cli_analogy, "load_model", load_model_failing_on_gpu(cli_analogy.load_model, calls)
+    )
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", device_flag],
+                     tiny_model)  # fmt: skip
+    line = assert_one_error(result, 4)
+    assert "out of GPU memory on Test GPU 8 GB" in line
+    assert "--size (now 64) or --ratio" in line
+    # Only a device that auto picked comes with the CPU as a way out.
+    assert ("--device cpu" in line) == (device_flag == "auto")
+    assert calls == ["cuda"] and not out.exists()
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_auto_device_offers_the_cpu_on_a_terminal(answer, tmp_path, rng, tiny_model, monkeypatch):
+    fake_gpu(monkeypatch, automatic=True)
+    monkeypatch.setattr(cli_common, "is_interactive", lambda: True)
+    calls = []
+    monkeypatch.setattr(
+        cli_analogy, "load_model", load_model_failing_on_gpu(cli_analogy.load_model, calls)
+    )
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out)], tiny_model, input=answer + "\n")
+    assert "Continue on the CPU instead" in result.output
+    if answer == "y":
+        assert result.exit_code == 0, result.output
+        assert "continuing on the CPU" in result.output
+        assert calls == ["cuda", "cpu"]
+        assert load_image(out / "A_prime.png").shape == (48, 64, 3)
+    else:
+        assert_one_error(result, 4)
+        assert calls == ["cuda"] and not out.exists()
+
+
+def test_host_out_of_memory_is_one_line(tmp_path, rng, tiny_model, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.20 GiB for an array with shape (64, 448, 448)")
+
+    monkeypatch.setattr("diva_numba.analogy.analogy", exhausted)
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
+    line = assert_one_error(result, 4)
+    assert "out of memory on CPU" in line and "--size" in line and "--device cpu" not in line
+    assert not out.exists()
+
+
+def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, monkeypatch):
+    """Frames done on the GPU are kept; the CPU continues from the frame that failed."""
+    path, style = clip
+    fake_gpu(monkeypatch, automatic=True)
+    monkeypatch.setattr(cli_common, "is_interactive", lambda: True)
+    real_load_model, real_analogy = cli_transfer.load_model, transfer_module.analogy
+    devices, frames_run = [], []
+
+    def load(model_path, device):
+        devices.append(device.kind)
+        model = real_load_model(model_path, cli_common.resolve_device("cpu"))
+        model.pretend_gpu = device.is_cuda
+        return model
+
+    def analogy_running_out_at_frame_3(model, *args, **kwargs):
+        frames_run.append(model.pretend_gpu)
+        if model.pretend_gpu and len(frames_run) == 3:
+            raise GPU_OUT_OF_MEMORY[1]
+        return real_analogy(model, *args, **kwargs)
+
+    monkeypatch.setattr(cli_transfer, "load_model", load)
+    monkeypatch.setattr(transfer_module, "analogy", analogy_running_out_at_frame_3)
+    out = tmp_path / "out.mp4"
+    result = transfer([str(style), str(path), "-o", str(out)], tiny_model, input="y\n")
+    assert result.exit_code == 0, result.output
+    assert devices == ["cuda", "cpu"]
+    assert frames_run == [True, True, True, False, False, False, False]
+    assert "resuming after 2 of 6 frames" in result.output
+    assert probe_video(out).frame_count == FRAMES
+    assert not (tmp_path / "out.mp4.work").exists()
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+class FileSizeLimit:
+    """Make every write past ``limit`` bytes fail as a full disk does (EFBIG, not ENOSPC)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __enter__(self):
+        self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self.soft, self.hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.hard))
+
+    def __exit__(self, *exc_info):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.soft, self.hard))
+        signal.signal(signal.SIGXFSZ, self.handler)
+
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses RLIMIT_FSIZE and SIGXFSZ")
+
+
+@linux_only
+def test_full_disk_while_saving_frames_then_resume(clip, tmp_path, tiny_model, monkeypatch):
+    path, style = clip
+    whole = tmp_path / "whole"
+    assert transfer([str(style), str(path), "-o", str(tmp_path / "a.mp4"), "--keep-frames",
+                     str(whole)], tiny_model).exit_code == 0  # fmt: skip
+    largest_frame = max(p.stat().st_size for p in whole.iterdir())
+    # Frames fit, the per-frame state (two raw frames and more) does not.
+    limit = largest_frame + 1024
+    assert 2 * 64 * 48 * 3 > limit
+
+    real_stylise = transfer_module.stylise_frames
+
+    def stylise_on_a_small_disk(*args, **kwargs):
+        with FileSizeLimit(limit):
+            return real_stylise(*args, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "stylise_frames", stylise_on_a_small_disk)
+    out = tmp_path / "out.mp4"
+    result = transfer([str(style), str(path), "-o", str(out)], tiny_model)
+    line = assert_one_error(result, 5)
+    assert "cannot write" in line and ".npz" in line and "--resume" in line
+    work = tmp_path / "out.mp4.work"
+    assert not out.exists() and hidden_files(work) == [] and hidden_files(tmp_path) == []
+
+    monkeypatch.setattr(transfer_module, "stylise_frames", real_stylise)
+    resumed = tmp_path / "resumed"
+    result = transfer([str(style), str(path), "-o", str(out), "--resume", "--keep-frames",
+                       str(resumed)], tiny_model)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for index in range(FRAMES):
+        name = f"{index:06d}.png"
+        np.testing.assert_array_equal(load_image(resumed / name), load_image(whole / name))
+
+
+def test_no_space_left_is_called_a_full_disk(clip, tmp_path, tiny_model, monkeypatch):
+    path, style = clip
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer_module.np, "savez", no_space)
+    result = transfer([str(style), str(path), "-o", str(tmp_path / "out.mp4")], tiny_model)
+    line = assert_one_error(result, 5)
+    assert "disk full" in line and "out.mp4.work" in line and "--resume" in line
+
+
+@linux_only
+def test_full_disk_while_encoding_keeps_the_frames(clip, tmp_path, tiny_model, monkeypatch):
+    path, style = clip
+    real_encode = transfer_module.encode_video
+
+    def encode_on_a_full_disk(*args, **kwargs):
+        with FileSizeLimit(2048):
+            return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "encode_video", encode_on_a_full_disk)
+    out = tmp_path / "out.mp4"
+    result = transfer([str(style), str(path), "-o", str(out)], tiny_model)
+    line = assert_one_error(result, 5)
+    assert "cannot write" in line and "--resume" in line
+    assert not out.exists() and hidden_files(tmp_path) == []
+    work = tmp_path / "out.mp4.work"
+    assert len(list((work / "frames").iterdir())) == FRAMES
+
+    monkeypatch.setattr(transfer_module, "encode_video", real_encode)
+    analogies = []
+    monkeypatch.setattr(transfer_module, "analogy", lambda *a, **k: analogies.append(1))
+    result = transfer([str(style), str(path), "-o", str(out), "--resume"], tiny_model)
+    assert result.exit_code == 0, result.output
+    assert analogies == []  # only the encoding was left to do
+    assert probe_video(out).frame_count == FRAMES and not work.exists()
+
+
+def test_unwritable_output_directory_is_refused_before_any_work(clip, tmp_path, tiny_model,
+                                                                monkeypatch):  # fmt: skip
+    path, style = clip
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if p == locked else real_access(p, mode)
+    )
+    started = []
+    monkeypatch.setattr(transfer_module, "stylise_frames", lambda *a, **k: started.append(1))
+    result = transfer([str(style), str(path), "-o", str(locked / "out.mp4"), "--work-dir",
+                       str(tmp_path / "work")], tiny_model)  # fmt: skip
+    line = assert_one_error(result, 5)
+    assert "not writable" in line and started == []
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+# Restores Python's Ctrl-C handler even when the test runner was started with SIGINT
+# ignored (as background jobs of non-interactive shells are).
+CHILD = (
+    "import signal, sys, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = ['diva-numba', *sys.argv[1:]]; runpy.run_module('diva_numba', run_name='__main__')"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_within_seconds_and_resume_finishes(signum, tmp_path, tiny_model):
+    count = 40
+    frames = pan_frames(count, width=64, height=48)
+    path, style, out = tmp_path / "clip.mp4", tmp_path / "style.png", tmp_path / "out.mp4"
+    write_clip(path, frames, fps=25)
+    cv2.imwrite(str(style), cv2.applyColorMap(frames[0][:, :, 1], cv2.COLORMAP_JET))
+    args = [str(style), str(path), "-o", str(out), "--model", str(tiny_model), *FAST_VIDEO]
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "transfer", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = tmp_path / "out.mp4.work" / "state.npz"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signum)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "--resume" in stderr and f"of {count} frames" in stderr
+    assert not out.exists() and hidden_files(tmp_path) == []
+
+    result = CliRunner().invoke(cli, ["transfer", *args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resuming after" in result.output
+    assert probe_video(out).frame_count == count
+
+
+# --- damaged or foreign work directories --------------------------------------------------------
+
+
+@pytest.fixture
+def interrupted(clip, tmp_path, tiny_model, monkeypatch):
+    """A run stopped after 3 of 6 frames, with its work directory."""
+    path, style = clip
+    real_analogy = transfer_module.analogy
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_analogy(*args, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "analogy", dying)
+    out = tmp_path / "out.mp4"
+    assert transfer([str(style), str(path), "-o", str(out)], tiny_model).exit_code == 130
+    monkeypatch.setattr(transfer_module, "analogy", real_analogy)
+    return path, style, out, tmp_path / "out.mp4.work"
+
+
+def damage_style(path, style, out, work):
+    image = load_image(style)
+    cv2.imwrite(str(style), cv2.cvtColor(255 - image, cv2.COLOR_RGB2BGR))
+    return "different run", "style_sha256"
+
+
+def damage_manifest(path, style, out, work):
+    (work / "manifest.json").write_text("{ not json")
+    return "damaged", "manifest.json"
+
+
+def damage_state(path, style, out, work):
+    state = work / "state.npz"
+    state.write_bytes(state.read_bytes()[:100])
+    return "damaged", "state.npz"
+
+
+def lose_frames(path, style, out, work):
+    (work / "frames" / "000001.png").unlink()
+    return "missing finished frames", "remove it"
+
+
+@pytest.mark.parametrize("damage", [damage_style, damage_manifest, damage_state, lose_frames])
+def test_damaged_or_foreign_work_directory_is_refused(damage, interrupted, tiny_model):
+    path, style, out, work = interrupted
+    expected = damage(path, style, out, work)
+    result = transfer([str(style), str(path), "-o", str(out), "--resume"], tiny_model)
+    line = assert_one_error(result, 2)
+    assert all(text in line for text in expected), line
+    assert str(work) in line and not out.exists()
+
+
+def test_different_size_is_refused_and_resume_without_changes_works(interrupted, tiny_model):
+    path, style, out, work = interrupted
+    result = transfer([str(style), str(path), "-o", str(out), "--resume", "--size", "48"],
+                      tiny_model)  # fmt: skip
+    line = assert_one_error(result, 2)
+    assert "size" in line and "params" in line
+    result = transfer([str(style), str(path), "-o", str(out), "--resume"], tiny_model)
+    assert result.exit_code == 0, result.output
+    assert "resuming after 3 of 6 frames" in result.output
+
+
+def test_interrupt_while_encoding_leaves_no_partial_video(clip, tmp_path, tiny_model,
+                                                          monkeypatch):  # fmt: skip
+    path, style = clip
+
+    class InterruptedWriter(transfer_module.VideoWriter):
+        def write(self, frame):
+            if self.frames_written == 3:
+                raise KeyboardInterrupt
+            super().write(frame)
+
+    monkeypatch.setattr(transfer_module, "VideoWriter", InterruptedWriter)
+    out = tmp_path / "out.mp4"
+    result = transfer([str(style), str(path), "-o", str(out)], tiny_model)
+    line = assert_one_error(result, 130)
+    assert f"interrupted after {FRAMES} of {FRAMES} frames" in line and "--resume" in line
+    assert not out.exists() and hidden_files(tmp_path) == []
+
+    monkeypatch.undo()
+    result = transfer([str(style), str(path), "-o", str(out), "--resume"], tiny_model)
+    assert result.exit_code == 0, result.output
+    assert f"resuming after {FRAMES} of {FRAMES} frames" in result.output
+    assert probe_video(out).frame_count == FRAMES
