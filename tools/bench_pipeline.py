@@ -1,7 +1,9 @@
-"""Time the image analogy per stage and level, and the video transfer per frame.
+"""Time the image analogy per stage and level, the video transfer per frame, and its memory.
 
     python tools/bench_pipeline.py analogy --size 224 --lbfgs-iters 0 5 20 [--device cpu]
     python tools/bench_pipeline.py video --size 192 [--frames 12] [--device cpu]
+    python tools/bench_pipeline.py memory --frames 30 300 --size 96 [--source-size 640x360]
+        [--guided-lbfgs-iters 5] [--model-path MODEL] [--device cpu]
 
 `analogy` runs the astronaut photo against a zoomed, shifted, recoloured copy of
 itself (a pair whose true correspondence is known) and against the coffee
@@ -10,12 +12,22 @@ stage and level, the deconvolution's achieved GFLOP/s, the median error of
 nnf_ab against the truth, and the colour distance of A' to B' (Lab mean and
 std). `video` runs the bundled example clip and prints seconds per frame for
 frame 0 and for the seeded frames, with the stage breakdown of a seeded frame.
+`memory` writes clips of the same size but different lengths (a pan across a
+photo, with an audio track), runs `diva-numba transfer` on each in a fresh
+process, and prints a table of the peak resident memory (RSS) and the seconds
+per frame of each run: a pipeline that keeps nothing per frame has the same
+peak for every length.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -27,6 +39,16 @@ from diva_numba.device import resolve_device
 from diva_numba.weights.store import ensure_model
 
 EXAMPLE = Path(__file__).resolve().parent / "example"
+
+#: Runs the command in argv and prints its exit status and peak RSS in bytes. It runs
+#: in a fresh interpreter of its own: a child's ru_maxrss starts from the peak of the
+#: process that spawned it, so only a small parent gives the command's own peak.
+PEAK_RSS = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:], stdout=sys.stderr)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(code, peak if sys.platform == "darwin" else peak * 1024)
+"""
 
 
 def known_pair(size: int):
@@ -99,6 +121,105 @@ def bench_video(args) -> None:
     print(f"{args.frames} frames in {time.perf_counter() - started:.1f} s")
 
 
+def pan_frames(count: int, width: int, height: int, step: int = 2) -> Iterator[np.ndarray]:
+    """``count`` uint8 (height, width, 3) frames of a window moving ``step`` px per frame.
+
+    The window pans right across the coffee photo, scaled to the frame height
+    and continued with mirrored copies of itself, so any length has texture.
+    """
+    photo = data.coffee()
+    scaled_width = max(1, round(photo.shape[1] * height / photo.shape[0]))
+    photo = cv2.resize(photo, (scaled_width, height), interpolation=cv2.INTER_AREA)
+    tiles = -(-(width + step * count) // scaled_width)
+    strip = np.concatenate([photo if i % 2 == 0 else photo[:, ::-1] for i in range(tiles)], 1)
+    for index in range(count):
+        yield np.ascontiguousarray(strip[:, index * step : index * step + width])
+
+
+def write_pan_clip(path: Path, count: int, width: int, height: int, fps: int = 30) -> None:
+    """A ``count``-frame H.264 clip of :func:`pan_frames` with an AAC tone as long as it."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = container.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        for frame in pan_frames(count, width, height):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode(None))
+        samples = 48000 * count // fps
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+        for start in range(0, samples, 1024):
+            chunk = av.AudioFrame.from_ndarray(
+                tone[None, start : start + 1024], format="flt", layout="mono"
+            )
+            chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, Fraction(1, 48000)
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+
+
+def peak_rss(command: list[str]) -> tuple[int, float]:
+    """Run ``command`` to completion; return its peak RSS in bytes and its wall seconds.
+
+    Raises
+    ------
+    RuntimeError
+        The command failed (its last output lines are in the message).
+    """
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    code, peak = (int(word) for word in done.stdout.split())
+    if code != 0:
+        tail = "\n".join(done.stderr.replace("\r", "\n").splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(command)} exited with {code}:\n{tail}")
+    return peak, seconds
+
+
+def bench_memory(args) -> None:
+    from diva_numba.video import probe_video
+
+    width, height = args.source_size
+    model = args.model_path or str(ensure_model())
+    options = ["--size", str(args.size), "--device", args.device, "--model", model]
+    if args.guided_lbfgs_iters is not None:
+        options += ["--guided-lbfgs-iters", str(args.guided_lbfgs_iters)]
+    print(f"device: {resolve_device(args.device).description}; clips {width}x{height} with audio")
+    print(f"each run: diva-numba transfer STYLE CLIP -o OUT {' '.join(options)}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="diva-memory-") as scratch:
+        for count in args.frames:
+            clip, out = Path(scratch, f"clip{count}.mp4"), Path(scratch, f"out{count}.mp4")
+            write_pan_clip(clip, count, width, height)
+            command = [sys.executable, "-m", "diva_numba", "transfer", str(EXAMPLE / "style.png"),
+                       str(clip), "-o", str(out), *options]  # fmt: skip
+            peak, seconds = peak_rss(command)
+            made = probe_video(out)
+            if made.frame_count != count or not made.has_audio:
+                raise RuntimeError(f"{out}: {made.frame_count} frames, audio {made.has_audio}")
+            rows.append((count, peak, seconds))
+            print(f"{count} frames: peak RSS {peak / 1e6:.1f} MB, {seconds:.1f} s", flush=True)
+    (first, first_peak, first_s), (last, last_peak, last_s) = rows[0], rows[-1]
+    print("\n| frames | peak RSS MB | seconds | s/frame |\n| ---: | ---: | ---: | ---: |")
+    for count, peak, seconds in rows:
+        print(f"| {count} | {peak / 1e6:.1f} | {seconds:.1f} | {seconds / count:.2f} |")
+    print(f"\n{last} - {first} frames: peak RSS {(last_peak - first_peak) / 1e6:+.1f} MB, "
+          f"{(last_s - first_s) / (last - first):.2f} s per extra frame")  # fmt: skip
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """``"640x360"`` as (640, 360); H.264 in 4:2:0 needs both sides even."""
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) % 2 == int(height) % 2 == 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, both even, got {text!r}")
+    if min(int(width), int(height)) < 32:
+        raise argparse.ArgumentTypeError(f"frames must be at least 32x32, got {text!r}")
+    return int(width), int(height)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -112,8 +233,15 @@ def main() -> None:
     video.add_argument("--frames", type=int, default=12)
     video.add_argument("--device", default="auto")
     video.add_argument("--output", default="diva-bench.mp4")
+    memory = sub.add_parser("memory")
+    memory.add_argument("--frames", type=int, nargs=2, default=[30, 300], metavar=("A", "B"))
+    memory.add_argument("--size", type=int, default=96, help="working long side")
+    memory.add_argument("--source-size", type=frame_size, default=(640, 360), metavar="WxH")
+    memory.add_argument("--model-path", help="ONNX model [default: the real one]")
+    memory.add_argument("--device", default="cpu")
+    memory.add_argument("--guided-lbfgs-iters", type=int)
     args = parser.parse_args()
-    bench_analogy(args) if args.what == "analogy" else bench_video(args)
+    {"analogy": bench_analogy, "video": bench_video, "memory": bench_memory}[args.what](args)
 
 
 if __name__ == "__main__":
