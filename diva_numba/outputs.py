@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ def atomic_directory(path: Path, *, overwrite: bool) -> Iterator[Path]:
     """A temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
 
     On any exception the temporary directory is removed and an existing
-    ``path`` is left as it was.
+    ``path`` is left as it was; an OSError (disk full, ...) becomes an
+    :class:`OutputError`.
     """
     check_target(path, overwrite=overwrite)
     parent = path.parent if str(path.parent) else Path(".")
@@ -45,6 +47,10 @@ def atomic_directory(path: Path, *, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, path)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise OutputError(f"cannot write {path}: {reason}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

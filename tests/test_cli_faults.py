@@ -477,3 +477,32 @@ def test_interrupt_while_encoding_leaves_no_partial_video(clip, tmp_path, tiny_m
     assert result.exit_code == 0, result.output
     assert f"resuming after {FRAMES} of {FRAMES} frames" in result.output
     assert probe_video(out).frame_count == FRAMES
+
+
+@linux_only
+def test_full_disk_while_writing_an_analogy_leaves_nothing(tmp_path, rng, tiny_model,
+                                                           monkeypatch):  # fmt: skip
+    real_write = cli_analogy._write_analogy
+
+    def write_on_a_full_disk(*args, **kwargs):
+        with FileSizeLimit(1024):
+            return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(cli_analogy, "_write_analogy", write_on_a_full_disk)
+    pair = write_pair(tmp_path, rng)
+    out = tmp_path / "out"
+    line = assert_one_error(analogy([*pair, "-o", str(out), "--device", "cpu"], tiny_model), 5)
+    assert "cannot write" in line and "A_prime.png" in line
+    assert not out.exists() and hidden_files(tmp_path) == []
+
+
+def test_full_disk_while_saving_fields_leaves_nothing(tmp_path, rng, tiny_model, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli_analogy.np, "save", no_space)
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
+    line = assert_one_error(result, 5)
+    assert f"cannot write {out}: disk full" in line
+    assert not out.exists() and hidden_files(tmp_path) == []
