@@ -83,7 +83,10 @@ def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
     gigabytes (a "decompression bomb") is refused or shrunk before any pixel
     is decoded.
     """
-    flags = cv2.IMREAD_UNCHANGED
+    # Photos from phones and cameras store their orientation in EXIF, which only the
+    # colour modes apply; JPEG has neither alpha nor 16 bits for UNCHANGED to keep.
+    is_jpeg = data[:2].tobytes() == b"\xff\xd8"
+    flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED
     size = header_size(data)
     if size is not None:
         width, height = size
@@ -99,8 +102,9 @@ def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
             log.warning(
                 "%s: %dx%d decoded at 1/%d size, in 8-bit colour", path, width, height, factor
             )
-            # Like the full-size path, which cannot apply EXIF orientation either.
-            flags = REDUCED_COLOUR_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+            flags = REDUCED_COLOUR_FLAGS[factor]
+            if not is_jpeg:  # as at full size
+                flags |= cv2.IMREAD_IGNORE_ORIENTATION
     try:
         return cv2.imdecode(data, flags)
     except cv2.error as exc:

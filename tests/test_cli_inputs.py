@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
-from PIL import Image
+from PIL import Image, ImageOps
 
 from diva_numba.cli import cli
 from diva_numba.imageio import header_size, load_image
@@ -234,3 +234,22 @@ def test_jpeg_header_size(tmp_path, rng):
         assert ok and header_size(encoded.ravel()) == (53, 37)
     assert header_size(np.frombuffer(b"\xff\xd8\xff", np.uint8)) is None
     assert header_size(np.frombuffer(b"GIF89a" + bytes(30), np.uint8)) is None
+
+
+@pytest.mark.parametrize("reduced", [False, True], ids=["full", "reduced"])
+def test_jpeg_orientation_is_applied(reduced, tmp_path, rng, caplog):
+    """A portrait phone photo is stored landscape with an EXIF rotation: load it upright."""
+    height, width = (2000, 3000) if reduced else (40, 64)
+    stored = cv2.resize(rng.integers(0, 255, (10, 16, 3)).astype(np.uint8), (width, height))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    with Image.open(path) as image:
+        upright = np.asarray(ImageOps.exif_transpose(image))
+    loaded = load_image(path)
+    assert ("decoded at 1/2 size" in caplog.text) == reduced
+    if reduced:
+        loaded = cv2.resize(loaded, upright.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    assert loaded.shape == upright.shape == (width, height, 3)
+    assert np.abs(loaded.astype(int) - upright).mean() < 4
