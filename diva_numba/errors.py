@@ -4,6 +4,8 @@ The CLI turns every :class:`DivaError` into one line on stderr and a non-zero
 exit status; anything else is a bug and keeps its traceback.
 """
 
+import errno
+
 
 class DivaError(Exception):
     """An error caused by the user's input or environment, with a one-line message."""
@@ -33,3 +35,10 @@ class OutputError(DivaError):
     """An output cannot be written (exists, unwritable directory, disk full)."""
 
     exit_code = 5
+
+
+def os_reason(exc: OSError) -> str:
+    """The short reason of a failed file operation, as a user line ends with it."""
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    return exc.strerror or str(exc)

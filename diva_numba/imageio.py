@@ -7,7 +7,6 @@ conversion drops information a notice is logged on the ``diva_numba`` logger.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diva_numba.errors import InputError, OutputError
+from diva_numba.errors import InputError, OutputError, os_reason
 
 log = logging.getLogger("diva_numba")
 
@@ -240,8 +239,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
-        raise OutputError(f"{path}: cannot write ({reason})") from None
+        raise OutputError(f"{path}: cannot write ({os_reason(exc)})") from None
 
 
 def _umask() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from diva_numba.errors import OutputError
+from diva_numba.errors import OutputError, os_reason
 
 
 def check_target(path: Path, *, overwrite: bool) -> None:
@@ -49,8 +48,7 @@ def atomic_directory(path: Path, *, overwrite: bool) -> Iterator[Path]:
             os.replace(staging, path)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise OutputError(f"cannot write {path}: {reason}") from None
+        raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

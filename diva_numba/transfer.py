@@ -21,7 +21,6 @@ frames at the end, under a temporary name, and renamed into place.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -39,9 +38,16 @@ import numpy as np
 from diva_numba import vgg
 from diva_numba.analogy import AnalogyModel, AnalogyParams, FrameGuide, analogy
 from diva_numba.device import to_device, to_host
-from diva_numba.errors import InputError, OutputError
+from diva_numba.errors import InputError, OutputError, os_reason
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
-from diva_numba.imageio import MAX_AREA, MIN_SIDE, load_image, resize, save_image
+from diva_numba.imageio import (
+    MAX_AREA,
+    MIN_SIDE,
+    atomic_write_bytes,
+    load_image,
+    resize,
+    save_image,
+)
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.video import (
     VideoInfo,
@@ -207,9 +213,9 @@ class WorkDirectory:
             return work
         try:
             work.frames.mkdir(parents=True)
-            _write_atomic(manifest_file, json.dumps(manifest, indent=2).encode())
         except OSError as exc:
-            raise OutputError(f"cannot create work directory {path}: {exc.strerror}") from None
+            raise OutputError(f"cannot create work directory {path}: {os_reason(exc)}") from None
+        atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2).encode())
         return work
 
     def frame_path(self, index: int) -> Path:
@@ -234,7 +240,7 @@ class WorkDirectory:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise OutputError(_disk_message(path, exc)) from None
+            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
 
     def load_state(self) -> FrameState | None:
         path = self.path / "state.npz"
@@ -257,7 +263,7 @@ class WorkDirectory:
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise OutputError(_disk_message(path, exc)) from None
+            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
 
     def load_latent_b(self) -> dict[int, np.ndarray] | None:
         path = self.path / "latent_b.npz"
@@ -572,15 +578,3 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def _disk_message(path: Path, exc: OSError) -> str:
-    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return f"cannot write {path}: {reason}"

@@ -18,6 +18,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
+from cli_checks import assert_one_error, hidden_files
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
@@ -49,22 +50,6 @@ def transfer(args, model, **kwargs):
     return CliRunner().invoke(
         cli, ["transfer", *args, "--model", str(model), *FAST_VIDEO], **kwargs
     )
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("Error:")]
-
-
-def assert_one_error(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    lines = error_lines(result)
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
-def hidden_files(directory) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
 # --- running out of memory -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 from PIL import Image, ImageOps
@@ -28,14 +29,6 @@ FAST_VIDEO = [*FAST, "--guided-iters", "1", "--guided-lbfgs-iters", "1"]
 def invoke(command, args, model):
     fast = FAST_VIDEO if command == "transfer" else FAST
     return CliRunner().invoke(cli, [command, *args, "--model", str(model), *fast])
-
-
-def assert_one_error(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
+from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import audio_span, pan_frames, write_clip
 
@@ -132,10 +133,7 @@ def test_bad_inputs_are_one_line_errors(clip, tmp_path, tiny_model):
         [str(style), str(path), "-o", str(tmp_path / "x.mp4"), "--start", "9"],
     ):
         result = run(args, tiny_model)
-        assert result.exit_code != 0
-        assert "Traceback" not in result.output
-        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, result.output
+        assert_one_error(result, result.exit_code or 1)
 
 
 @pytest.mark.model
