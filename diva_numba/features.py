@@ -15,8 +15,8 @@ import numpy as np
 
 from diva_numba.device import Device, is_cuda_array, is_out_of_memory, to_host
 from diva_numba.errors import InputError, ModelError
-from diva_numba.vgg import FEATURE_LAYERS, level_shape
-from diva_numba.weights.export import INPUT_NAME, read_onnx_weights
+from diva_numba.models.export import INPUT_NAME, read_onnx_weights
+from diva_numba.models.vgg import FEATURE_LAYERS, level_shape
 
 #: Smallest image side accepted. Four 2x2 pools lie between the image and
 #: relu5_1, so 16 = 2**4 px is the smallest side for which relu5_1 is at least
@@ -70,7 +70,7 @@ class FeatureExtractor:
     ----------
     model_path : path-like
         A feature model written by this package (checked with
-        :func:`~diva_numba.weights.validate_onnx`).
+        :func:`~diva_numba.models.validate_onnx`).
     device : Device
         Where the features should live. On CUDA the session uses onnxruntime's
         CUDA provider when it has one; otherwise it runs on the CPU and the

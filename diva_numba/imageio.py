@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from diva_numba.errors import InputError, OutputError, os_reason
+from diva_numba.errors import InputError, OutputError
+from diva_numba.outputs import write_atomically
 
 log = logging.getLogger("diva_numba")
 
@@ -220,29 +220,4 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OutputError(f"{path}: cannot encode an image as {suffix}")
-    atomic_write_bytes(path, encoded.tobytes())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    except FileNotFoundError:
-        raise OutputError(f"{path}: directory {directory} does not exist") from None
-    except PermissionError:
-        raise OutputError(f"{path}: directory {directory} is not writable") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({os_reason(exc)})") from None
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    write_atomically(path, encoded.tobytes())

@@ -45,7 +45,7 @@ def _onnxruntime_providers() -> str:
 
 
 def _model_rows() -> list[tuple[str, str]]:
-    from diva_numba.weights.store import model_status
+    from diva_numba.models.store import model_status
 
     status = model_status()
     if not status["present"]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from diva_numba.device import to_host
 from diva_numba.kernels import lbfgs_ops
-from diva_numba.kernels._target import device_empty, device_zeros, is_cuda_array
+from diva_numba.kernels.targets import device_empty, device_zeros, is_cuda_array
 
 CONVERGED = "converged"
 MAX_ITERATIONS = "max_iterations"

@@ -12,7 +12,7 @@ Each 3x3 convolution (padding 1) is a GEMM over im2col columns::
     dX = col2im(W.reshape(O, C * 9).T @ dY)           # (C, H, W)
 
 with ReLU after every conv and a 2x2 ceil-mode max-pool after the convs in
-:data:`diva_numba.vgg.POOL_AFTER`. The GEMMs are ``matmul`` of the array's own
+:data:`diva_numba.models.vgg.POOL_AFTER`. The GEMMs are ``matmul`` of the array's own
 module (NumPy's BLAS on the CPU, cuBLAS through CuPy on the GPU); im2col/col2im,
 ReLU, pooling and the loss are the Numba kernels of :mod:`diva_numba.kernels`.
 Everything runs in the dtype of the input (float32 normally; float64 for checks).
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diva_numba import vgg
 from diva_numba.device import array_module
 from diva_numba.errors import ModelError
 from diva_numba.kernels import activations, im2col, lbfgs_ops
-from diva_numba.kernels._target import device_empty, is_cuda_array
+from diva_numba.kernels.targets import device_empty, is_cuda_array
 from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
+from diva_numba.models import vgg
 
 #: Weights of the convs: name -> (weight (O, I, 3, 3), bias (O,)), float32.
 ConvWeights = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -433,6 +433,6 @@ def full_forward(weights: ConvWeights, image) -> tuple:
     -------
     tuple of 5 arrays
         ``relu1_1`` .. ``relu5_1``, each ``(C_L, H_L, W_L)`` with
-        ``(H_L, W_L) = diva_numba.vgg.level_shape(H, W, L)``.
+        ``(H_L, W_L) = diva_numba.models.vgg.level_shape(H, W, L)``.
     """
     return SubNetwork(weights, 0, 5, max_workspaces=1).forward_levels(image, FEATURE_LEVELS)

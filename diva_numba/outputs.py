@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,84 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diva_numba.errors import OutputError, os_reason
+
+#: Suffix of every temporary file an :class:`AtomicFile` makes (cleaners look for it).
+PARTIAL_SUFFIX = ".part"
+
+
+class AtomicFile:
+    """A file that appears at ``path`` complete, or not at all.
+
+    The content is written to a temporary file with a unique name beside
+    ``path`` (same file system, so the final rename is atomic), created with
+    the permissions the umask gives a new file. :meth:`commit` moves it into
+    place; :meth:`discard` deletes it. Used as a context manager it yields the
+    temporary path, commits when the block succeeds and discards otherwise.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to create or replace.
+    fsync : bool, default False
+        Flush the content to the disk before the rename, for files that must
+        survive a power cut (caches that are trusted later).
+
+    Raises
+    ------
+    OutputError
+        The directory is missing or not writable, or writing fails (disk
+        full, ...); the message names ``path`` and the reason.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
+        self.path = Path(path)
+        self.fsync = fsync
+        directory = self.path.parent
+        self.temp = directory / f".{self.path.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        try:
+            # Not tempfile.mkstemp: its files are private (0600) whatever the umask says.
+            os.close(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileNotFoundError:
+            raise OutputError(f"{self.path}: directory {directory} does not exist") from None
+        except PermissionError:
+            raise OutputError(f"{self.path}: directory {directory} is not writable") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {os_reason(exc)}") from None
+
+    def commit(self) -> None:
+        """Move the finished temporary file into place."""
+        try:
+            if self.fsync:
+                fd = os.open(self.temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(self.temp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"cannot write {self.path}: {os_reason(exc)}") from None
+
+    def discard(self) -> None:
+        """Delete the temporary file; ``path`` is left as it was."""
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.temp
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        self.discard()
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {self.path}: {os_reason(exc)}") from None
+
+
+def write_atomically(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` through an :class:`AtomicFile`."""
+    with AtomicFile(path, fsync=fsync) as temp, open(temp, "wb") as handle:
+        handle.write(data)
 
 
 def check_target(path: Path, *, overwrite: bool) -> None:

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from diva_numba import vgg
 from diva_numba.analogy import AnalogyModel, AnalogyParams, FrameGuide, analogy
 from diva_numba.device import to_device, to_host
 from diva_numba.errors import InputError, OutputError, os_reason
@@ -43,12 +42,13 @@ from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import (
     MAX_AREA,
     MIN_SIDE,
-    atomic_write_bytes,
     load_image,
     resize,
     save_image,
 )
 from diva_numba.kernels.nnf_resample import pull_field
+from diva_numba.models import vgg
+from diva_numba.outputs import AtomicFile, write_atomically
 from diva_numba.video import (
     VideoInfo,
     VideoWriter,
@@ -215,7 +215,7 @@ class WorkDirectory:
             work.frames.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(f"cannot create work directory {path}: {os_reason(exc)}") from None
-        atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2).encode())
+        write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
         return work
 
     def frame_path(self, index: int) -> Path:
@@ -232,15 +232,7 @@ class WorkDirectory:
         return min(done, end - start)
 
     def save_state(self, state: FrameState) -> None:
-        path = self.path / "state.npz"
-        tmp = path.with_name(".state.npz.part")
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **state.to_arrays())
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
+        self._save_arrays("state.npz", state.to_arrays())
 
     def load_state(self) -> FrameState | None:
         path = self.path / "state.npz"
@@ -255,15 +247,11 @@ class WorkDirectory:
             ) from None
 
     def save_latent_b(self, latent_b: dict[int, object]) -> None:
-        path = self.path / "latent_b.npz"
-        tmp = path.with_name(".latent_b.npz.part")
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **{f"level_{lv}": to_host(v) for lv, v in latent_b.items()})
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
+        self._save_arrays("latent_b.npz", {f"level_{lv}": to_host(v) for lv, v in latent_b.items()})
+
+    def _save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        with AtomicFile(self.path / name) as temp, open(temp, "wb") as handle:
+            np.savez(handle, **arrays)
 
     def load_latent_b(self) -> dict[int, np.ndarray] | None:
         path = self.path / "latent_b.npz"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import secrets
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from diva_numba.errors import InputError, OutputError
+from diva_numba.outputs import AtomicFile
 
 #: Containers the writer produces, by file suffix.
 OUTPUT_FORMATS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -486,8 +486,8 @@ class VideoWriter:
     def __enter__(self) -> VideoWriter:
         # FFmpeg creates the file itself (honouring the umask); the random name
         # keeps concurrent writers to the same directory apart.
-        name = f".{self.path.stem}.{secrets.token_hex(4)}.partial{self.path.suffix}"
-        self._temp_path = self.path.with_name(name)
+        self._file = AtomicFile(self.path)
+        self._temp_path = self._file.temp
         try:
             self._container = av.open(
                 str(self._temp_path), mode="w", format=OUTPUT_FORMATS[self.path.suffix.lower()]
@@ -593,7 +593,7 @@ class VideoWriter:
                 self._audio = None
             self._container.close()
             self._container = None
-            os.replace(self._temp_path, self.path)
+            self._file.commit()
         except (OSError, av.FFmpegError) as exc:
             self._abort()
             raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
@@ -614,7 +614,7 @@ class VideoWriter:
                 pass  # the file is deleted below; its trailer does not matter
             self._container = None
         if self._temp_path is not None:
-            self._temp_path.unlink(missing_ok=True)
+            self._file.discard()
             self._temp_path = None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, njit, prange
 
-from diva_numba.kernels._target import (
+from diva_numba.kernels.targets import (
     as_device,
     device_empty,
     is_cuda_array,

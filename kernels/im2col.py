@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, njit, prange
 
-from diva_numba.kernels._target import device_empty, is_cuda_array, launch_2d, shared
+from diva_numba.kernels.targets import device_empty, is_cuda_array, launch_2d, shared
 
 #: Taps per input channel (3x3 kernel).
 TAPS = 9

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float64, njit, prange
 
-from diva_numba.kernels._target import device_empty, is_cuda_array, launch_1d, shared
+from diva_numba.kernels.targets import device_empty, is_cuda_array, launch_1d, shared
 
 #: Largest block the CUDA reductions support (size of their shared-memory buffer).
 MAX_BLOCK = 1024

@@ -34,8 +34,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _target
-from ._target import clamp_index, shared
+from diva_numba.kernels import targets
+from diva_numba.kernels.targets import clamp_index, shared
 
 # --------------------------------------------------------------------------- shared maths
 
@@ -207,7 +207,7 @@ def _check_shape(shape, name):
 def _check_flow(flow):
     if flow.ndim != 3 or flow.shape[2] != 2 or 0 in flow.shape:
         raise ValueError(f"flow must be a non-empty (H, W, 2) array of (dx, dy), got {flow.shape}")
-    if _target.is_cuda_array(flow):
+    if targets.is_cuda_array(flow):
         if flow.dtype != np.float32:
             raise ValueError(f"a GPU flow must be float32, got {flow.dtype}")
         return flow
@@ -243,7 +243,7 @@ def upsample_field(field, *, target_shape, source_shape):
     -----
     Memory traffic floor: ``8 * H * W + 8 * Ht * Wt`` bytes; see :func:`traffic_bytes`.
     """
-    if _target.is_cuda_array(field):
+    if targets.is_cuda_array(field):
         return upsample_field_cuda(field, target_shape=target_shape, source_shape=source_shape)
     return upsample_field_cpu(field, target_shape=target_shape, source_shape=source_shape)
 
@@ -263,8 +263,8 @@ def upsample_field_cuda(field, *, target_shape, source_shape):
     _check_field(field)
     height, width = _check_shape(target_shape, "target_shape")
     source_height, source_width = _check_shape(source_shape, "source_shape")
-    out = _target.device_empty((height, width, 2), np.int32, like=field)
-    grid, block = _target.launch_2d(height, width)
+    out = targets.device_empty((height, width, 2), np.int32, like=field)
+    grid, block = targets.launch_2d(height, width)
     _upsample_kernel[grid, block](field, source_height, source_width, out)
     return out
 
@@ -301,7 +301,7 @@ def pull_field(field, flow, *, source_shape):
     Memory traffic floor: ``8 * Hf * Wf + 8 * H * W + 9 * H * W`` bytes (flow and
     old field read, new field and mask written); see :func:`traffic_bytes`.
     """
-    if _target.is_cuda_array(field):
+    if targets.is_cuda_array(field):
         return pull_field_cuda(field, flow, source_shape=source_shape)
     return pull_field_cpu(field, flow, source_shape=source_shape)
 
@@ -346,7 +346,7 @@ def push_field_targets(field, flow, *, frame_shape):
     Memory traffic floor: ``8 * Hf * Wf + 8 * Hb * Wb + 9 * Hb * Wb`` bytes; see
     :func:`traffic_bytes`.
     """
-    if _target.is_cuda_array(field):
+    if targets.is_cuda_array(field):
         return push_field_targets_cuda(field, flow, frame_shape=frame_shape)
     return push_field_targets_cpu(field, flow, frame_shape=frame_shape)
 
@@ -374,11 +374,11 @@ def _flow_op_cpu(rows, field, flow, bounds):
 def _flow_op_cuda(kernel, field, flow, bounds):
     """Launch a field-through-flow CUDA kernel: new field and invalid mask."""
     _check_field(field)
-    flow = _target.as_device(_check_flow(flow), like=field)
+    flow = targets.as_device(_check_flow(flow), like=field)
     height, width = field.shape[:2]
-    out = _target.device_empty((height, width, 2), np.int32, like=field)
-    invalid = _target.device_empty((height, width), np.uint8, like=field)
-    grid, block = _target.launch_2d(height, width)
+    out = targets.device_empty((height, width, 2), np.int32, like=field)
+    invalid = targets.device_empty((height, width), np.uint8, like=field)
+    grid, block = targets.launch_2d(height, width)
     kernel[grid, block](field, flow, bounds[0], bounds[1], out, invalid)
     return out, invalid
 

@@ -20,8 +20,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _target
-from ._target import larger, shared, smaller
+from diva_numba.kernels import targets
+from diva_numba.kernels.targets import larger, shared, smaller
 
 #: Default epsilon added to the L2 norm: post-ReLU vectors can be all zero.
 DEFAULT_EPS = 1e-6
@@ -244,7 +244,7 @@ def normalize_features(features, *, eps=DEFAULT_EPS):
     Memory traffic floor: ``8 * C * H * W`` bytes (read once, write once); see
     :func:`traffic_bytes`.
     """
-    if _target.is_cuda_array(features):
+    if targets.is_cuda_array(features):
         return normalize_features_cuda(features, eps=eps)
     return normalize_features_cpu(features, eps=eps)
 
@@ -261,8 +261,8 @@ def normalize_features_cpu(features, *, eps=DEFAULT_EPS):
 def normalize_features_cuda(features, *, eps=DEFAULT_EPS):
     """CUDA kernel of :func:`normalize_features` (GPU array in, same kind out)."""
     _check_features(features)
-    out = _target.device_empty(features.shape, np.float32, like=features)
-    grid, block = _target.launch_2d(features.shape[1], features.shape[2])
+    out = targets.device_empty(features.shape, np.float32, like=features)
+    grid, block = targets.launch_2d(features.shape[1], features.shape[2])
     _normalize_kernel[grid, block](features, np.float32(eps), out)
     return out
 
@@ -295,7 +295,7 @@ def response_mask(features, *, kind="sigmoid", kappa=300.0, tau=0.05):
     write and re-read the ``H * W`` response map once (the min-max needs all of
     it before any pixel can be mapped).
     """
-    if _target.is_cuda_array(features):
+    if targets.is_cuda_array(features):
         return response_mask_cuda(features, kind=kind, kappa=kappa, tau=tau)
     return response_mask_cpu(features, kind=kind, kappa=kappa, tau=tau)
 
@@ -320,11 +320,11 @@ def response_mask_cuda(features, *, kind="sigmoid", kappa=300.0, tau=0.05):
     _check_features(features)
     code = _mask_kind(kind)
     _, height, width = features.shape
-    grid, block = _target.launch_2d(height, width)
-    responses = _target.device_empty((height * width,), np.float32, like=features)
+    grid, block = targets.launch_2d(height, width)
+    responses = targets.device_empty((height * width,), np.float32, like=features)
     _response_kernel[grid, block](features, responses)
     lows, highs = _minmax(responses, like=features)
-    out = _target.device_empty((height, width), np.float32, like=features)
+    out = targets.device_empty((height, width), np.float32, like=features)
     _mask_kernel[grid, block](responses, lows, highs, code, np.float32(kappa), np.float32(tau), out)
     return out
 
@@ -334,11 +334,11 @@ def _minmax(values, *, like):
     lows = highs = values
     while True:
         count = lows.shape[0]
-        blocks, block = _target.launch_1d(count)
+        blocks, block = targets.launch_1d(count)
         # At most one block's worth of partials, so a second pass always finishes.
         blocks = min(blocks, block)
-        partial_lows = _target.device_empty((blocks,), np.float32, like=like)
-        partial_highs = _target.device_empty((blocks,), np.float32, like=like)
+        partial_lows = targets.device_empty((blocks,), np.float32, like=like)
+        partial_highs = targets.device_empty((blocks,), np.float32, like=like)
         shared_bytes = 2 * block * np.dtype(np.float32).itemsize
         _minmax_partials_kernel[blocks, block, 0, shared_bytes](
             lows, highs, partial_lows, partial_highs
@@ -370,7 +370,7 @@ def blend(feat_a, reconstructed, mask, *, alpha):
     -----
     Memory traffic floor: ``12 * C * H * W + 4 * H * W`` bytes.
     """
-    if _target.is_cuda_array(feat_a):
+    if targets.is_cuda_array(feat_a):
         return blend_cuda(feat_a, reconstructed, mask, alpha=alpha)
     return blend_cpu(feat_a, reconstructed, mask, alpha=alpha)
 
@@ -392,10 +392,10 @@ def blend_cpu(feat_a, reconstructed, mask, *, alpha):
 def blend_cuda(feat_a, reconstructed, mask, *, alpha):
     """CUDA kernel of :func:`blend`; ``reconstructed`` and ``mask`` may be host arrays."""
     _check_blend_inputs(feat_a, reconstructed, mask)
-    reconstructed = _target.as_device(reconstructed, like=feat_a)
-    mask = _target.as_device(mask, like=feat_a)
-    out = _target.device_empty(feat_a.shape, np.float32, like=feat_a)
-    grid, block = _target.launch_2d(feat_a.shape[1], feat_a.shape[2])
+    reconstructed = targets.as_device(reconstructed, like=feat_a)
+    mask = targets.as_device(mask, like=feat_a)
+    out = targets.device_empty(feat_a.shape, np.float32, like=feat_a)
+    grid, block = targets.launch_2d(feat_a.shape[1], feat_a.shape[2])
     _blend_kernel[grid, block](feat_a, reconstructed, mask, np.float32(alpha), out)
     return out
 

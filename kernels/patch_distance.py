@@ -32,8 +32,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _target
-from ._target import clamp_index, larger, shared, smaller
+from diva_numba.kernels import targets
+from diva_numba.kernels.targets import clamp_index, larger, shared, smaller
 
 #: Fast-math flags of the CPU twins: ``reassoc`` lets the channel sums vectorise,
 #: ``contract`` allows fused multiply-adds. Division stays exact (no ``arcp``).
@@ -152,7 +152,7 @@ def check_feature_pairs(a, a_prime, b, b_prime):
         raise ValueError(f"b_prime {b_prime.shape} differs from b {b.shape}")
     if b.shape[0] != a.shape[0]:
         raise ValueError(f"a has {a.shape[0]} channels but b has {b.shape[0]}")
-    on_gpu = {_target.is_cuda_array(m) for m in (a, a_prime, b, b_prime)}
+    on_gpu = {targets.is_cuda_array(m) for m in (a, a_prime, b, b_prime)}
     if len(on_gpu) != 1:
         raise ValueError("a, a_prime, b and b_prime must all be GPU arrays or all host arrays")
 
@@ -197,7 +197,7 @@ def patch_distance(a, a_prime, b, b_prime, field, *, patch_size):
     -----
     See :func:`traffic_bytes` and :func:`flops` for the benchmark's floors.
     """
-    if _target.is_cuda_array(a):
+    if targets.is_cuda_array(a):
         return patch_distance_cuda(a, a_prime, b, b_prime, field, patch_size=patch_size)
     return patch_distance_cpu(a, a_prime, b, b_prime, field, patch_size=patch_size)
 
@@ -218,9 +218,9 @@ def patch_distance_cuda(a, a_prime, b, b_prime, field, *, patch_size):
     check_feature_pairs(a, a_prime, b, b_prime)
     check_patch_size(patch_size)
     check_field(field, (a.shape[1], a.shape[2], 2))
-    field = _target.as_device(field, like=a)
-    out = _target.device_empty(a.shape[1:], np.float32, like=a)
-    grid, block = _target.launch_2d(a.shape[1], a.shape[2])
+    field = targets.as_device(field, like=a)
+    out = targets.device_empty(a.shape[1:], np.float32, like=a)
+    grid, block = targets.launch_2d(a.shape[1], a.shape[2])
     _distance_kernel[grid, block](
         channel_last_views(a, a_prime, b, b_prime), field, patch_size // 2, out
     )

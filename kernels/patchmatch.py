@@ -32,9 +32,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _target
-from ._target import shared
-from .patch_distance import (
+from diva_numba.kernels import targets
+from diva_numba.kernels.patch_distance import (
     CPU_FASTMATH,
     channel_last_copies,
     channel_last_views,
@@ -46,6 +45,7 @@ from .patch_distance import (
     pair_distance,
     smaller,
 )
+from diva_numba.kernels.targets import shared
 
 _WORD = 0xFFFFFFFF
 
@@ -286,27 +286,27 @@ class _CudaTarget:
 
     @staticmethod
     def upload(array, like):
-        return _target.as_device(array, like=like)
+        return targets.as_device(array, like=like)
 
     @staticmethod
     def empty(shape, dtype, like):
-        return _target.device_empty(shape, dtype, like=like)
+        return targets.device_empty(shape, dtype, like=like)
 
     @staticmethod
     def start(maps, init_field, field, distance, radius):
-        grid, block = _target.launch_2d(*distance.shape)
+        grid, block = targets.launch_2d(*distance.shape)
         _start_kernel[grid, block](maps, init_field, field, distance, radius)
 
     @staticmethod
     def propagate(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
-        grid, block = _target.launch_2d(*distance_in.shape)
+        grid, block = targets.launch_2d(*distance_in.shape)
         _propagate_kernel[grid, block](
             maps, field_in, distance_in, field_out, distance_out, mask, jump, radius
         )
 
     @staticmethod
     def search(maps, field, distance, mask, key, search_radius, radius):
-        grid, block = _target.launch_2d(*distance.shape)
+        grid, block = targets.launch_2d(*distance.shape)
         _search_kernel[grid, block](maps, field, distance, mask, key, search_radius, radius)
 
 
@@ -350,7 +350,7 @@ def patchmatch(
     feature arithmetic is exact), so their fields can only differ where two
     candidates score within rounding of each other.
     """
-    if _target.is_cuda_array(a):
+    if targets.is_cuda_array(a):
         return patchmatch_cuda(
             a, a_prime, b, b_prime, init_field=init_field, params=params, refine_mask=refine_mask
         )

@@ -24,8 +24,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _target
-from ._target import clamp_index, shared
+from diva_numba.kernels import targets
+from diva_numba.kernels.targets import clamp_index, shared
 
 #: Largest supported patch side (a CUDA thread keeps its taps in local memory).
 MAX_PATCH_SIZE = 5
@@ -137,7 +137,7 @@ def vote(source, field, *, patch_size):
     The gathers themselves touch ``patch_size**2`` source values per output value,
     mostly from cache because neighbouring matches are coherent.
     """
-    if _target.is_cuda_array(source):
+    if targets.is_cuda_array(source):
         return vote_cuda(source, field, patch_size=patch_size)
     return vote_cpu(source, field, patch_size=patch_size)
 
@@ -160,10 +160,10 @@ def vote_cuda(source, field, *, patch_size):
     _check_vote_inputs(source, field, patch_size)
     channels, source_height, source_width = source.shape
     height, width = field.shape[:2]
-    field = _target.as_device(field, like=source)
+    field = targets.as_device(field, like=source)
     flat_source = source.reshape(channels, source_height * source_width)
-    out = _target.device_empty((channels, height * width), np.float32, like=source)
-    grid, block = _target.launch_2d(height, width)
+    out = targets.device_empty((channels, height * width), np.float32, like=source)
+    grid, block = targets.launch_2d(height, width)
     _vote_kernel[grid, block](flat_source, field, patch_size // 2, source_height, source_width, out)
     return out.reshape(channels, height, width)
 

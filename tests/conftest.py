@@ -35,7 +35,7 @@ def rng(request):
 @pytest.fixture(scope="session")
 def model_path():
     """The real VGG-19 model, fetched once per run (tests using it are marked `model`)."""
-    from diva_numba.weights import store
+    from diva_numba.models import store
 
     return store.ensure_model(progress=False)
 
@@ -43,6 +43,6 @@ def model_path():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A small random-weight model with VGG-19's structure: fast pipeline tests."""
-    from diva_numba.weights import export_onnx, tiny_weights
+    from diva_numba.models import export_onnx, tiny_weights
 
     return export_onnx(tiny_weights(7, width=4), tmp_path_factory.mktemp("model") / "tiny.onnx")

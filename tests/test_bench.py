@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from diva_numba import bench, vgg
+from diva_numba import bench
 from diva_numba.cli_bench import bench as bench_command
 from diva_numba.device import Device
-from diva_numba.kernels import _target
+from diva_numba.kernels import targets
+from diva_numba.models import vgg
 
 REPEAT = 2
 
@@ -250,7 +251,7 @@ def test_cuda_path(monkeypatch):
 
     Under the simulator CuPy is a NumPy-backed stand-in; with a real GPU it is CuPy.
     """
-    monkeypatch.setattr(_target, "BLOCK_2D", [8, 4])
+    monkeypatch.setattr(targets, "BLOCK_2D", [8, 4])
     monkeypatch.delenv("CUPY_TF32", raising=False)
     synchronizations = []
     if numba.config.ENABLE_CUDASIM:

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from diva_numba.cli_models import models
 from diva_numba.errors import ModelError, OutputError
-from diva_numba.vgg import CONV_LAYERS
-from diva_numba.weights import read_onnx_weights, store, tiny_weights
-from diva_numba.weights.readers import keras_layer_name
+from diva_numba.models import read_onnx_weights, store, tiny_weights
+from diva_numba.models.readers import keras_layer_name
+from diva_numba.models.vgg import CONV_LAYERS
 
 
 @pytest.fixture

@@ -216,8 +216,8 @@ def _exercise_lbfgs_ops(rng):
 
 def _exercise_network(rng):
     """The deconvolution's own calls: views and reshapes of its workspace buffers."""
+    from diva_numba.models.readers import tiny_weights
     from diva_numba.network import SubNetwork
-    from diva_numba.weights.readers import tiny_weights
 
     network = SubNetwork(tiny_weights(0, width=2).layers, 0, 2)
     image = gpu(rng.standard_normal((3, 6, 7)).astype(np.float32))
@@ -244,7 +244,10 @@ CALLER_EXERCISES = {"network": _exercise_network}
 def _kernel_modules():
     import diva_numba.kernels as package
 
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    # targets holds the helpers shared by the kernel modules and defines no kernels.
+    return sorted(
+        info.name for info in pkgutil.iter_modules(package.__path__) if info.name != "targets"
+    )
 
 
 def _find_kernels(dispatcher_class):

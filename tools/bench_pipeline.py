@@ -36,7 +36,7 @@ from skimage import data
 
 from diva_numba.analogy import AnalogyModel, AnalogyParams, Profile, analogy
 from diva_numba.device import resolve_device
-from diva_numba.weights.store import ensure_model
+from diva_numba.models.store import ensure_model
 
 EXAMPLE = Path(__file__).resolve().parent / "example"
 

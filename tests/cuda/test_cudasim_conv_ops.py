@@ -14,10 +14,10 @@ import pytest
 from numba import cuda
 
 from diva_numba import network as network_module
-from diva_numba import vgg
 from diva_numba.device import to_host
-from diva_numba.kernels import _target, activations, im2col, lbfgs_ops
+from diva_numba.kernels import activations, im2col, lbfgs_ops, targets
 from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
+from diva_numba.models import vgg
 
 pytestmark = pytest.mark.cudasim
 
@@ -27,8 +27,8 @@ FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(_target, "BLOCK_2D", [4, 2])
-    monkeypatch.setattr(_target, "BLOCK_1D", [8])
+    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
+    monkeypatch.setattr(targets, "BLOCK_1D", [8])
 
 
 def assert_on_device(array):
@@ -105,7 +105,7 @@ def test_maxpool_forward_and_backward(rng, shape):
 @pytest.mark.parametrize("block", [[8], [3]])
 @pytest.mark.parametrize("size", [1, 37])
 def test_reductions(rng, monkeypatch, block, size):
-    monkeypatch.setattr(_target, "BLOCK_1D", block)
+    monkeypatch.setattr(targets, "BLOCK_1D", block)
     a = rng.standard_normal(size).astype(np.float32)
     b = rng.standard_normal(size).astype(np.float32)
     device_scalars = cuda.to_device(np.zeros(3))

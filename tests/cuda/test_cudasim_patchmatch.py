@@ -13,14 +13,14 @@ import pytest
 from numba import cuda
 
 from diva_numba.device import to_host
-from diva_numba.kernels import _target, patch_distance, patchmatch
+from diva_numba.kernels import patch_distance, patchmatch, targets
 
 pytestmark = pytest.mark.cudasim
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(_target, "BLOCK_2D", [4, 2])
+    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
 
 
 def dyadic_features(rng, channels, height, width):

@@ -9,7 +9,7 @@ import pytest
 from numba import cuda
 
 from diva_numba.device import to_host
-from diva_numba.kernels import _target, nnf_resample, normalize, voting
+from diva_numba.kernels import nnf_resample, normalize, targets, voting
 
 pytestmark = pytest.mark.cudasim
 
@@ -19,8 +19,8 @@ FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(_target, "BLOCK_2D", [4, 2])
-    monkeypatch.setattr(_target, "BLOCK_1D", [8])
+    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
+    monkeypatch.setattr(targets, "BLOCK_1D", [8])
 
 
 def relu_features(rng, shape):
@@ -55,7 +55,7 @@ def test_response_mask_sigmoid(rng, shape):
 
 @pytest.mark.parametrize("block", [[8], [3]])
 def test_response_mask_step(rng, monkeypatch, block):
-    monkeypatch.setattr(_target, "BLOCK_1D", block)
+    monkeypatch.setattr(targets, "BLOCK_1D", block)
     features = relu_features(rng, (4, 9, 7))
     result = to_host(normalize.response_mask_cuda(cuda.to_device(features), kind="step", tau=0.3))
     expected = normalize.response_mask_cpu(features, kind="step", tau=0.3)
@@ -68,7 +68,7 @@ def test_response_mask_step(rng, monkeypatch, block):
 
 @pytest.mark.parametrize("count, block", [(1, [8]), (50, [4]), (63, [5]), (200, [8])])
 def test_minmax_reduction(rng, monkeypatch, count, block):
-    monkeypatch.setattr(_target, "BLOCK_1D", block)
+    monkeypatch.setattr(targets, "BLOCK_1D", block)
     values = rng.standard_normal(count).astype(np.float32)
     device_values = cuda.to_device(values)
     lows, highs = normalize._minmax(device_values, like=device_values)

@@ -1,7 +1,7 @@
 """VGG-19 convolution weights from the usual sources, in one validated form.
 
 Every reader returns a :class:`VGGWeights`: the 13 convolutions conv1_1 ..
-conv5_1 (:data:`diva_numba.vgg.CONV_LAYERS`) as float32 ``(out, in, 3, 3)``
+conv5_1 (:data:`diva_numba.models.vgg.CONV_LAYERS`) as float32 ``(out, in, 3, 3)``
 weights and ``(out,)`` biases, plus the input preprocessing the weights were
 trained with. The sources differ in that preprocessing:
 
@@ -25,8 +25,8 @@ from types import MappingProxyType
 import numpy as np
 
 from diva_numba.errors import ModelError
-from diva_numba.vgg import CAFFE_BGR_MEAN, CONV_LAYERS
-from diva_numba.weights.unpickle import load_checkpoint
+from diva_numba.models.unpickle import load_checkpoint
+from diva_numba.models.vgg import CAFFE_BGR_MEAN, CONV_LAYERS
 
 #: Indices of the VGG-19 convolutions in torchvision's ``features`` Sequential.
 TORCHVISION_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28)
@@ -58,7 +58,7 @@ class VGGWeights:
     Attributes
     ----------
     layers : Mapping[str, tuple[numpy.ndarray, numpy.ndarray]]
-        For each name in :data:`~diva_numba.vgg.CONV_LAYERS`, the weight,
+        For each name in :data:`~diva_numba.models.vgg.CONV_LAYERS`, the weight,
         float32 ``(out, in, 3, 3)``, and bias, float32 ``(out,)``. Arrays are
         read-only. The network input has 3 channels and each conv takes the
         previous conv's output channels; channel counts may be smaller than

