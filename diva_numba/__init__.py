@@ -1,22 +1,63 @@
-"""diva-numba: Deep Image Video Analogy with hand-written Numba kernels."""
+"""diva-numba: Deep Image Video Analogy with hand-written Numba kernels.
 
-import os
+The public API (see the README's "Python API" section and docs/DESIGN.md):
 
-# Numba's OpenMP workers and OpenBLAS's threads both busy-wait after each parallel
-# region and then steal each other's cores between the GEMMs and the Numba kernels.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-# Kernels and CuPy calls share CuPy's current stream, so Numba need not synchronise
-# on every launch that takes a CuPy array.
-os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
+* :func:`transfer_video` - a video in the look of a style image, as
+  ``diva-numba transfer`` makes it, with :class:`TransferParams`;
+* :func:`analogy_files` - the image analogy from files into a directory, as
+  ``diva-numba analogy`` does; :func:`analogy` on arrays, with
+  :class:`AnalogyModel` and :class:`AnalogyParams`;
+* :func:`resolve_device` and :class:`Device`;
+* the errors: :class:`DivaError` and its kinds, each with the exit status the
+  command line uses.
 
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+Names are imported on first use, so that ``import diva_numba`` loads neither
+NumPy nor Numba: a program can still apply
+:func:`diva_numba.environment.apply_runtime_defaults` after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("diva-numba")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from diva_numba.errors import DivaError  # noqa: E402
+_EXPORTS = {
+    "AnalogyModel": "deep_analogy",
+    "AnalogyParams": "deep_analogy",
+    "AnalogyResult": "deep_analogy",
+    "analogy": "deep_analogy",
+    "load_model": "deep_analogy",
+    "analogy_files": "analogy_io",
+    "TransferParams": "transfer",
+    "TransferResult": "transfer",
+    "transfer_video": "transfer",
+    "FrameReport": "frames",
+    "Device": "device",
+    "resolve_device": "device",
+    "DivaError": "errors",
+    "InputError": "errors",
+    "ModelError": "errors",
+    "DeviceError": "errors",
+    "OutputError": "errors",
+    "Interrupted": "errors",
+}
 
-__all__ = ["DivaError", "__version__"]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

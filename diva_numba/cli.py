@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-import sys
+from diva_numba.environment import apply_runtime_defaults
 
-import click
+# Before anything below imports NumPy or Numba, or the settings come too late.
+apply_runtime_defaults()
 
-from diva_numba import __version__
-from diva_numba.cli_common import UserError, notice
-from diva_numba.errors import DivaError
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from diva_numba import __version__  # noqa: E402
+from diva_numba.cli_common import UserError, notice  # noqa: E402
+from diva_numba.errors import DivaError  # noqa: E402
 
 
 class DivaGroup(click.Group):

@@ -5,17 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
-from diva_numba.cli_common import Device, as_user_errors, device_option, notice, within_memory
+from diva_numba.analogy_io import IMAGE_SIZE_BY_DEVICE
+from diva_numba.cli_common import (
+    Device,
+    as_user_errors,
+    ask_cpu_fallback,
+    by_device,
+    default_of,
+    device_option,
+)
+from diva_numba.deep_analogy import ALPHA_PRESETS, LBFGS_ITERATIONS_BY_DEVICE, AnalogyParams
 
 INPUT_IMAGE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
 
 def parse_alphas(value: str) -> tuple[float, float, float, float]:
     """``--alpha`` as a preset name or four comma-separated numbers (levels 4..1)."""
-    from diva_numba.analogy import ALPHA_PRESETS
-
     if value in ALPHA_PRESETS:
         return ALPHA_PRESETS[value]
     try:
@@ -60,14 +66,14 @@ analogy_options = _stack(
     click.option(
         "--mask",
         type=click.Choice(["sigmoid", "step"]),
-        default="sigmoid",
+        default=default_of(AnalogyParams, "mask"),
         show_default=True,
         help="Response mask: the paper's sigmoid or the reference code's hard step.",
     ),
     click.option(
         "--iters",
         type=click.IntRange(1, 100),
-        default=10,
+        default=default_of(AnalogyParams, "patchmatch_iterations"),
         show_default=True,
         help="PatchMatch iterations per level (on a video's first frame).",
     ),
@@ -75,9 +81,15 @@ analogy_options = _stack(
         "--lbfgs-iters",
         type=click.IntRange(0, 1000),
         help="L-BFGS iterations per deconvolution at most (on a video's first frame) "
-        "[default: 100 on a GPU, 20 on the CPU; see BENCHMARKS.md].",
+        f"[default: {by_device(LBFGS_ITERATIONS_BY_DEVICE)}; see BENCHMARKS.md].",
     ),
-    click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+    click.option(
+        "--seed",
+        type=int,
+        default=default_of(AnalogyParams, "seed"),
+        show_default=True,
+        help="Random seed.",
+    ),
     click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
 )
 
@@ -87,7 +99,7 @@ image_size_options = _stack(
         "--size",
         type=click.IntRange(32, 4096),
         help="Long side of the working images in pixels "
-        "[default: 448 on a GPU, 224 on the CPU, never enlarging].",
+        f"[default: {by_device(IMAGE_SIZE_BY_DEVICE)}, never enlarging].",
     ),
     click.option(
         "--ratio",
@@ -99,45 +111,17 @@ image_size_options = _stack(
 )
 
 
-#: Defaults chosen from the measurements in BENCHMARKS.md.
-DEFAULT_SIZE = {"cuda": 448, "cpu": 224}
-DEFAULT_LBFGS_ITERATIONS = {"cuda": 100, "cpu": 20}
-
-
-def build_params(device: Device, *, alpha, mask, iters, lbfgs_iters, seed):
-    from diva_numba.analogy import AnalogyParams
-
-    if lbfgs_iters is None:
-        lbfgs_iters = DEFAULT_LBFGS_ITERATIONS[device.kind]
-    return AnalogyParams(
-        alphas=parse_alphas(alpha),
-        mask=mask,
-        patchmatch_iterations=iters,
-        lbfgs_iterations=lbfgs_iters,
-        seed=seed,
-    )
-
-
-def working_shape(image: np.ndarray, device: Device, *, size, ratio, name: str):
-    """The processing (H, W) of an image, with a notice when it is scaled down."""
-    from diva_numba.imageio import MAX_AREA, working_size
-
-    height, width = image.shape[:2]
-    long_side = size or min(max(height, width), DEFAULT_SIZE[device.kind])
-    long_side = max(1, round(long_side * ratio))
-    shape = working_size(height, width, long_side=long_side)
-    if height * width > MAX_AREA and shape[0] * shape[1] <= MAX_AREA:
-        notice(
-            f"{name}: {width}x{height} is above the area limit; working at {shape[1]}x{shape[0]}"
-        )
-    return shape
-
-
-def load_model(model_path: Path | None, device: Device):
-    from diva_numba.analogy import AnalogyModel
-    from diva_numba.models.store import ensure_model
-
-    return AnalogyModel(model_path or ensure_model(progress=True), device)
+def analogy_params(device: Device, options: dict) -> AnalogyParams:
+    """:class:`AnalogyParams` for ``device`` from the parsed :data:`analogy_options`."""
+    changes = {
+        "alphas": parse_alphas(options["alpha"]),
+        "mask": options["mask"],
+        "patchmatch_iterations": options["iters"],
+        "seed": options["seed"],
+    }
+    if options["lbfgs_iters"] is not None:
+        changes["lbfgs_iterations"] = options["lbfgs_iters"]
+    return AnalogyParams.for_device(device, **changes)
 
 
 @click.command()
@@ -166,62 +150,30 @@ def load_model(model_path: Path | None, device: Device):
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @device_option
 @as_user_errors
-def analogy(image_a, image_bp, output, model_path, size, ratio, alpha, mask, iters, lbfgs_iters,
-            seed, profile, refine, save_levels, overwrite, device):  # fmt: skip
+def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, overwrite, device,
+            **options):  # fmt: skip
     """Image analogy A : A' :: B : B' for a structure image A and a style image B'.
 
     Writes to OUTPUT: A_prime.png (A's structure with B''s look), B.png (B''s
     structure with A's look), nnf_ab.npy and nnf_ba.npy (int32 (H, W, 2): for each
     pixel of A its (y, x) match in B', and the reverse), all at the input sizes.
     """
-    from diva_numba.analogy import analogy as run_analogy
-    from diva_numba.imageio import load_image, resize
-    from diva_numba.outputs import check_target
+    from diva_numba.analogy_io import analogy_files
 
-    check_target(output, overwrite=overwrite)
-    params = build_params(device, alpha=alpha, mask=mask, iters=iters, lbfgs_iters=lbfgs_iters,
-                          seed=seed)  # fmt: skip
-    a_full = load_image(image_a)
-    bp_full = load_image(image_bp)
-    a = resize(a_full, *working_shape(a_full, device, size=size, ratio=ratio, name=str(image_a)))
-    bp = resize(bp_full, *working_shape(bp_full, device, size=size, ratio=ratio,
-                                        name=str(image_bp)))  # fmt: skip
-
-    def compute(on: Device):
-        result = run_analogy(load_model(model_path, on), a, bp, params=params)
-        if refine:
-            from diva_numba.refine import refine_photo
-
-            with result.profile.stage("refine"):
-                result.a_prime = refine_photo(result.a_prime, a)
-                result.b = refine_photo(result.b, bp)
-        return result
-
-    long_side = max(*a.shape[:2], *bp.shape[:2])
-    result = within_memory(device, compute, smaller=f"--size (now {long_side}) or --ratio")
-    _write_analogy(output, result, a_full.shape[:2], bp_full.shape[:2], save_levels, overwrite)
-    if profile:
+    result = analogy_files(
+        image_a,
+        image_bp,
+        output,
+        analogy_params(device, options),
+        device=device,
+        model=options["model_path"],
+        long_side=size,
+        ratio=ratio,
+        refine=refine,
+        save_levels=save_levels,
+        overwrite=overwrite,
+        cpu_fallback=ask_cpu_fallback,
+    )
+    if options["profile"]:
         click.echo(result.profile.table())
     click.echo(str(output))
-
-
-def _write_analogy(output: Path, result, shape_a, shape_bp, save_levels: bool, overwrite: bool):
-    from diva_numba.device import to_host
-    from diva_numba.imageio import resize, save_image
-    from diva_numba.kernels.nnf_resample import upsample_field
-    from diva_numba.outputs import atomic_directory
-    from diva_numba.visualize import field_colour
-
-    with atomic_directory(output, overwrite=overwrite) as staging:
-        save_image(staging / "A_prime.png", resize(result.a_prime, *shape_a))
-        save_image(staging / "B.png", resize(result.b, *shape_bp))
-        nnf_ab = upsample_field(result.nnf_ab, target_shape=shape_a, source_shape=shape_bp)
-        nnf_ba = upsample_field(result.nnf_ba, target_shape=shape_bp, source_shape=shape_a)
-        np.save(staging / "nnf_ab.npy", nnf_ab)
-        np.save(staging / "nnf_ba.npy", nnf_ba)
-        if save_levels:
-            for level, (field_ab, field_ba) in result.level_fields.items():
-                for name, field in (("ab", field_ab), ("ba", field_ba)):
-                    host = to_host(field)
-                    np.save(staging / f"nnf_{name}_level{level}.npy", host)
-                    save_image(staging / f"nnf_{name}_level{level}.png", field_colour(host))

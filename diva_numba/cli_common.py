@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 import click
 
-from diva_numba.device import Device, is_out_of_memory, release_gpu_memory, resolve_device
-from diva_numba.errors import DeviceError, DivaError
-
-T = TypeVar("T")
+from diva_numba.device import Device, resolve_device
+from diva_numba.errors import DivaError
 
 
 class UserError(click.ClickException):
@@ -67,55 +64,34 @@ def is_interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def within_memory(device: Device, work: Callable[[Device], T], *, smaller: str) -> T:
-    """Run ``work(device)``, turning running out of memory into advice.
+def ask_cpu_fallback(reason: str) -> bool:
+    """On a terminal, ask whether to continue on the CPU after running out of GPU memory."""
+    return is_interactive() and click.confirm(
+        f"diva-numba: {reason}. Continue on the CPU instead (much slower)?", err=True
+    )
 
-    Parameters
-    ----------
-    device : Device
-    work : callable
-        The whole computation on one device: model loading and every
-        allocation must happen inside it, so that a retry starts clean.
-    smaller : str
-        What the user can lower, e.g. ``"--size (now 480) or --ratio"``.
 
-    Returns
-    -------
-    What ``work`` returns.
+def default_of(params_class, name: str):
+    """The default of field ``name`` of a parameter dataclass, for a click option."""
+    for item in dataclasses.fields(params_class):
+        if item.name == name:
+            return item.default
+    raise AttributeError(f"{params_class.__name__} has no field {name!r}")
 
-    Raises
-    ------
-    DeviceError
-        Out of memory, with the advice; when ``--device auto`` chose the GPU the
-        line also offers ``--device cpu``, and on a terminal the user is asked
-        whether to continue on the CPU right away.
-    """
-    try:
-        return work(device)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        where = "GPU memory" if device.is_cuda else "memory"
-        message = f"out of {where} on {device.description}; try a smaller {smaller}"
-    # Outside the except block: the failed attempt's frames, and its arrays, are gone.
-    if device.is_cuda and device.automatic:
-        release_gpu_memory()
-        if is_interactive() and click.confirm(
-            f"diva-numba: {message}. Continue on the CPU instead (much slower)?", err=True
-        ):
-            cpu = resolve_device("cpu")
-            notice(f"continuing on the {cpu.description}")
-            return within_memory(cpu, work, smaller=smaller)
-        message += ", or run on the CPU with --device cpu"
-    raise DeviceError(message)
+
+def by_device(defaults: dict[str, object]) -> str:
+    """A per-device default as option help shows it: ``480 on a GPU, 192 on the CPU``."""
+    return f"{defaults['cuda']} on a GPU, {defaults['cpu']} on the CPU"
 
 
 __all__ = [
     "Device",
     "UserError",
     "as_user_errors",
+    "ask_cpu_fallback",
+    "by_device",
+    "default_of",
     "device_option",
     "is_interactive",
     "notice",
-    "within_memory",
 ]

@@ -8,8 +8,10 @@ array they are given, so the rest of the pipeline only decides once, here.
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -17,6 +19,8 @@ from diva_numba.errors import DeviceError
 from diva_numba.kernels.targets import is_cuda_array
 
 DeviceName = Literal["auto", "cuda", "cpu"]
+T = TypeVar("T")
+log = logging.getLogger("diva_numba")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,64 @@ def resolve_device(name: DeviceName = "auto") -> Device:
     return Device("cpu", _cpu_description(), note=f"using the CPU: {reason}", automatic=True)
 
 
+def device_kind(device: Device | str) -> Literal["cuda", "cpu"]:
+    """``"cuda"`` or ``"cpu"`` for a :class:`Device` or a device name (``auto`` resolved)."""
+    if isinstance(device, Device):
+        return device.kind
+    if device in ("cuda", "cpu"):
+        return device
+    return resolve_device(device).kind
+
+
+def within_memory(
+    device: Device,
+    work: Callable[[Device], T],
+    *,
+    smaller: str,
+    cpu_fallback: bool | Callable[[str], bool] = False,
+) -> T:
+    """Run ``work(device)``, turning running out of memory into advice.
+
+    Parameters
+    ----------
+    device : Device
+    work : callable
+        The whole computation on one device: model loading and every
+        allocation must happen inside it, so that a retry starts clean.
+    smaller : str
+        What the user can lower, e.g. ``"--size (now 480) or --ratio"``.
+    cpu_fallback : bool or callable, default False
+        When ``auto`` chose the GPU and it ran out of memory: run ``work`` again
+        on the CPU (True), or ask the callable, given the reason, whether to.
+
+    Returns
+    -------
+    What ``work`` returns.
+
+    Raises
+    ------
+    DeviceError
+        Out of memory, with the advice; when ``auto`` chose the GPU the line
+        also offers ``--device cpu``.
+    """
+    try:
+        return work(device)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        where = "GPU memory" if device.is_cuda else "memory"
+        message = f"out of {where} on {device.description}; try a smaller {smaller}"
+    # Outside the except block: the failed attempt's frames, and its arrays, are gone.
+    if device.is_cuda and device.automatic:
+        release_gpu_memory()
+        if cpu_fallback is True or (callable(cpu_fallback) and cpu_fallback(message)):
+            cpu = resolve_device("cpu")
+            log.warning("continuing on the %s", cpu.description)
+            return within_memory(cpu, work, smaller=smaller)
+        message += ", or run on the CPU with --device cpu"
+    raise DeviceError(message)
+
+
 #: How out-of-memory failures read in the libraries that allocate GPU memory without
 #: raising MemoryError: Numba's CudaAPIError, CuPy's CUDARuntimeError and CUBLASError,
 #: onnxruntime's (unexported) RuntimeException and its BFC arena.
@@ -155,12 +217,14 @@ __all__ = [
     "Device",
     "array_module",
     "cuda_status",
+    "device_kind",
     "is_cuda_array",
     "is_out_of_memory",
     "release_gpu_memory",
     "resolve_device",
     "to_device",
     "to_host",
+    "within_memory",
 ]
 
 

@@ -37,6 +37,12 @@ class OutputError(DivaError):
     exit_code = 5
 
 
+class Interrupted(DivaError):
+    """The user stopped the run (Ctrl-C, SIGTERM); what was finished is kept."""
+
+    exit_code = 130
+
+
 def os_reason(exc: OSError) -> str:
     """The short reason of a failed file operation, as a user line ends with it."""
     if exc.errno == errno.ENOSPC:

@@ -1,5 +1,7 @@
 """VGG-19 feature maps relu1_1 .. relu5_1 of an image, computed by onnxruntime.
 
+See docs/DESIGN.md section 4.
+
 One :class:`FeatureExtractor` holds one onnxruntime session for the whole run.
 Inputs and outputs go through IO binding into buffers allocated here: CuPy
 buffers on the GPU (onnxruntime's CUDA provider writes the features straight

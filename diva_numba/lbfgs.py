@@ -1,5 +1,7 @@
 """Limited-memory BFGS with a strong-Wolfe line search, on NumPy or GPU arrays.
 
+See docs/DESIGN.md section 2.
+
 The deconvolution step of the analogy minimises ``sum((CNN(R) - T)**2)`` over a
 feature map ``R`` with L-BFGS (history 4, at most 100 iterations). This module is
 that optimiser, written so that a GPU run stays on the GPU:

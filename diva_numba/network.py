@@ -1,5 +1,7 @@
 """VGG-19 sub-networks run forward and backward as GEMMs, for the deconvolution step.
 
+See docs/DESIGN.md section 2.
+
 The deconvolution of the analogy looks for a feature map ``R`` at level ``L - 2``
 whose image through the network, ``CNN_{L-2 -> L}(R)``, is close to a target at
 level ``L``. :class:`SubNetwork` is that piece of VGG-19 with fixed weights: its

@@ -6,7 +6,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,8 +91,27 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, fsync: bool = Fals
         handle.write(data)
 
 
-def check_target(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; refuse a missing parent directory."""
+def check_target(path: Path, *, overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
+    """Refuse an output that would destroy an input, or that cannot be written.
+
+    Parameters
+    ----------
+    path : Path
+        The output file or directory.
+    overwrite : bool
+        Whether an existing ``path`` may be replaced.
+    inputs : iterable of path-like, optional
+        Files the run reads. An output that is one of them, whatever the
+        spelling of either path (relative, through a symbolic link, a hard
+        link), is refused even with ``overwrite``; so is an output directory
+        that holds one of them (replacing it would delete the input).
+
+    Raises
+    ------
+    OutputError
+    """
+    path = Path(path)
+    refuse_inputs(path, inputs)
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
     parent = path.parent if str(path.parent) else Path(".")
@@ -100,6 +119,61 @@ def check_target(path: Path, *, overwrite: bool) -> None:
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: directory {parent} is not writable")
+
+
+def refuse_inputs(path: Path, inputs: Iterable[os.PathLike]) -> None:
+    """Refuse an output ``path`` whose writing would replace or delete one of ``inputs``.
+
+    Raises
+    ------
+    OutputError
+    """
+    for source in inputs:
+        if _destroys(Path(path), Path(source)):
+            raise OutputError(f"{path} is an input of this run ({source}); choose another output")
+
+
+def _destroys(output: Path, source: Path) -> bool:
+    """Whether writing ``output`` would replace or delete ``source``."""
+    if not output.exists() or not source.exists():
+        return False
+    if os.path.samefile(output, source):
+        return True
+    if output.is_dir() and not output.is_symlink():
+        resolved = source.resolve()
+        if resolved.is_relative_to(output.resolve()):
+            return True
+        # A hard link to the input inside the directory dies with it too.
+        identity = (source.stat().st_dev, source.stat().st_ino)
+        return any(
+            (entry.stat().st_dev, entry.stat().st_ino) == identity
+            for entry in output.rglob("*")
+            if entry.is_file()
+        )
+    return False
+
+
+def check_free_space(directory: Path, needed: int, *, what: str) -> None:
+    """Refuse to start when ``directory``'s file system has less than ``needed`` bytes free.
+
+    Raises
+    ------
+    OutputError
+        Naming ``what`` needs the space, and how much is missing.
+    """
+    directory = Path(directory)
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OutputError(
+            f"not enough free space in {directory} for {what}: it needs about "
+            f"{_megabytes(needed)}, {_megabytes(free)} are free"
+        )
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.0f} MB" if count >= 1e6 else f"{count / 1e3:,.0f} kB"
 
 
 @contextmanager

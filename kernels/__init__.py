@@ -1,5 +1,7 @@
 """Numba kernels of the analogy, each with a CUDA and a CPU target.
 
+The twin pattern, and how to add a kernel: docs/DESIGN.md section 5.
+
 Conventions used by every module here:
 
 * feature maps are float32 ``(C, H, W)`` (channel first, C-contiguous);

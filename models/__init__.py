@@ -1,5 +1,7 @@
 """The model code: the VGG-19 layer contract, weight readers, ONNX export and cache.
 
+See docs/DESIGN.md section 6.
+
 * :mod:`~diva_numba.models.vgg` is the layer contract every other part relies on
   (layer names, levels, shapes);
 * :mod:`~diva_numba.models.unpickle` reads PyTorch checkpoints without PyTorch,

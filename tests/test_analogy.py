@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from diva_numba.analogy import (
+from diva_numba.deep_analogy import (
     ALPHA_PRESETS,
     AnalogyModel,
     AnalogyParams,

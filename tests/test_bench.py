@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from diva_numba import bench
+from diva_numba.bench import backends
 from diva_numba.cli_bench import bench as bench_command
 from diva_numba.device import Device
 from diva_numba.kernels import targets
@@ -280,4 +281,4 @@ def test_tf32_follows_cupy_setting(monkeypatch, value, allowed):
         monkeypatch.delenv("CUPY_TF32", raising=False)
     else:
         monkeypatch.setenv("CUPY_TF32", value)
-    assert bench._cupy_allows_tf32() is allowed
+    assert backends._cupy_allows_tf32() is allowed

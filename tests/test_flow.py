@@ -32,7 +32,7 @@ def bilinear_reference(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.nd
 
 
 def occlusion_reference(forward: np.ndarray, backward: np.ndarray):
-    """The three tests of DESIGN section 3, pixel by pixel, in float64.
+    """The three tests of docs/DESIGN.md section 3, pixel by pixel, in float64.
 
     Returns a dict of boolean maps, one per test, and of margins: how far each
     test's two sides are apart, so that comparisons can skip pixels that are

@@ -1,7 +1,9 @@
-"""Patch distance, CPU twin, against a slow NumPy reference."""
+"""Patch distance, CPU twin, against the slow NumPy reference of naive.py."""
 
+import naive
 import numpy as np
 import pytest
+from inputs import feature_pairs, identity, unit_features
 
 from diva_numba.kernels.patch_distance import (
     DistanceCost,
@@ -9,38 +11,6 @@ from diva_numba.kernels.patch_distance import (
     patch_distance,
     patch_distance_cpu,
 )
-
-
-def unit_features(rng, channels, height, width):
-    """Random float32 (C, H, W) features, L2-normalised per pixel."""
-    features = rng.standard_normal((channels, height, width))
-    return (features / np.linalg.norm(features, axis=0, keepdims=True)).astype(np.float32)
-
-
-def reference_distance(a, a_prime, b, b_prime, field, patch_size):
-    """d(p, field[p]) by the definition, one pixel and one offset at a time, in float64."""
-    r = patch_size // 2
-    _, source_height, source_width = a.shape
-    _, target_height, target_width = b.shape
-    out = np.empty((source_height, source_width))
-    for py in range(source_height):
-        for px in range(source_width):
-            qy = min(max(field[py, px, 0], 0), target_height - 1)
-            qx = min(max(field[py, px, 1], 0), target_width - 1)
-            total = 0.0
-            valid = 0
-            for dy in range(-r, r + 1):
-                for dx in range(-r, r + 1):
-                    sy, sx, ty, tx = py + dy, px + dx, qy + dy, qx + dx
-                    if not (0 <= sy < source_height and 0 <= sx < source_width):
-                        continue
-                    if not (0 <= ty < target_height and 0 <= tx < target_width):
-                        continue
-                    total += np.dot(a[:, sy, sx].astype(np.float64), b[:, ty, tx])
-                    total += np.dot(a_prime[:, sy, sx].astype(np.float64), b_prime[:, ty, tx])
-                    valid += 1
-            out[py, px] = -total / valid
-    return out
 
 
 def border_heavy_field(rng, source_shape, target_shape):
@@ -68,8 +38,7 @@ SHAPES = [
 @pytest.mark.parametrize("patch_size", [1, 3, 5])
 @pytest.mark.parametrize(("channels", "source_shape", "target_shape"), SHAPES)
 def test_matches_reference(rng, channels, source_shape, target_shape, patch_size):
-    a, a_prime = (unit_features(rng, channels, *source_shape) for _ in range(2))
-    b, b_prime = (unit_features(rng, channels, *target_shape) for _ in range(2))
+    a, a_prime, b, b_prime = feature_pairs(rng, channels, source_shape, target_shape)
     field = border_heavy_field(rng, source_shape, target_shape)
 
     got = patch_distance(a, a_prime, b, b_prime, field, patch_size=patch_size)
@@ -77,17 +46,14 @@ def test_matches_reference(rng, channels, source_shape, target_shape, patch_size
     assert isinstance(got, np.ndarray)
     assert got.dtype == np.float32
     assert got.shape == source_shape
-    expected = reference_distance(a, a_prime, b, b_prime, field, patch_size)
+    expected = naive.patch_distance(a, a_prime, b, b_prime, field, patch_size)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
 
 
 def test_fields_outside_target_are_clamped(rng):
-    a, a_prime = (unit_features(rng, 6, 8, 7) for _ in range(2))
-    b, b_prime = (unit_features(rng, 6, 5, 9) for _ in range(2))
+    a, a_prime, b, b_prime = feature_pairs(rng, 6, (8, 7), (5, 9))
     field = rng.integers(-20, 20, (8, 7, 2)).astype(np.int32)
-    clamped = np.stack(
-        [np.clip(field[..., 0], 0, 4), np.clip(field[..., 1], 0, 8)], axis=-1
-    ).astype(np.int32)
+    clamped = naive.clamp_field(field, (5, 9))
 
     got = patch_distance(a, a_prime, b, b_prime, field, patch_size=3)
 
@@ -99,10 +65,8 @@ def test_fields_outside_target_are_clamped(rng):
 def test_identical_pairs_at_identity_score_minus_two(rng):
     # Unit vectors against themselves: both cosines are 1 at every valid offset.
     a, a_prime = (unit_features(rng, 7, 10, 12) for _ in range(2))
-    ys, xs = np.indices((10, 12))
-    identity = np.stack([ys, xs], axis=-1).astype(np.int32)
 
-    got = patch_distance(a, a_prime, a, a_prime, identity, patch_size=5)
+    got = patch_distance(a, a_prime, a, a_prime, identity((10, 12)), patch_size=5)
 
     np.testing.assert_allclose(got, -2.0, atol=1e-5)
 
@@ -115,7 +79,7 @@ def test_accepts_non_contiguous_inputs(rng):
 
     got = patch_distance_cpu(a, a_prime, b, b_prime, field, patch_size=3)
 
-    expected = reference_distance(a, a_prime, b, b_prime, field, 3)
+    expected = naive.patch_distance(a, a_prime, b, b_prime, field, 3)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
 
 

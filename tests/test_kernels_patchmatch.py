@@ -1,11 +1,13 @@
 """PatchMatch, CPU twin: invariants, the refine mask, and search quality on a real photo."""
 
+import naive
 import numba
 import numpy as np
 import pytest
 import skimage.data
 import skimage.filters
 import skimage.transform
+from inputs import feature_pairs, random_field, unit_features
 
 from diva_numba.kernels.patch_distance import patch_distance
 from diva_numba.kernels.patchmatch import (
@@ -15,36 +17,6 @@ from diva_numba.kernels.patchmatch import (
     mix32,
     patchmatch,
 )
-
-
-def unit_features(rng, channels, height, width):
-    """Random float32 (C, H, W) features, L2-normalised per pixel."""
-    features = rng.standard_normal((channels, height, width))
-    return (features / np.linalg.norm(features, axis=0, keepdims=True)).astype(np.float32)
-
-
-def random_pairs(rng, channels, source_shape, target_shape):
-    a, a_prime = (unit_features(rng, channels, *source_shape) for _ in range(2))
-    b, b_prime = (unit_features(rng, channels, *target_shape) for _ in range(2))
-    return a, a_prime, b, b_prime
-
-
-def random_field(rng, source_shape, target_shape, spill=0):
-    """Random matches in B, or up to ``spill`` pixels outside it."""
-    ys = rng.integers(-spill, target_shape[0] + spill, source_shape)
-    xs = rng.integers(-spill, target_shape[1] + spill, source_shape)
-    return np.stack([ys, xs], axis=-1).astype(np.int32)
-
-
-def clamped(field, target_shape):
-    return np.stack(
-        [
-            np.clip(field[..., 0], 0, target_shape[0] - 1),
-            np.clip(field[..., 1], 0, target_shape[1] - 1),
-        ],
-        axis=-1,
-    ).astype(np.int32)
-
 
 SHAPES = [
     # channels, (Ha, Wa), (Hb, Wb)
@@ -63,7 +35,7 @@ SHAPES = [
 def test_result_is_a_valid_improvement_of_the_start(
     rng, channels, source_shape, target_shape, patch_size
 ):
-    pairs = random_pairs(rng, channels, source_shape, target_shape)
+    pairs = feature_pairs(rng, channels, source_shape, target_shape)
     init = random_field(rng, source_shape, target_shape, spill=3)
     params = PatchMatchParams(patch_size=patch_size, iterations=3, search_radius=5, seed=7)
 
@@ -78,19 +50,19 @@ def test_result_is_a_valid_improvement_of_the_start(
         distance, patch_distance(*pairs, field, patch_size=patch_size), rtol=0, atol=1e-6
     )
     # ... and no pixel ends worse than where it started.
-    start = patch_distance(*pairs, clamped(init, target_shape), patch_size=patch_size)
+    start = patch_distance(*pairs, naive.clamp_field(init, target_shape), patch_size=patch_size)
     assert (distance <= start + 1e-6).all()
 
 
 def test_zero_iterations_return_the_clamped_start(rng):
-    pairs = random_pairs(rng, 4, (9, 11), (6, 14))
+    pairs = feature_pairs(rng, 4, (9, 11), (6, 14))
     init = random_field(rng, (9, 11), (6, 14), spill=4)
     params = PatchMatchParams(iterations=0)
 
     field, distance = patchmatch(*pairs, init_field=init, params=params)
     default_field, _ = patchmatch(*pairs, params=params)
 
-    np.testing.assert_array_equal(field, clamped(init, (6, 14)))
+    np.testing.assert_array_equal(field, naive.clamp_field(init, (6, 14)))
     np.testing.assert_allclose(distance, patch_distance(*pairs, field, patch_size=3), atol=1e-6)
     ys, xs = np.indices((9, 11))
     np.testing.assert_array_equal(default_field[..., 0], np.minimum(ys, 5))
@@ -99,7 +71,7 @@ def test_zero_iterations_return_the_clamped_start(rng):
 
 
 def test_same_seed_same_result_other_seed_other_result(rng):
-    pairs = random_pairs(rng, 5, (14, 13), (12, 16))
+    pairs = feature_pairs(rng, 5, (14, 13), (12, 16))
     seed = int(rng.integers(2**32))
     params = PatchMatchParams(iterations=2, search_radius=8, seed=seed)
 
@@ -117,7 +89,7 @@ def test_same_seed_same_result_other_seed_other_result(rng):
 def test_result_does_not_depend_on_the_thread_count(rng):
     # Double-buffered passes and hashed random numbers: no pixel sees another's
     # update within a pass, so the schedule cannot change the answer.
-    pairs = random_pairs(rng, 4, (17, 12), (9, 15))
+    pairs = feature_pairs(rng, 4, (17, 12), (9, 15))
     params = PatchMatchParams(iterations=2, search_radius=6, seed=int(rng.integers(2**32)))
     threads = numba.get_num_threads()
     parallel = patchmatch(*pairs, params=params)
@@ -132,7 +104,7 @@ def test_result_does_not_depend_on_the_thread_count(rng):
 
 def test_refine_mask_freezes_unsearched_pixels(rng):
     source_shape, target_shape = (13, 10), (11, 12)
-    pairs = random_pairs(rng, 6, source_shape, target_shape)
+    pairs = feature_pairs(rng, 6, source_shape, target_shape)
     init = random_field(rng, source_shape, target_shape, spill=2)
     mask = (rng.random(source_shape) < 0.5).astype(np.uint8)
     params = PatchMatchParams(iterations=3, search_radius=6, seed=int(rng.integers(1000)))
@@ -141,9 +113,10 @@ def test_refine_mask_freezes_unsearched_pixels(rng):
     free_field, _ = patchmatch(*pairs, init_field=init, params=params)
 
     frozen = mask == 0
-    np.testing.assert_array_equal(field[frozen], clamped(init, target_shape)[frozen])
+    start = naive.clamp_field(init, target_shape)
+    np.testing.assert_array_equal(field[frozen], start[frozen])
     # Searched pixels do move (random features: the start is almost never the best).
-    assert (field[~frozen] != clamped(init, target_shape)[~frozen]).any(axis=-1).mean() > 0.5
+    assert (field[~frozen] != start[~frozen]).any(axis=-1).mean() > 0.5
     assert (free_field[frozen] != field[frozen]).any()
     bool_field, _ = patchmatch(*pairs, init_field=init, params=params, refine_mask=mask == 1)
     np.testing.assert_array_equal(bool_field, field)
@@ -266,34 +239,6 @@ def test_recovers_a_known_shift(rng, change, patch_size):
     assert search_only_rate < 0.6 and search_only_rate < full_rate - 0.3
 
 
-def brute_force_best(a, a_prime, b, b_prime, patch_size):
-    """The smallest distance over every position of B, for every pixel of A (float64).
-
-    For each patch offset o, one matrix product gives the dot products of all
-    pixel pairs (p + o, q + o); features outside a map are zero and do not count.
-    """
-    r = patch_size // 2
-
-    def shifted(features, features_prime, dy, dx):
-        """Rows: the 2C-vector at (p + o) of every pixel p, and whether it is inside."""
-        channels, height, width = features.shape
-        both = np.concatenate([features, features_prime]).astype(np.float64)
-        padded = np.pad(both, ((0, 0), (r, r), (r, r)))
-        inside = np.pad(np.ones((height, width)), r)
-        window = (slice(r + dy, r + dy + height), slice(r + dx, r + dx + width))
-        vectors = padded[:, window[0], window[1]].reshape(2 * channels, -1).T
-        return vectors, inside[window].ravel()
-
-    total = count = 0.0
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            source, source_inside = shifted(a, a_prime, dy, dx)
-            target, target_inside = shifted(b, b_prime, dy, dx)
-            total = total + source @ target.T
-            count = count + np.outer(source_inside, target_inside)
-    return (-total / count).min(axis=1).reshape(a.shape[1:])
-
-
 def test_mirror_image_reaches_the_optimum_far_more_often_with_propagation(rng):
     # A mirror image has no exact answer to check against: patches are compared
     # unmirrored, so the mirror position is the best match of only ~20% of the
@@ -304,7 +249,7 @@ def test_mirror_image_reaches_the_optimum_far_more_often_with_propagation(rng):
     image = photo(80)[16 : 16 + size, 16 : 16 + size]
     a, a_prime = descriptor_pair(image)
     b, b_prime = descriptor_pair(np.ascontiguousarray(image[:, ::-1]))
-    best = brute_force_best(a, a_prime, b, b_prime, 3)
+    best = naive.best_patch_distance(a, a_prime, b, b_prime, 3)
 
     _, full = patchmatch(a, a_prime, b, b_prime, params=quality_params(rng, search_radius=20))
     _, search_only = patchmatch(
@@ -335,7 +280,7 @@ def test_params_reject_bad_values(changes, message):
 
 
 def test_rejects_bad_arrays(rng):
-    pairs = random_pairs(rng, 3, (5, 6), (4, 4))
+    pairs = feature_pairs(rng, 3, (5, 6), (4, 4))
     with pytest.raises(ValueError, match="init_field"):
         patchmatch(*pairs, init_field=np.zeros((6, 5, 2), np.int32))
     with pytest.raises(ValueError, match="refine_mask"):

@@ -1,86 +1,11 @@
-"""CPU twins of NNF upsampling and flow seeding against exact (rational) references."""
+"""CPU twins of NNF upsampling and flow seeding against exact (rational) references: naive.py."""
 
-import math
-from fractions import Fraction
-
+import naive
 import numpy as np
 import pytest
+from inputs import identity, random_field, random_flow
 
 from diva_numba.kernels import nnf_resample
-
-HALF = Fraction(1, 2)
-
-
-def nearest_cell(position, size, cell_count):
-    """Cell of a ``cell_count`` axis whose centre is nearest to pixel ``position`` of ``size``."""
-    return math.floor((position + HALF) * Fraction(cell_count, size))
-
-
-def clamp(value, size):
-    return min(max(value, 0), size - 1)
-
-
-def reference_upsample(field, target_shape, source_shape):
-    old_height, old_width = field.shape[:2]
-    height, width = target_shape
-    out = np.empty((height, width, 2), dtype=np.int32)
-    for y in range(height):
-        for x in range(width):
-            py, px = nearest_cell(y, height, old_height), nearest_cell(x, width, old_width)
-            offset_y = (int(field[py, px, 0]) - py) * Fraction(height, old_height)
-            offset_x = (int(field[py, px, 1]) - px) * Fraction(width, old_width)
-            out[y, x, 0] = clamp(y + math.floor(offset_y + HALF), source_shape[0])
-            out[y, x, 1] = clamp(x + math.floor(offset_x + HALF), source_shape[1])
-    return out
-
-
-def moved(y, x, flow, shape):
-    """(y, x, inside) after the flow, exactly; NaN vectors do not move and are outside."""
-    height, width = shape
-    fy, fx = nearest_cell(y, height, flow.shape[0]), nearest_cell(x, width, flow.shape[1])
-    dx, dy = flow[fy, fx]
-    if not (np.isfinite(dx) and np.isfinite(dy)):
-        return y, x, False
-    new_y = math.floor(y + Fraction(float(dy)) * Fraction(height, flow.shape[0]) + HALF)
-    new_x = math.floor(x + Fraction(float(dx)) * Fraction(width, flow.shape[1]) + HALF)
-    return new_y, new_x, 0 <= new_y < height and 0 <= new_x < width
-
-
-def reference_pull(field, flow, source_shape):
-    height, width = field.shape[:2]
-    out = np.empty_like(field)
-    invalid = np.empty((height, width), dtype=np.uint8)
-    for y in range(height):
-        for x in range(width):
-            qy, qx, inside = moved(y, x, flow, (height, width))
-            match = field[clamp(qy, height), clamp(qx, width)]
-            out[y, x] = clamp(match[0], source_shape[0]), clamp(match[1], source_shape[1])
-            invalid[y, x] = not inside
-    return out, invalid
-
-
-def reference_push(field, flow, frame_shape):
-    out = np.empty_like(field)
-    invalid = np.empty(field.shape[:2], dtype=np.uint8)
-    for y in range(field.shape[0]):
-        for x in range(field.shape[1]):
-            vy, vx = clamp(field[y, x, 0], frame_shape[0]), clamp(field[y, x, 1], frame_shape[1])
-            qy, qx, inside = moved(vy, vx, flow, frame_shape)
-            out[y, x] = clamp(qy, frame_shape[0]), clamp(qx, frame_shape[1])
-            invalid[y, x] = not inside
-    return out, invalid
-
-
-def random_field(rng, shape, value_shape):
-    ys = rng.integers(0, value_shape[0], size=shape)
-    xs = rng.integers(0, value_shape[1], size=shape)
-    return np.stack([ys, xs], axis=-1).astype(np.int32)
-
-
-def identity(shape):
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
-    return np.stack([ys, xs], axis=-1).astype(np.int32)
-
 
 # (old field grid, new field grid, new source shape); old sources are drawn from it
 UPSAMPLE_CASES = [
@@ -100,13 +25,13 @@ def test_upsample_matches_reference(rng, case):
     field = random_field(rng, old_shape, old_source)
     result = nnf_resample.upsample_field(field, target_shape=new_shape, source_shape=source_shape)
     assert isinstance(result, np.ndarray) and result.dtype == np.int32
-    np.testing.assert_array_equal(result, reference_upsample(field, new_shape, source_shape))
+    np.testing.assert_array_equal(result, naive.upsample_field(field, new_shape, source_shape))
 
 
 def test_upsample_matches_reference_with_matches_outside(rng):
     field = rng.integers(-6, 12, size=(6, 5, 2)).astype(np.int32)
     result = nnf_resample.upsample_field_cpu(field, target_shape=(11, 9), source_shape=(8, 7))
-    np.testing.assert_array_equal(result, reference_upsample(field, (11, 9), (8, 7)))
+    np.testing.assert_array_equal(result, naive.upsample_field(field, (11, 9), (8, 7)))
     assert result[..., 0].min() >= 0 and result[..., 0].max() <= 7
     assert result[..., 1].min() >= 0 and result[..., 1].max() <= 6
 
@@ -126,10 +51,6 @@ def test_constant_translation_is_scaled():
     np.testing.assert_array_equal(result[:, 6:], (identity((12, 16)) + [4, -6])[:, 6:])
 
 
-def random_flow(rng, shape, spread):
-    return rng.uniform(-spread, spread, size=(*shape, 2)).astype(np.float32)
-
-
 # (field grid, flow grid): same resolution, flow finer, flow coarser, odd ratios, 1-pixel
 FLOW_CASES = [((9, 7), (9, 7)), ((7, 9), (14, 18)), ((8, 10), (4, 5)), ((5, 6), (9, 13)),
               ((1, 6), (2, 12)), ((6, 1), (6, 1)), ((1, 1), (3, 3))]  # fmt: skip
@@ -143,7 +64,7 @@ def test_pull_matches_reference(rng, case):
     flow = random_flow(rng, flow_shape, spread=3.0)
     result, invalid = nnf_resample.pull_field(field, flow, source_shape=source_shape)
     assert result.dtype == np.int32 and invalid.dtype == np.uint8
-    expected, expected_invalid = reference_pull(field, flow, source_shape)
+    expected, expected_invalid = naive.pull_field(field, flow, source_shape)
     np.testing.assert_array_equal(result, expected)
     np.testing.assert_array_equal(invalid, expected_invalid)
 
@@ -155,7 +76,7 @@ def test_push_matches_reference(rng, case):
     field = random_field(rng, field_shape, (frame_shape[0] + 1, frame_shape[1] + 1))
     flow = random_flow(rng, flow_shape, spread=3.0)
     result, invalid = nnf_resample.push_field_targets(field, flow, frame_shape=frame_shape)
-    expected, expected_invalid = reference_push(field, flow, frame_shape)
+    expected, expected_invalid = naive.push_field_targets(field, flow, frame_shape)
     np.testing.assert_array_equal(result, expected)
     np.testing.assert_array_equal(invalid, expected_invalid)
 

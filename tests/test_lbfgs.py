@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from inputs import random_quadratic
 
 from diva_numba.lbfgs import (
     CONVERGED,
@@ -23,20 +24,6 @@ def rosenbrock(x):
     grad[:-1] += -400.0 * a * (b - a**2) - 2.0 * (1.0 - a)
     grad[1:] += 200.0 * (b - a**2)
     return float(value), grad
-
-
-def random_quadratic(rng, size, dtype=np.float64):
-    """``0.5 x'Ax - b'x`` with SPD ``A`` (eigenvalues 1..10), and its minimiser."""
-    basis, _ = np.linalg.qr(rng.standard_normal((size, size)))
-    matrix = basis @ np.diag(np.geomspace(1.0, 10.0, size)) @ basis.T
-    offset = rng.standard_normal(size)
-
-    def fun_and_grad(x):
-        x64 = x.astype(np.float64)
-        grad = matrix @ x64 - offset
-        return float(0.5 * x64 @ matrix @ x64 - offset @ x64), grad.astype(dtype)
-
-    return fun_and_grad, np.linalg.solve(matrix, offset)
 
 
 class Recorder:

@@ -1,11 +1,13 @@
-"""VGG sub-networks: forward against a slow NumPy network, gradients against finite differences.
+"""VGG sub-networks: forward against naive.py's NumPy network, gradients against finite differences.
 
 The weights are random with the real layer structure (names, pools, chaining) and
 tiny channel counts, so that every test runs in a moment.
 """
 
+import naive
 import numpy as np
 import pytest
+from inputs import vgg_weights
 
 from diva_numba.errors import ModelError
 from diva_numba.models import vgg
@@ -17,56 +19,16 @@ DECONVOLUTIONS = [(3, 5), (2, 4), (1, 3), (0, 2)]
 
 
 def tiny_weights(rng, dtype=np.float32, channels=TINY_CHANNELS):
-    weights = {}
-    in_channels = 3
-    for name in vgg.CONV_LAYERS:
-        out_channels = channels[name[4]]
-        # He-style scale keeps activations O(1) through 13 layers.
-        scale = np.sqrt(2.0 / (in_channels * 9))
-        weight = rng.standard_normal((out_channels, in_channels, 3, 3)) * scale
-        bias = rng.standard_normal(out_channels) * 0.1
-        weights[name] = (weight.astype(dtype), bias.astype(dtype))
-        in_channels = out_channels
-    return weights
+    return vgg_weights(rng, channels, dtype=dtype)
 
 
 def level_channels(level):
     return 3 if level == 0 else TINY_CHANNELS[str(level)]
 
 
-# --- slow reference network -----------------------------------------------------------
-
-
-def reference_conv(x, weight, bias):
-    channels, height, width = x.shape
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    out = np.zeros((weight.shape[0], height, width))
-    for ky in range(3):
-        for kx in range(3):
-            window = padded[:, ky : ky + height, kx : kx + width]
-            out += np.einsum("oc,chw->ohw", weight[:, :, ky, kx], window)
-    return out + bias[:, None, None]
-
-
-def reference_pool(x):
-    """Ceil-mode pooling: pad odd edges with -inf so clipped windows ignore them."""
-    channels, height, width = x.shape
-    padded = np.full((channels, height + height % 2, width + width % 2), -np.inf)
-    padded[:, :height, :width] = x
-    return padded.reshape(channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).max((2, 4))
-
-
 def reference_levels(weights, x, start_level, end_level):
-    """Feature maps (float64) at every level after ``start_level``."""
-    levels = {}
-    for name in vgg.layers_between(start_level, end_level):
-        weight, bias = weights[name]
-        x = np.maximum(reference_conv(x, weight.astype(np.float64), bias.astype(np.float64)), 0)
-        if name.endswith("_1"):
-            levels[int(name[4])] = x
-        if name in vgg.POOL_AFTER:
-            x = reference_pool(x)
-    return levels
+    """Feature maps (float64) at every level after ``start_level``, by the slow network."""
+    return naive.vgg_levels(weights, x, vgg.layers_between(start_level, end_level))
 
 
 def random_input(rng, level, height, width, dtype=np.float32):
@@ -141,7 +103,7 @@ def test_loss_matches_reference(rng, start, end):
     loss, grad = network.loss_and_gradient(x, target)
     expected = reference_levels(weights, x, start, end)[end]
     assert isinstance(loss, float)
-    assert loss == pytest.approx(np.sum((expected - target) ** 2), rel=1e-10)
+    assert loss == pytest.approx(naive.squared_error(expected, target)[0], rel=1e-10)
     assert grad.shape == x.shape and grad.dtype == np.float64
 
 

@@ -14,15 +14,15 @@ from collections import Counter
 from contextlib import ExitStack, contextmanager
 from unittest import mock
 
+import naive
 import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from test_kernels_voting import reference_vote
 
-from diva_numba import analogy as analogy_module
-from diva_numba.analogy import AnalogyModel, AnalogyParams, analogy
+from diva_numba import deep_analogy as analogy_module
+from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.device import resolve_device
 from diva_numba.kernels.nnf_resample import pull_field, push_field_targets, upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
@@ -243,10 +243,7 @@ def test_pull_and_push_keep_fields_inside_for_any_flow(case):
     """Any flow, NaN and Inf included: matches stay inside, ``invalid`` is 0 or 1."""
     field, flow, bounds = case
     shape = field.shape[:2]
-    clamped = np.stack(
-        [np.clip(field[..., 0], 0, bounds[0] - 1), np.clip(field[..., 1], 0, bounds[1] - 1)],
-        axis=-1,
-    )
+    clamped = naive.clamp_field(field, bounds)
     for move, keyword in ((pull_field, "source_shape"), (push_field_targets, "frame_shape")):
         moved, invalid = move(field, flow, **{keyword: bounds})
         assert_field_inside(moved, shape, bounds)
@@ -285,7 +282,7 @@ def test_vote_is_finite_and_matches_the_reference(case):
     assert out.dtype == np.float32 and out.shape == (source.shape[0], *field.shape[:2])
     assert_finite(out)
     # int64 so that the reference's offsets cannot overflow on int32 extremes.
-    expected = reference_vote(source, field.astype(np.int64), patch_size)
+    expected = naive.vote(source, field.astype(np.int64), patch_size)
     atol = 1e-5 * float(np.abs(source).max())
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=atol)
 

@@ -9,7 +9,7 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import audio_span, pan_frames, write_clip
 
-import diva_numba.transfer as transfer_module
+import diva_numba.frames as frame_loop
 from diva_numba.cli import cli
 from diva_numba.imageio import load_image
 from diva_numba.metrics import video_warp_error
@@ -76,7 +76,7 @@ def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, 
     assert run([str(style), str(path), "-o", str(tmp_path / "a.mp4"), "--keep-frames",
                 str(whole)], tiny_model).exit_code == 0  # fmt: skip
 
-    real_analogy = transfer_module.analogy
+    real_analogy = frame_loop.analogy
     calls = []
 
     def dying_analogy(*args, **kwargs):
@@ -86,14 +86,14 @@ def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, 
         return real_analogy(*args, **kwargs)
 
     out = tmp_path / "b.mp4"
-    monkeypatch.setattr(transfer_module, "analogy", dying_analogy)
+    monkeypatch.setattr(frame_loop, "analogy", dying_analogy)
     result = run([str(style), str(path), "-o", str(out)], tiny_model)
     assert result.exit_code == 130
     assert "--resume" in result.output and "3 of 6" in result.output
     assert not out.exists()
     assert (tmp_path / "b.mp4.work").is_dir()
 
-    monkeypatch.setattr(transfer_module, "analogy", real_analogy)
+    monkeypatch.setattr(frame_loop, "analogy", real_analogy)
     resumed = tmp_path / "resumed"
     result = run([str(style), str(path), "-o", str(out), "--resume", "--keep-frames",
                   str(resumed)], tiny_model)  # fmt: skip
@@ -111,7 +111,7 @@ def test_work_directory_of_another_run_is_refused(clip, tmp_path, tiny_model, mo
     def dying_analogy(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(transfer_module, "analogy", dying_analogy)
+    monkeypatch.setattr(frame_loop, "analogy", dying_analogy)
     assert run([str(style), str(path), "-o", str(out)], tiny_model).exit_code == 130
     monkeypatch.undo()
     result = run([str(style), str(path), "-o", str(out), "--resume", "--alpha", "high"],

@@ -21,22 +21,27 @@ peak for every length.
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from fractions import Fraction
-from pathlib import Path
+from diva_numba.environment import apply_runtime_defaults
 
-import cv2
-import numpy as np
-from skimage import data
+# Before NumPy and Numba load, as the command line does (the numbers must be its).
+apply_runtime_defaults()
 
-from diva_numba.analogy import AnalogyModel, AnalogyParams, Profile, analogy
-from diva_numba.device import resolve_device
-from diva_numba.models.store import ensure_model
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from fractions import Fraction  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from skimage import data  # noqa: E402
+
+from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, Profile, analogy  # noqa: E402
+from diva_numba.device import resolve_device  # noqa: E402
+from diva_numba.models.store import ensure_model  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent / "example"
 

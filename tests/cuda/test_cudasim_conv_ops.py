@@ -9,8 +9,11 @@ scalars) runs on device arrays.
 
 import types
 
+import naive
 import numpy as np
 import pytest
+from device_checks import FLOAT_TOLERANCE, assert_on_device
+from inputs import random_quadratic, vgg_weights
 from numba import cuda
 
 from diva_numba import network as network_module
@@ -20,20 +23,6 @@ from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
 from diva_numba.models import vgg
 
 pytestmark = pytest.mark.cudasim
-
-# Float kernels may differ by a few float32 ulps on a real GPU (fused multiply-adds).
-FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
-
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
-    monkeypatch.setattr(targets, "BLOCK_1D", [8])
-
-
-def assert_on_device(array):
-    """Outputs are allocated as the same kind of GPU array as the inputs."""
-    assert type(array) is type(cuda.device_array(1))
 
 
 # --- im2col / col2im --------------------------------------------------------------------
@@ -70,7 +59,7 @@ def test_relu_forward(rng):
     np.testing.assert_allclose(to_host(device_values), expected, **FLOAT_TOLERANCE)
     device_values = cuda.to_device(values)
     activations.relu_forward(device_values)
-    np.testing.assert_array_equal(to_host(device_values), np.maximum(values, 0))
+    np.testing.assert_array_equal(to_host(device_values), naive.relu(values))
 
 
 def test_relu_backward(rng):
@@ -147,12 +136,7 @@ def test_vector_updates(rng):
 
 def test_lbfgs_on_device_arrays_follows_the_cpu_run(rng):
     size = 6
-    basis, _ = np.linalg.qr(rng.standard_normal((size, size)))
-    matrix = basis @ np.diag(np.geomspace(1.0, 10.0, size)) @ basis.T
-    offset = rng.standard_normal(size)
-
-    def host_objective(x):
-        return float(0.5 * x @ matrix @ x - offset @ x), matrix @ x - offset
+    host_objective, _ = random_quadratic(rng, size)
 
     def device_objective(x):
         value, grad = host_objective(to_host(x))
@@ -186,20 +170,10 @@ def host_gemm_module():
     )
 
 
-def tiny_weights(rng):
-    weights, in_channels = {}, 3
-    for name in vgg.layers_between(0, 2):
-        out_channels = 2
-        weight = rng.standard_normal((out_channels, in_channels, 3, 3)) * 0.5
-        bias = rng.standard_normal(out_channels) * 0.1
-        weights[name] = (weight.astype(np.float32), bias.astype(np.float32))
-        in_channels = out_channels
-    return weights
-
-
 def test_network_pass_on_device_arrays(rng, monkeypatch):
     monkeypatch.setattr(network_module, "array_module", lambda array: host_gemm_module())
-    network = network_module.SubNetwork(tiny_weights(rng), 0, 2)
+    weights = vgg_weights(rng, {"1": 2, "2": 2}, layers=vgg.layers_between(0, 2), weight_scale=0.5)
+    network = network_module.SubNetwork(weights, 0, 2)
     x = rng.standard_normal((3, 3, 4)).astype(np.float32)
     target = np.abs(rng.standard_normal(network.output_shape(3, 4))).astype(np.float32)
 

@@ -10,17 +10,14 @@ same field on both.
 
 import numpy as np
 import pytest
+from device_checks import assert_on_device
+from inputs import feature_pairs, random_field
 from numba import cuda
 
 from diva_numba.device import to_host
-from diva_numba.kernels import patch_distance, patchmatch, targets
+from diva_numba.kernels import patch_distance, patchmatch
 
 pytestmark = pytest.mark.cudasim
-
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
 
 
 def dyadic_features(rng, channels, height, width):
@@ -29,20 +26,7 @@ def dyadic_features(rng, channels, height, width):
 
 
 def dyadic_pairs(rng, channels, source_shape, target_shape):
-    a, a_prime = (dyadic_features(rng, channels, *source_shape) for _ in range(2))
-    b, b_prime = (dyadic_features(rng, channels, *target_shape) for _ in range(2))
-    return a, a_prime, b, b_prime
-
-
-def random_field(rng, source_shape, target_shape, spill=0):
-    ys = rng.integers(-spill, target_shape[0] + spill, source_shape)
-    xs = rng.integers(-spill, target_shape[1] + spill, source_shape)
-    return np.stack([ys, xs], axis=-1).astype(np.int32)
-
-
-def assert_on_device(array):
-    """Outputs are allocated as the same kind of GPU array as the inputs."""
-    assert type(array) is type(cuda.device_array(1))
+    return feature_pairs(rng, channels, source_shape, target_shape, features=dyadic_features)
 
 
 @pytest.mark.parametrize("patch_size", [3, 5])
@@ -63,11 +47,7 @@ def test_patch_distance_matches_cpu(rng, source_shape, target_shape, patch_size)
 
 
 def test_patch_distance_of_unit_features_is_close(rng):
-    def unit(shape):
-        features = rng.standard_normal(shape)
-        return (features / np.linalg.norm(features, axis=0)).astype(np.float32)
-
-    pairs = (unit((6, 5, 7)), unit((6, 5, 7)), unit((6, 6, 4)), unit((6, 6, 4)))
+    pairs = feature_pairs(rng, 6, (5, 7), (6, 4))
     field = random_field(rng, (5, 7), (6, 4))
 
     result = patch_distance.patch_distance_cuda(*pairs, cuda.to_device(field), patch_size=3)

@@ -6,6 +6,8 @@ inputs, with blocks shrunk so that every launch spans several of them.
 
 import numpy as np
 import pytest
+from device_checks import FLOAT_TOLERANCE, assert_on_device
+from inputs import random_flow
 from numba import cuda
 
 from diva_numba.device import to_host
@@ -13,25 +15,11 @@ from diva_numba.kernels import nnf_resample, normalize, targets, voting
 
 pytestmark = pytest.mark.cudasim
 
-# Float kernels may differ by a few float32 ulps on a real GPU (fused multiply-adds).
-FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
-
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
-    monkeypatch.setattr(targets, "BLOCK_1D", [8])
-
 
 def relu_features(rng, shape):
     features = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
     features[:, 0, 0] = 0  # an all-zero vector
     return features
-
-
-def assert_on_device(array):
-    """Outputs are allocated as the same kind of GPU array as the inputs."""
-    assert type(array) is type(cuda.device_array(1))
 
 
 def test_normalize(rng):
@@ -122,7 +110,7 @@ def test_upsample_field(rng):
 @pytest.mark.parametrize("flow_shape", [(9, 7), (4, 3)])
 def test_pull_field_with_host_flow(rng, flow_shape):
     field = rng.integers(0, 6, size=(9, 7, 2)).astype(np.int32)
-    flow = rng.uniform(-3, 3, size=(*flow_shape, 2)).astype(np.float32)
+    flow = random_flow(rng, flow_shape, 3.0)
     flow[2, 1, 0] = np.nan
     result, invalid = nnf_resample.pull_field_cuda(cuda.to_device(field), flow, source_shape=(5, 6))
     assert_on_device(result)
@@ -135,7 +123,7 @@ def test_pull_field_with_host_flow(rng, flow_shape):
 @pytest.mark.parametrize("flow_shape", [(9, 7), (13, 11)])
 def test_push_field_targets(rng, flow_shape):
     field = rng.integers(0, 9, size=(5, 7, 2)).astype(np.int32)
-    flow = rng.uniform(-3, 3, size=(*flow_shape, 2)).astype(np.float32)
+    flow = random_flow(rng, flow_shape, 3.0)
     result, invalid = nnf_resample.push_field_targets_cuda(
         cuda.to_device(field), cuda.to_device(flow), frame_shape=(9, 7)
     )

@@ -2,7 +2,7 @@
 
 Given a structure image A and a style image B', the analogy solves for the
 latent images A' (A's structure, B''s look) and B (B''s structure, A's look)
-coarse to fine over the VGG-19 feature levels 5..1 (DESIGN.md section 2):
+coarse to fine over the VGG-19 feature levels 5..1 (docs/DESIGN.md section 2):
 
 1. PatchMatch both ways between the normalised feature pairs (A, A') and (B, B');
 2. vote the wanted features at level L through the fields, deconvolve them to
@@ -21,15 +21,14 @@ the previous one.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from diva_numba.device import Device, array_module, to_device, to_host
+from diva_numba.device import Device, array_module, device_kind, to_device, to_host
 from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
 from diva_numba.kernels.patchmatch import PatchMatchParams, identity_field, patchmatch
@@ -37,6 +36,7 @@ from diva_numba.kernels.voting import vote
 from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import vgg
 from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
+from diva_numba.profile import Profile
 
 log = logging.getLogger("diva_numba")
 
@@ -49,6 +49,10 @@ ALPHA_PRESETS: dict[str, tuple[float, float, float, float]] = {
 
 #: Levels whose latent features are reconstructed (L -> L-1).
 DECONVOLVED_LEVELS = (5, 4, 3, 2)
+
+#: L-BFGS iterations per deconvolution by device: the reference's 100 where a GPU
+#: makes them cheap; on the CPU quality is flat from about 5 on (BENCHMARKS.md).
+LBFGS_ITERATIONS_BY_DEVICE = {"cuda": 100, "cpu": 20}
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class AnalogyParams:
         L-BFGS curvature pairs.
     seed : int
         Seeds every PatchMatch random draw; same seed and device, same result.
+
+    Notes
+    -----
+    The defaults are the reference code's; :meth:`for_device` gives each
+    device's measured defaults (those of the command line).
     """
 
     alphas: tuple[float, float, float, float] = ALPHA_PRESETS["paper"]
@@ -97,6 +106,24 @@ class AnalogyParams:
             raise ValueError(f"mask must be 'sigmoid' or 'step', got {self.mask!r}")
         if self.patchmatch_iterations < 0 or self.lbfgs_iterations < 0:
             raise ValueError("iteration counts must be >= 0")
+
+    @classmethod
+    def for_device(cls, device: Device | str, **changes) -> AnalogyParams:
+        """The defaults measured for ``device`` (see BENCHMARKS.md), with ``changes``.
+
+        Parameters
+        ----------
+        device : Device or {"cuda", "cpu", "auto"}
+        **changes
+            Fields to set instead of the defaults.
+
+        Examples
+        --------
+        >>> AnalogyParams.for_device("cpu").lbfgs_iterations
+        20
+        """
+        defaults = {"lbfgs_iterations": LBFGS_ITERATIONS_BY_DEVICE[device_kind(device)]}
+        return cls(**{**defaults, **changes})
 
     def alpha(self, level: int) -> float:
         """Blend weight of the features reconstructed at ``level`` (1..4)."""
@@ -186,61 +213,6 @@ class AnalogyResult:
     profile: Profile
 
 
-class Profile:
-    """Wall time per (stage, level), synchronising the GPU around each stage."""
-
-    def __init__(self, device: Device):
-        self.device = device
-        self.rows: list[tuple[str, int | None, float]] = []
-        self.deconvolution_flops: dict[int, float] = {}
-
-    def add_deconvolution_flops(self, level: int, flops: float) -> None:
-        self.deconvolution_flops[level] = self.deconvolution_flops.get(level, 0.0) + flops
-
-    def _sync(self) -> None:
-        if self.device.is_cuda:
-            import cupy
-
-            cupy.cuda.get_current_stream().synchronize()
-
-    @contextmanager
-    def stage(self, name: str, level: int | None = None) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.rows.append((name, level, time.perf_counter() - start))
-
-    def total(self, name: str | None = None) -> float:
-        return sum(t for stage, _, t in self.rows if name is None or stage == name)
-
-    def table(self) -> str:
-        """A text table of seconds per stage (rows) and level (columns)."""
-        stages = list(dict.fromkeys(stage for stage, _, _ in self.rows))
-        levels = sorted({lv for _, lv, _ in self.rows if lv is not None}, reverse=True)
-        header = f"{'stage':<16}" + "".join(f"{'L' + str(lv):>9}" for lv in levels)
-        lines = [header + f"{'total':>9}"]
-        for stage in stages:
-            cells = []
-            for lv in levels:
-                t = sum(s for st, lvl, s in self.rows if st == stage and lvl == lv)
-                cells.append(f"{t:9.3f}" if t else f"{'':>9}")
-            lines.append(f"{stage:<16}" + "".join(cells) + f"{self.total(stage):9.3f}")
-        lines.append(f"{'total':<16}" + " " * 9 * len(levels) + f"{self.total():9.3f}")
-        if self.deconvolution_flops:
-            cells = []
-            for lv in levels:
-                seconds = sum(t for st, lvl, t in self.rows if st == "deconvolution" and lvl == lv)
-                flops = self.deconvolution_flops.get(lv, 0.0)
-                cells.append(f"{flops / seconds / 1e9:9.1f}" if flops and seconds else " " * 9)
-            flops = sum(self.deconvolution_flops.values())
-            seconds = self.total("deconvolution")
-            lines.append(
-                f"{'deconv GFLOP/s':<16}" + "".join(cells) + f"{flops / seconds / 1e9:9.1f}"
-            )
-        return "\n".join(lines)
-
-
 class AnalogyModel:
     """The VGG-19 pieces the analogy needs, loaded once per device.
 
@@ -260,6 +232,7 @@ class AnalogyModel:
     def __init__(self, model_path, device: Device):
         from diva_numba.features import FeatureExtractor
 
+        self.path = Path(model_path)
         self.device = device
         self.extractor = FeatureExtractor(model_path, device)
         self.weights = self.extractor.weights
@@ -294,6 +267,31 @@ class AnalogyModel:
         rgb = xp.empty_like(network_order)
         rgb[order] = network_order
         return np.clip(np.rint(to_host(rgb).transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+
+
+def load_model(
+    model: AnalogyModel | str | os.PathLike | None, device: Device, *, progress: bool = True
+) -> AnalogyModel:
+    """An :class:`AnalogyModel` on ``device``.
+
+    Parameters
+    ----------
+    model : AnalogyModel, path-like or None
+        A loaded model (returned as is when it is on ``device``), an ONNX file,
+        or None for the default VGG-19 model, fetched and cached on first use.
+    device : Device
+    progress : bool, default True
+        Show a progress bar while the default model is fetched.
+    """
+    if isinstance(model, AnalogyModel):
+        if model.device.kind == device.kind:
+            return model
+        model = model.path
+    if model is None:
+        from diva_numba.models.store import ensure_model
+
+        model = ensure_model(progress=progress)
+    return AnalogyModel(model, device)
 
 
 def analogy(

@@ -1,0 +1,398 @@
+"""Slow, obvious NumPy references for the kernels and the network, each written once.
+
+The kernel tests (CPU twins here, CUDA twins in ``tests/cuda`` against the CPU
+ones) and the network and feature tests compare against these. Each is the
+plainest version of its definition: loops over pixels and offsets, or one NumPy
+expression, in float64 unless the kernel's own float32 arithmetic is the point.
+Shapes: ``(C, H, W)`` feature maps, ``(H, W, 2)`` int fields of ``(y, x)`` matches
+and ``(H, W, 2)`` float flows of ``(dx, dy)``.
+"""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from diva_numba.models import vgg
+
+# --- fields ----------------------------------------------------------------------------
+
+
+def clamp_field(field, bounds):
+    """``(H, W, 2)`` field -> int32 ``(H, W, 2)``: every match clamped into a ``bounds`` map."""
+    return np.stack(
+        [np.clip(field[..., 0], 0, bounds[0] - 1), np.clip(field[..., 1], 0, bounds[1] - 1)],
+        axis=-1,
+    ).astype(np.int32)
+
+
+# --- patch distance and PatchMatch (patch_distance.py, patchmatch.py) -------------------
+
+
+def patch_distance(a, a_prime, b, b_prime, field, patch_size):
+    """d(p, field[p]) by the definition, one pixel and one offset at a time, in float64.
+
+    ``a, a_prime``: ``(C, Ha, Wa)``; ``b, b_prime``: ``(C, Hb, Wb)``; ``field``:
+    ``(Ha, Wa, 2)`` matches in B, clamped. Returns float64 ``(Ha, Wa)``: minus the mean,
+    over the offsets inside both maps, of ``a.b + a'.b'`` at ``p + o`` and ``q + o``.
+    """
+    r = patch_size // 2
+    _, source_height, source_width = a.shape
+    _, target_height, target_width = b.shape
+    out = np.empty((source_height, source_width))
+    for py in range(source_height):
+        for px in range(source_width):
+            qy = min(max(field[py, px, 0], 0), target_height - 1)
+            qx = min(max(field[py, px, 1], 0), target_width - 1)
+            total = 0.0
+            valid = 0
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    sy, sx, ty, tx = py + dy, px + dx, qy + dy, qx + dx
+                    if not (0 <= sy < source_height and 0 <= sx < source_width):
+                        continue
+                    if not (0 <= ty < target_height and 0 <= tx < target_width):
+                        continue
+                    total += np.dot(a[:, sy, sx].astype(np.float64), b[:, ty, tx])
+                    total += np.dot(a_prime[:, sy, sx].astype(np.float64), b_prime[:, ty, tx])
+                    valid += 1
+            out[py, px] = -total / valid
+    return out
+
+
+def best_patch_distance(a, a_prime, b, b_prime, patch_size):
+    """The smallest distance over every position of B, for every pixel of A (float64).
+
+    Shapes as in `patch_distance`; returns ``(Ha, Wa)``. For each patch offset o, one
+    matrix product gives the dot products of all pixel pairs (p + o, q + o); features
+    outside a map are zero and do not count.
+    """
+    r = patch_size // 2
+
+    def shifted(features, features_prime, dy, dx):
+        """Rows: the 2C-vector at (p + o) of every pixel p, and whether it is inside."""
+        channels, height, width = features.shape
+        both = np.concatenate([features, features_prime]).astype(np.float64)
+        padded = np.pad(both, ((0, 0), (r, r), (r, r)))
+        inside = np.pad(np.ones((height, width)), r)
+        window = (slice(r + dy, r + dy + height), slice(r + dx, r + dx + width))
+        vectors = padded[:, window[0], window[1]].reshape(2 * channels, -1).T
+        return vectors, inside[window].ravel()
+
+    total = count = 0.0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            source, source_inside = shifted(a, a_prime, dy, dx)
+            target, target_inside = shifted(b, b_prime, dy, dx)
+            total = total + source @ target.T
+            count = count + np.outer(source_inside, target_inside)
+    return (-total / count).min(axis=1).reshape(a.shape[1:])
+
+
+# --- voting (voting.py) -----------------------------------------------------------------
+
+
+def vote(source, field, patch_size):
+    """Patch-average voting: ``source`` ``(C, Hs, Ws)``, ``field`` ``(H, W, 2)`` -> ``(C, H, W)``.
+
+    In float64. Pixel p averages ``source[field[q] - (q - p)]`` over the neighbours q of its patch
+    whose vote lands inside the source; with none, it takes its own clamped match.
+    """
+    channels, source_height, source_width = source.shape
+    height, width = field.shape[:2]
+    half = patch_size // 2
+    out = np.empty((channels, height, width), dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            received = []
+            for oy in range(-half, half + 1):
+                for ox in range(-half, half + 1):
+                    qy, qx = y + oy, x + ox
+                    if not (0 <= qy < height and 0 <= qx < width):
+                        continue
+                    sy, sx = field[qy, qx, 0] - oy, field[qy, qx, 1] - ox
+                    if 0 <= sy < source_height and 0 <= sx < source_width:
+                        received.append(source[:, sy, sx])
+            if not received:
+                sy = min(max(field[y, x, 0], 0), source_height - 1)
+                sx = min(max(field[y, x, 1], 0), source_width - 1)
+                received.append(source[:, sy, sx])
+            out[:, y, x] = np.mean(np.array(received, dtype=np.float64), axis=0)
+    return out
+
+
+# --- NNF resampling (nnf_resample.py), in exact rational arithmetic ---------------------
+
+HALF = Fraction(1, 2)
+
+
+def _nearest_cell(position, size, cell_count):
+    """Cell of a ``cell_count`` axis whose centre is nearest to pixel ``position`` of ``size``."""
+    return math.floor((position + HALF) * Fraction(cell_count, size))
+
+
+def _clamp(value, size):
+    return min(max(value, 0), size - 1)
+
+
+def _moved(y, x, flow, shape):
+    """(y, x, inside) after the flow, exactly; NaN vectors do not move and are outside."""
+    height, width = shape
+    fy, fx = _nearest_cell(y, height, flow.shape[0]), _nearest_cell(x, width, flow.shape[1])
+    dx, dy = flow[fy, fx]
+    if not (np.isfinite(dx) and np.isfinite(dy)):
+        return y, x, False
+    new_y = math.floor(y + Fraction(float(dy)) * Fraction(height, flow.shape[0]) + HALF)
+    new_x = math.floor(x + Fraction(float(dx)) * Fraction(width, flow.shape[1]) + HALF)
+    return new_y, new_x, 0 <= new_y < height and 0 <= new_x < width
+
+
+def upsample_field(field, target_shape, source_shape):
+    """``(h, w, 2)`` field -> int32 ``(*target_shape, 2)`` with matches in ``source_shape``.
+
+    Each pixel takes the offset (match minus position) of its nearest old cell,
+    scaled by the size ratio and rounded half up, then clamped into the source.
+    """
+    old_height, old_width = field.shape[:2]
+    height, width = target_shape
+    out = np.empty((height, width, 2), dtype=np.int32)
+    for y in range(height):
+        for x in range(width):
+            py, px = _nearest_cell(y, height, old_height), _nearest_cell(x, width, old_width)
+            offset_y = (int(field[py, px, 0]) - py) * Fraction(height, old_height)
+            offset_x = (int(field[py, px, 1]) - px) * Fraction(width, old_width)
+            out[y, x, 0] = _clamp(y + math.floor(offset_y + HALF), source_shape[0])
+            out[y, x, 1] = _clamp(x + math.floor(offset_x + HALF), source_shape[1])
+    return out
+
+
+def pull_field(field, flow, source_shape):
+    """Field ``(H, W, 2)`` pulled along ``flow`` (any grid) -> (field, uint8 invalid ``(H, W)``).
+
+    Pixel p takes the match of the pixel the flow moves it to (clamped into the
+    field's grid, then into ``source_shape``); ``invalid`` marks moves leaving the grid.
+    """
+    height, width = field.shape[:2]
+    out = np.empty_like(field)
+    invalid = np.empty((height, width), dtype=np.uint8)
+    for y in range(height):
+        for x in range(width):
+            qy, qx, inside = _moved(y, x, flow, (height, width))
+            match = field[_clamp(qy, height), _clamp(qx, width)]
+            out[y, x] = _clamp(match[0], source_shape[0]), _clamp(match[1], source_shape[1])
+            invalid[y, x] = not inside
+    return out, invalid
+
+
+def push_field_targets(field, flow, frame_shape):
+    """Matches ``(H, W, 2)`` into a frame pushed along ``flow`` -> (matches, uint8 ``(H, W)``).
+
+    Each match (clamped into ``frame_shape``) moves by the flow at its position and
+    is clamped again; ``invalid`` marks matches the flow moves out of the frame.
+    """
+    out = np.empty_like(field)
+    invalid = np.empty(field.shape[:2], dtype=np.uint8)
+    for y in range(field.shape[0]):
+        for x in range(field.shape[1]):
+            vy, vx = _clamp(field[y, x, 0], frame_shape[0]), _clamp(field[y, x, 1], frame_shape[1])
+            qy, qx, inside = _moved(vy, vx, flow, frame_shape)
+            out[y, x] = _clamp(qy, frame_shape[0]), _clamp(qx, frame_shape[1])
+            invalid[y, x] = not inside
+    return out, invalid
+
+
+# --- per-pixel channel maths (normalize.py) ---------------------------------------------
+
+
+def normalize_features(features, eps):
+    """``(C, H, W)`` -> float64 ``(C, H, W)``: each pixel's vector over (its L2 norm + eps)."""
+    out = np.empty(features.shape, dtype=np.float64)
+    for y in range(features.shape[1]):
+        for x in range(features.shape[2]):
+            vector = features[:, y, x].astype(np.float64)
+            out[:, y, x] = vector / (math.sqrt(float(vector @ vector)) + eps)
+    return out
+
+
+def responses(features):
+    """float32 ``(C, H, W)`` -> float32 ``(H, W)``: sum of squares over the channels.
+
+    Same float32 arithmetic as the kernels: channel by channel.
+    """
+    out = np.zeros(features.shape[1:], dtype=np.float32)
+    for channel in features:
+        out += channel * channel
+    return out
+
+
+def response_mask(features, kind, kappa, tau):
+    """float32 ``(C, H, W)`` -> float64 ``(H, W)`` in [0, 1].
+
+    The responses rescaled to [0, 1] (all 0 where flat), then ``level >= tau`` for
+    ``kind="step"`` or ``1 / (1 + exp(-kappa (level - tau)))`` for ``"sigmoid"``.
+    """
+    values = responses(features)
+    low, high = values.min(), values.max()
+    level = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    level = level.astype(np.float64)
+    if kind == "step":
+        return (level >= np.float32(tau)).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-kappa * (level - tau)))
+
+
+def blend(feat_a, reconstructed, mask, alpha):
+    """``(C, H, W)`` maps and an ``(H, W)`` mask -> float64 ``(C, H, W)``.
+
+    ``w A + (1 - w) R`` with the per-pixel weight ``w = alpha * mask``.
+    """
+    weight = alpha * mask.astype(np.float64)
+    return feat_a * weight + reconstructed * (1 - weight)
+
+
+# --- deconvolution pieces (im2col.py, activations.py) -----------------------------------
+
+
+def _im2col_entries(channels, height, width):
+    """``(row, column, c, sy, sx)`` of every entry of the im2col matrix inside the image."""
+    for c in range(channels):
+        for ky in range(3):
+            for kx in range(3):
+                for y in range(height):
+                    for x in range(width):
+                        sy, sx = y + ky - 1, x + kx - 1
+                        if 0 <= sy < height and 0 <= sx < width:
+                            yield c * 9 + ky * 3 + kx, y * width + x, c, sy, sx
+
+
+def im2col(image):
+    """``(C, H, W)`` -> ``(9 C, H W)``: the 3x3 neighbourhoods of the pixels as columns.
+
+    Row ``9 c + 3 ky + kx``, column ``y W + x`` holds ``image[c, y + ky - 1, x + kx - 1]``,
+    zero outside the image (padding 1); same dtype as ``image``.
+    """
+    cols = np.zeros((image.shape[0] * 9, image.shape[1] * image.shape[2]), dtype=image.dtype)
+    for row, column, c, sy, sx in _im2col_entries(*image.shape):
+        cols[row, column] = image[c, sy, sx]
+    return cols
+
+
+def col2im(cols, height, width):
+    """``(9 C, H W)`` -> ``(C, H, W)``: the adjoint of `im2col`, overlapping entries added."""
+    image = np.zeros((cols.shape[0] // 9, height, width), dtype=cols.dtype)
+    for row, column, c, sy, sx in _im2col_entries(image.shape[0], height, width):
+        image[c, sy, sx] += cols[row, column]
+    return image
+
+
+def relu(values, bias=None):
+    """``max(values + bias, 0)``, same dtype: ``values`` ``(C, H, W)``, ``bias`` ``(C,)``.
+
+    Without ``bias``, ``values`` may have any shape.
+    """
+    if bias is not None:
+        values = values + bias[:, None, None]
+    return np.maximum(values, 0)
+
+
+def relu_backward(grad, activation):
+    """``grad`` where ``activation > 0``, else 0 (same shapes)."""
+    return grad * (activation > 0)
+
+
+def maxpool(values):
+    """Caffe ceil-mode 2x2 stride-2 max-pool of ``(C, H, W)``.
+
+    Returns (pooled ``(C, ceil(H/2), ceil(W/2))`` of ``values.dtype``, int64 argmax of
+    the same shape, flat ``y W + x`` into each channel). Windows are clipped at an
+    odd edge; ties take the first maximum in row-major order.
+    """
+    channels, height, width = values.shape
+    out_h, out_w = (height + 1) // 2, (width + 1) // 2
+    pooled = np.empty((channels, out_h, out_w), dtype=values.dtype)
+    argmax = np.empty((channels, out_h, out_w), dtype=np.int64)
+    for c in range(channels):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                window = values[c, 2 * oy : 2 * oy + 2, 2 * ox : 2 * ox + 2]
+                wy, wx = np.unravel_index(np.argmax(window), window.shape)
+                pooled[c, oy, ox] = window[wy, wx]
+                argmax[c, oy, ox] = (2 * oy + wy) * width + 2 * ox + wx
+    return pooled, argmax
+
+
+def maxpool_backward(grad_pooled, argmax, height, width):
+    """Pooled gradient ``(C, h, w)`` routed to its ``argmax`` -> ``(C, height, width)``."""
+    grad = np.zeros((grad_pooled.shape[0], height * width), dtype=grad_pooled.dtype)
+    for c in range(grad_pooled.shape[0]):
+        for index, value in zip(argmax[c].ravel(), grad_pooled[c].ravel(), strict=True):
+            grad[c, index] += value
+    return grad.reshape(-1, height, width)
+
+
+# --- L-BFGS vector operations (lbfgs_ops.py) --------------------------------------------
+
+
+def dot(a, b):
+    """``a . b`` of two ``(n,)`` vectors, in float64."""
+    return np.dot(a.astype(np.float64), b.astype(np.float64))
+
+
+def squared_error(output, target):
+    """Same-shape arrays -> (loss ``sum (output - target)^2``, gradient ``2 (output - target)``).
+
+    Both in float64.
+    """
+    difference = output.astype(np.float64) - target.astype(np.float64)
+    return np.sum(difference**2), 2 * difference
+
+
+def combine(a, b, alpha, beta):
+    """``alpha a + beta b`` of ``(n,)`` vectors."""
+    return alpha * a + beta * b
+
+
+def add_scaled(y, x, scalars, plus, minus, over):
+    """``y + (scalars[plus] - scalars[minus]) / scalars[over] x`` of ``(n,)`` vectors."""
+    return y + (scalars[plus] - scalars[minus]) / scalars[over] * x
+
+
+def scale(y, scalars, numerator, denominator):
+    """``y * scalars[numerator] / scalars[denominator]`` of an ``(n,)`` vector."""
+    return y * scalars[numerator] / scalars[denominator]
+
+
+# --- the VGG network (network.py, features.py) ------------------------------------------
+
+
+def conv3x3(x, weight, bias):
+    """3x3 cross-correlation, zero padding 1, in float64.
+
+    ``x`` ``(C, H, W)``, ``weight`` ``(O, C, 3, 3)``, ``bias`` ``(O,)`` -> ``(O, H, W)``.
+    """
+    _, height, width = x.shape
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((weight.shape[0], height, width))
+    for ky in range(3):
+        for kx in range(3):
+            window = padded[:, ky : ky + height, kx : kx + width]
+            out += np.einsum("oc,chw->ohw", weight[:, :, ky, kx].astype(np.float64), window)
+    return out + bias.astype(np.float64)[:, None, None]
+
+
+def vgg_levels(weights, x, layers):
+    """Feature maps (float64) after each block's first ReLU among ``layers``.
+
+    ``weights``: layer name -> (``(O, C, 3, 3)`` weight, ``(O,)`` bias); ``x``
+    ``(C, H, W)``, the input of ``layers[0]``. Each layer is `conv3x3` then ReLU, and
+    a ceil-mode `maxpool` follows the layers in ``vgg.POOL_AFTER``. Returns
+    ``{level: (C, H, W)}``, level ``n`` being the output of ``conv{n}_1``.
+    """
+    levels = {}
+    for name in layers:
+        weight, bias = weights[name]
+        x = np.maximum(conv3x3(x, weight, bias), 0)
+        if name.endswith("_1"):
+            levels[int(name[4])] = x
+        if name in vgg.POOL_AFTER:
+            x, _ = maxpool(x)
+    return levels
