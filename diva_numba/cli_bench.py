@@ -15,7 +15,7 @@ from diva_numba.bench import (
     run_benchmarks,
     write_json,
 )
-from diva_numba.cli_common import as_user_errors, device_option, notice
+from diva_numba.cli_common import as_user_errors, default_of, device_option, notice
 from diva_numba.outputs import check_target
 
 
@@ -32,14 +32,14 @@ from diva_numba.outputs import check_target
 @click.option(
     "--repeat",
     type=click.IntRange(min=1),
-    default=5,
+    default=default_of(BenchSettings, "repeat"),
     show_default=True,
     help="Timed calls per case after the warm-up call (slow cases stop after ~10 s).",
 )
 @click.option(
     "--size",
     type=click.Choice(SIZES),
-    default="real",
+    default=default_of(BenchSettings, "size"),
     show_default=True,
     help="real: the sizes of a 448x448 image; small: tiny inputs that only check it all runs.",
 )

@@ -16,6 +16,7 @@ from diva_numba.cli_common import (
     default_of,
     device_option,
 )
+from diva_numba.scale_out import ScaleOut
 from diva_numba.transfer import GUIDED_LBFGS_BY_DEVICE, LONG_SIDE_BY_DEVICE, TransferParams
 
 PREVIEW_ROWS = 4
@@ -100,6 +101,24 @@ PREVIEW_ROWS = 4
     show_default=True,
     help="Colour resolution: 420 plays everywhere; 444 keeps saturated colour edges sharp.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    help="Run the clip in chunks on this many Ray workers at once (one GPU each, or an "
+    "equal share of the CPU cores); needs the ray extra [default: one process, no chunks].",
+)
+@click.option(
+    "--ray-address",
+    help="Send the chunks to this running Ray cluster instead of starting a local one.",
+)
+@click.option(
+    "--chunk-frames",
+    type=click.IntRange(2),
+    default=default_of(ScaleOut, "chunk_frames"),
+    show_default=True,
+    help="With --workers: most frames per chunk; longer shots are split into chunks "
+    f"that overlap by {default_of(ScaleOut, 'overlap')} frames, blended at the joins.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @analogy_options
 @device_option
@@ -116,6 +135,9 @@ def transfer(style, clip, output, device, **options):
     from diva_numba.transfer import transfer_video
 
     preview = _Preview(output) if options["preview"] else None
+    scale_out = _scale_out(options)
+    if scale_out is not None and preview is not None:
+        raise click.UsageError("--preview works in one process only; leave out --workers")
     result = transfer_video(
         style,
         clip,
@@ -132,6 +154,7 @@ def transfer(style, clip, output, device, **options):
         on_frame=preview,
         progress=True,
         cpu_fallback=ask_cpu_fallback,
+        scale_out=scale_out,
     )
     if options["profile"] and result.last_profile is not None:
         click.echo(result.last_profile.table())
@@ -152,6 +175,18 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
     if options["guided_lbfgs_iters"] is not None:
         changes["guided_lbfgs_iterations"] = options["guided_lbfgs_iters"]
     return TransferParams.for_device(device, **changes)
+
+
+def _scale_out(options: dict) -> ScaleOut | None:
+    if options["workers"] is None and options["ray_address"] is None:
+        return None
+    chunk_frames = options["chunk_frames"]
+    return ScaleOut(
+        workers=options["workers"] or 1,
+        address=options["ray_address"],
+        chunk_frames=chunk_frames,
+        overlap=min(default_of(ScaleOut, "overlap"), chunk_frames // 2),
+    )
 
 
 class _Preview:

@@ -32,6 +32,7 @@ from diva_numba.imageio import load_image
 from diva_numba.outputs import check_free_space, check_target, refuse_inputs
 from diva_numba.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.profile import Profile
+from diva_numba.scale_out import ScaleOut, run_chunks
 from diva_numba.video import (
     VideoWriter,
 )
@@ -209,6 +210,7 @@ def transfer_video(
     on_frame: Callable[[FrameReport], None] | None = None,
     progress: bool = False,
     cpu_fallback: bool | Callable[[str], bool] = False,
+    scale_out: ScaleOut | None = None,
 ) -> TransferResult:
     """Give every frame of ``clip`` the look of the ``style`` image, without flicker.
 
@@ -245,6 +247,10 @@ def transfer_video(
         When ``device`` was "auto", the GPU was chosen and it runs out of
         memory: continue on the CPU from the frame that failed (True), or ask
         the callable, given the reason, whether to.
+    scale_out : ScaleOut, optional
+        Run the clip in chunks on Ray workers (shots and long stretches in
+        parallel, joins blended; :mod:`diva_numba.scale_out`). ``on_frame`` is
+        then not called: frames are made in other processes.
 
     Returns
     -------
@@ -304,8 +310,16 @@ def transfer_video(
 
     try:
         with _terminate_as_interrupt():
-            smaller = f"--size (now {max(plan.width, plan.height)})"
-            work = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
+            if scale_out is None:
+                smaller = f"--size (now {max(plan.width, plan.height)})"
+                work = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
+            else:
+                with counter:
+                    work = run_chunks(
+                        style, clip, plan, params, device, model=model, work_dir=work_dir,
+                        manifest=run_manifest(style, clip, plan, params, device), resume=resume,
+                        scale_out=scale_out, counter=counter,
+                    )  # fmt: skip
             try:
                 encode_video(
                     plan,
@@ -353,6 +367,14 @@ class _FrameCounter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def advance(self, frames: int) -> None:
+        """Count ``frames`` more finished frames made elsewhere (by workers)."""
+        if frames <= 0:
+            return
+        self.done += frames
+        if self.bar is not None:
+            self.bar.update(frames)
 
     def frame(self, report: FrameReport) -> None:
         self.done = report.done
