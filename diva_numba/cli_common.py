@@ -26,7 +26,13 @@ def notice(message: str) -> None:
 
 
 def device_option(command):
-    """Add ``--device auto|cuda|cpu``; the command receives a resolved :class:`Device`."""
+    """Add ``--device auto|cuda|cpu``; the command receives a resolved :class:`Device`.
+
+    The GPU is probed before the command does any work
+    (:func:`~diva_numba.device.cuda_status`): with ``auto`` a GPU that fails the
+    probe means the CPU and a notice with the reason; with ``cuda`` it is a
+    :class:`~diva_numba.errors.DeviceError` (exit 4) with the reason.
+    """
 
     @click.option(
         "--device",
@@ -34,7 +40,8 @@ def device_option(command):
         type=click.Choice(["auto", "cuda", "cpu"]),
         default="auto",
         show_default=True,
-        help="Compute device; auto uses CUDA when Numba sees a GPU and CuPy works.",
+        help="Compute device; auto uses CUDA when a trial Numba kernel and a cuBLAS "
+        "product run correctly on the GPU, and otherwise the CPU, saying why.",
     )
     @functools.wraps(command)
     def wrapper(*args, device_name: str, **kwargs):

@@ -224,13 +224,15 @@ class AnalogyModel:
 
     Notes
     -----
-    Features come from onnxruntime, on the GPU when its CUDA provider works; on
-    a CUDA device without it, the project's own GPU forward pass computes them
-    (same weights, same arithmetic up to float32 rounding).
+    Features come from onnxruntime, on the GPU when its CUDA provider works (TF32
+    off); on a CUDA device without it (the CPU build of onnxruntime, which is what
+    diva-numba installs, or a CUDA provider that fails), the project's own GPU
+    forward pass computes them (same weights, same arithmetic up to float32
+    rounding), and the first model loaded in the process says so, and why.
     """
 
     def __init__(self, model_path, device: Device):
-        from diva_numba.features import FeatureExtractor
+        from diva_numba.features import FeatureExtractor, notice_once
 
         self.path = Path(model_path)
         self.device = device
@@ -241,6 +243,14 @@ class AnalogyModel:
         self._gpu_forward = None
         if device.is_cuda and not self.extractor.runs_on_gpu:
             self._gpu_forward = SubNetwork(layers, 0, 5, max_workspaces=2)
+            # Expected with the CPU build (info); a CUDA provider that fails is a warning.
+            notice_once(
+                "computing the features with diva-numba's own GPU forward pass: "
+                + self.extractor.gpu_unavailable_reason,
+                logging.WARNING if self.extractor.cuda_provider_failed else logging.INFO,
+            )
+        elif device.is_cuda:
+            log.debug("computing the features with onnxruntime's CUDA provider, TF32 off")
 
     def preprocess(self, rgb: np.ndarray):
         """Level 0 of an RGB uint8 (H, W, 3) image: float32 (3, H, W) on the device."""

@@ -3,17 +3,22 @@
 GPU arrays are CuPy arrays; the code imports ``cupy`` whatever CUDA build
 provides it (``cupy-cuda12x``, ``cupy-cuda13x``, ...). Kernels dispatch on the
 array they are given, so the rest of the pipeline only decides once, here.
+:func:`cuda_status` probes the GPU once per process before any work (a Numba
+kernel on CuPy arrays, a cuBLAS product), so that a broken CUDA set-up is one
+line at the start of a run, not a failure in the middle of a frame.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import numpy as np
+from numba.core.errors import NumbaError, NumbaPerformanceWarning
 
 from diva_numba.errors import DeviceError
 from diva_numba.kernels.targets import is_cuda_array
@@ -49,29 +54,201 @@ class Device:
         return self.kind == "cuda"
 
 
+#: Elements of the probe kernel's arrays: more than one block of :data:`_PROBE_BLOCK` and
+#: not a multiple of it, so that the bounds check of the last block runs too.
+_PROBE_SIZE = 50
+_PROBE_BLOCK = 32
+#: The longest part of an exception's message that a reason quotes.
+_DETAIL_CHARS = 160
+
+
+class _ProbeFailure(Exception):
+    """A step of the GPU probe failed; the message is the user's one-line reason."""
+
+
 @functools.cache
 def cuda_status() -> tuple[bool, str]:
-    """Whether a CUDA GPU is usable through both Numba and CuPy, and why not if not."""
+    """Whether the GPU can run this project's work, and if not, a one-line reason why.
+
+    Probed once per process, before any work, so that a broken CUDA set-up is
+    reported here and not in the middle of a frame: Numba sees a GPU; CuPy
+    imports, sees it and runs its own kernels; a tiny Numba CUDA kernel compiles
+    (libNVVM), loads (the driver accepts its PTX) and runs on CuPy arrays, as the
+    pipeline's kernels are launched; a cuBLAS product runs through
+    ``cupy.matmul``; and every result read back is right. The reason names the
+    step that failed.
+    """
+    try:
+        _probe_gpu()
+    except _ProbeFailure as failure:
+        return False, str(failure)
+    return True, ""
+
+
+def _numba_cuda():
+    """Numba's CUDA target, unless it is missing or its simulator stands in for it."""
     try:
         from numba import cuda
     except Exception as exc:  # numba without its CUDA target
-        return False, f"Numba's CUDA target is unavailable ({exc.__class__.__name__})"
-    try:
-        if not cuda.is_available():
-            return False, "Numba sees no CUDA GPU"
-    except Exception as exc:
-        return False, f"Numba cannot talk to the CUDA driver ({exc})"
+        raise _ProbeFailure(f"Numba's CUDA target is unavailable ({error_line(exc)})") from None
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:
+        raise _ProbeFailure("Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1), not a GPU")
+    return cuda
+
+
+def _cupy():
+    """The ``cupy`` module, whichever CUDA build provides it."""
     try:
         import cupy
-    except ImportError:
-        return False, "CuPy is not installed (pip install 'diva-numba[cuda]')"
+    except ImportError as exc:
+        if exc.name == "cupy":
+            raise _ProbeFailure("CuPy is not installed (pip install 'diva-numba[cuda]')") from None
+        raise _ProbeFailure(f"CuPy cannot be imported ({error_line(exc)})") from None
+    except Exception as exc:  # a CuPy build for a CUDA that the machine lacks, and the like
+        raise _ProbeFailure(f"CuPy cannot be imported ({error_line(exc)})") from None
+    return cupy
+
+
+def _probe_gpu() -> None:
+    cuda = _numba_cuda()
     try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return False, "CuPy sees no CUDA GPU"
-        cupy.zeros(1).sum().item()
+        available = cuda.is_available()
     except Exception as exc:
-        return False, f"CuPy cannot use the GPU ({exc.__class__.__name__}: {exc})"
-    return True, ""
+        raise _ProbeFailure(f"Numba cannot talk to the CUDA driver ({error_line(exc)})") from None
+    if not available:
+        raise _ProbeFailure("Numba sees no CUDA GPU")
+    cupy = _cupy()
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        total = float(cupy.arange(4, dtype=cupy.float32).sum().item()) if count > 0 else None
+    except Exception as exc:
+        raise _ProbeFailure(f"CuPy cannot use the GPU ({error_line(exc)})") from None
+    if total is None:
+        raise _ProbeFailure("CuPy sees no CUDA GPU")
+    if total != 6:
+        raise _ProbeFailure(f"CuPy read back a wrong sum from the GPU ({total:g} for 0+1+2+3)")
+    _probe_kernel(cuda, cupy)
+    _probe_cublas(cupy)
+
+
+def _probe_kernel_function(cuda):
+    """The probe kernel's Python function; Numba compiles it on first launch."""
+    from diva_numba.kernels.targets import larger
+
+    # As the pipeline's kernels are: cuda.grid, a bounds check, a shared device function.
+    def probe(values, scale, out):
+        index = cuda.grid(1)
+        if index < out.size:
+            out[index] = larger(values[index] * scale, values[index]) + index
+
+    return probe
+
+
+def _probe_kernel(cuda, cupy) -> None:
+    """Compile and launch a tiny Numba kernel on CuPy arrays, and check what it wrote."""
+    values = np.linspace(-4, 4, _PROBE_SIZE, dtype=np.float32)
+    expected = np.maximum(values * 2, values) + np.arange(_PROBE_SIZE, dtype=np.float32)
+    try:
+        values_gpu = cupy.asarray(values)
+        out = cupy.zeros(_PROBE_SIZE, dtype=cupy.float32)
+    except Exception as exc:
+        raise _ProbeFailure(f"CuPy cannot use the GPU ({error_line(exc)})") from None
+    try:
+        kernel = cuda.jit(_probe_kernel_function(cuda))
+        blocks = -(-_PROBE_SIZE // _PROBE_BLOCK)
+        with warnings.catch_warnings():
+            # Two blocks are meant: no "low occupancy" warning at the start of every run.
+            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+            kernel[blocks, _PROBE_BLOCK](values_gpu, np.float32(2), out)
+        cuda.synchronize()
+        got = np.asarray(out.get())
+    except Exception as exc:
+        raise _ProbeFailure(_kernel_failure(exc, cupy)) from None
+    _check_values("the probe kernel", got, expected)
+
+
+def _probe_cublas(cupy) -> None:
+    """cuBLAS products as the convolutions run them: ``matmul`` into ``out``, and of a transpose."""
+    # Small integers: exact in float32 (and in TF32), so that any difference is an error.
+    a = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    b = np.arange(20, dtype=np.float32).reshape(4, 5) - 10
+    try:
+        a_gpu, b_gpu = cupy.asarray(a), cupy.asarray(b)
+        product = cupy.empty((3, 5), dtype=cupy.float32)
+        cupy.matmul(a_gpu, b_gpu, out=product)
+        back = cupy.matmul(a_gpu.T, product)
+        got_product, got_back = np.asarray(product.get()), np.asarray(back.get())
+    except Exception as exc:
+        raise _ProbeFailure(f"cuBLAS failed: {error_line(exc)}") from None
+    _check_values("cuBLAS (cupy.matmul)", got_product, a @ b)
+    _check_values("cuBLAS (cupy.matmul of a transpose)", got_back, a.T @ (a @ b))
+
+
+def _check_values(what: str, got: np.ndarray, expected: np.ndarray) -> None:
+    if got.shape != expected.shape:
+        detail = f"shape {got.shape} instead of {expected.shape}"
+    else:
+        wrong = ~np.isclose(got, expected, rtol=1e-6, atol=1e-6)
+        if not wrong.any():
+            return
+        index = int(np.argmax(wrong.ravel()))
+        detail = f"element {index} is {got.ravel()[index]:g}, not {expected.ravel()[index]:g}"
+    raise _ProbeFailure(f"{what} read back wrong values from the GPU ({detail})")
+
+
+#: How the failures of a kernel's compile or load read, lower-cased (Numba's built-in CUDA
+#: target and numba-cuda, with the driver's linker or nvJitLink).
+_NVVM_MISSING = ("cannot be found", "not found", "no such file", "cannot open", "failure finding")
+_PTX_TOO_NEW = ("unsupported_ptx_version", "unsupported .version", "unsupported toolchain")
+_NO_BINARY = ("no_binary_for_gpu", "no kernel image")
+
+
+def _kernel_failure(exc: BaseException, cupy) -> str:
+    """The reason for a failed compile, load or launch of the probe kernel."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "nvvm" in text and any(marker in text for marker in _NVVM_MISSING):
+        major = _cuda_version(cupy, "runtimeGetVersion", major_only=True)
+        wheel = f"numba-cuda[cu{major}]" if major else "numba-cuda[cu12] or numba-cuda[cu13]"
+        return (
+            f"Numba cannot compile CUDA kernels: libNVVM not found (install {wheel} "
+            "or set CUDA_HOME)"
+        )
+    if any(marker in text for marker in _PTX_TOO_NEW):
+        driver = _cuda_version(cupy, "driverGetVersion")
+        which = f"the driver supports CUDA {driver}" if driver else "the driver is too old"
+        return (
+            "the GPU driver is older than the PTX that Numba generates "
+            f"(CUDA_ERROR_UNSUPPORTED_PTX_VERSION; {which}): update the NVIDIA driver, or "
+            "install numba-cuda with a CUDA toolkit no newer than the driver"
+        )
+    if any(marker in text for marker in _NO_BINARY):
+        return f"Numba cannot build CUDA kernels for this GPU ({error_line(exc)})"
+    if "nvvm" in text or isinstance(exc, NumbaError):  # libNVVM, typing, lowering
+        return f"Numba cannot compile CUDA kernels: {error_line(exc)}"
+    return f"Numba cannot run CUDA kernels on CuPy arrays: {error_line(exc)}"
+
+
+def _cuda_version(cupy, function: str, *, major_only: bool = False) -> str:
+    """``"12.4"`` (or ``"12"``) from CuPy's runtime, or "" when it cannot tell."""
+    try:
+        number = int(getattr(cupy.cuda.runtime, function)())
+    except Exception:
+        return ""
+    major, minor = number // 1000, (number % 1000) // 10
+    return str(major) if major_only else f"{major}.{minor}"
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` on one line: the first line that says something, shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Numba's compiler errors open with the pipeline that failed; the cause comes next.
+    informative = [line for line in lines if not line.startswith("Failed in ")] or lines
+    message = informative[0] if informative else ""
+    if len(message) > _DETAIL_CHARS:
+        message = message[: _DETAIL_CHARS - 3].rstrip() + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _cpu_description() -> str:
@@ -81,8 +258,7 @@ def _cpu_description() -> str:
 
 
 def _gpu_description() -> str:
-    import cupy
-
+    cupy = _cupy()
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"]
     return name.decode() if isinstance(name, bytes) else str(name)
@@ -94,12 +270,15 @@ def resolve_device(name: DeviceName = "auto") -> Device:
     Parameters
     ----------
     name : {"auto", "cuda", "cpu"}
-        ``auto`` picks CUDA only when Numba sees a GPU and CuPy works.
+        ``auto`` picks CUDA only when the GPU passes the probe of
+        :func:`cuda_status`, and otherwise the CPU with the probe's reason in
+        :attr:`Device.note`.
 
     Raises
     ------
     DeviceError
-        If ``cuda`` was asked for and no GPU is usable.
+        If ``cuda`` was asked for and the GPU fails the probe (the message says
+        which step failed).
     """
     if name == "cpu":
         return Device("cpu", _cpu_description())
@@ -218,6 +397,7 @@ __all__ = [
     "array_module",
     "cuda_status",
     "device_kind",
+    "error_line",
     "is_cuda_array",
     "is_out_of_memory",
     "release_gpu_memory",

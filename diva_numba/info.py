@@ -1,4 +1,10 @@
-"""What ``diva-numba info`` reports: devices, library versions, model status."""
+"""What ``diva-numba info`` reports: devices, library versions, model status.
+
+The GPU row is the outcome of :func:`~diva_numba.device.cuda_status`'s probe (a
+Numba kernel on CuPy arrays and a cuBLAS product), with its reason when it fails;
+the feature rows say which onnxruntime build is installed and what computes the
+features on each device.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +42,18 @@ def _cuda_version_string(number: int) -> str:
     return f"{number // 1000}.{(number % 1000) // 10}"
 
 
-def _onnxruntime_providers() -> str:
-    try:
-        import onnxruntime
-    except ImportError:
-        return "onnxruntime not installed"
-    return ", ".join(onnxruntime.get_available_providers())
+def _feature_rows(gpu_ok: bool) -> list[tuple[str, str]]:
+    """The onnxruntime build, its providers, and what computes the features on each device."""
+    from diva_numba.features import cpu_feature_path, gpu_feature_path, onnxruntime_build
+
+    build = onnxruntime_build()
+    gpu_path = gpu_feature_path(build)
+    return [
+        ("onnxruntime", build.flavour),
+        ("onnxruntime providers", ", ".join(build.providers) or "none"),
+        ("features on the CPU", cpu_feature_path() if not build.error else "unavailable"),
+        ("features on the GPU", gpu_path if gpu_ok else f"no usable GPU; with one: {gpu_path}"),
+    ]
 
 
 def _model_rows() -> list[tuple[str, str]]:
@@ -67,16 +79,10 @@ def collect_info() -> list[tuple[str, str]]:
         ("platform", platform.platform()),
         ("numpy", _package_version("numpy")),
         ("numba", _package_version("numba")),
-        ("onnxruntime", _package_version("onnxruntime") + _gpu_build_suffix()),
-        ("onnxruntime providers", _onnxruntime_providers()),
         *_cupy_versions(),
         ("GPU", device.description if ok else f"none usable: {reason}"),
         ("device (auto)", device.kind),
+        *_feature_rows(ok),
         *_model_rows(),
     ]
     return rows
-
-
-def _gpu_build_suffix() -> str:
-    gpu = _package_version("onnxruntime-gpu")
-    return "" if gpu == "not installed" else f" (onnxruntime-gpu {gpu})"

@@ -17,6 +17,7 @@ from fractions import Fraction
 
 import cv2
 import numpy as np
+import probe_fakes
 import pytest
 from cli_checks import assert_one_error, hidden_files
 from click.testing import CliRunner
@@ -214,6 +215,70 @@ def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, mon
     assert "resuming after 2 of 6 frames" in result.output
     assert probe_video(out).frame_count == FRAMES
     assert not (tmp_path / "out.mp4.work").exists()
+
+
+# --- a GPU that fails its probe -----------------------------------------------------------------
+# The probe (device.cuda_status) runs before any work; its fakes are in probe_fakes.py.
+
+
+def info(**kwargs):
+    result = CliRunner().invoke(cli, ["info"], **kwargs)
+    assert result.exit_code == 0, result.output
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+
+
+@pytest.mark.parametrize("fault", ["nvvm", "ptx", "typing", "cublas", "cublas-values"])
+def test_info_names_what_failed(fault, monkeypatch):
+    reason = probe_fakes.install_fault(monkeypatch, fault)
+    rows = {key.strip(): value.strip() for key, value in info().items()}
+    assert rows["GPU"].startswith(f"none usable: {reason}")
+    assert rows["device (auto)"] == "cpu"
+    assert rows["features on the GPU"].startswith("no usable GPU; with one: ")
+
+
+def test_info_on_a_working_gpu_says_what_computes_the_features(monkeypatch):
+    import onnxruntime
+
+    probe_fakes.install(monkeypatch)
+    rows = {key.strip(): value.strip() for key, value in info().items()}
+    assert rows["GPU"] == probe_fakes.GPU_NAME and rows["device (auto)"] == "cuda"
+    assert rows["onnxruntime"] == f"onnxruntime {onnxruntime.__version__} (CPU build)"
+    assert rows["onnxruntime providers"] == ", ".join(onnxruntime.get_available_providers())
+    assert rows["features on the CPU"].startswith("onnxruntime, CPUExecutionProvider, ")
+    assert rows["features on the GPU"] == (
+        "diva-numba's own GPU forward pass (onnxruntime has no CUDA provider)"
+    )
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    rows = {key.strip(): value.strip() for key, value in info().items()}
+    assert rows["features on the GPU"].startswith(
+        "onnxruntime, CUDAExecutionProvider with TF32 off"
+    )
+
+
+def test_auto_runs_on_the_cpu_with_the_reason(tmp_path, rng, tiny_model, monkeypatch):
+    reason = probe_fakes.install_fault(monkeypatch, "ptx")
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out)], tiny_model)
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "using the CPU" in line]
+    assert len(notices) == 1 and notices[0].startswith(f"diva-numba: using the CPU: {reason}")
+    assert load_image(out / "A_prime.png").shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("fault", ["nvvm", "ptx", "launch", "cublas", "kernel-values"])
+def test_device_cuda_exits_4_before_any_work(fault, tmp_path, rng, tiny_model, monkeypatch):
+    reason = probe_fakes.install_fault(monkeypatch, fault)
+    loads = []
+    monkeypatch.setattr(analogy_io, "load_model", lambda *args: loads.append(args))
+    out = tmp_path / "out"
+    result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cuda"], tiny_model)
+    line = assert_one_error(result, 4)
+    assert line.startswith(f"Error: --device cuda: no usable GPU: {reason}")
+    assert loads == [] and not out.exists() and hidden_files(tmp_path) == []
 
 
 # --- a full disk -------------------------------------------------------------------------------

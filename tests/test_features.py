@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import types
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
 import naive
@@ -12,6 +14,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from diva_numba import features
 from diva_numba.device import Device
 from diva_numba.errors import InputError, ModelError
 from diva_numba.features import MIN_SIDE, FeatureExtractor
@@ -131,13 +134,257 @@ def test_cuda_device_without_cuda_provider_copies_to_gpu(tiny, rng, monkeypatch)
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda a=available: a)
         extractor = FeatureExtractor(path, Device("cuda", "fake GPU"))
         assert not extractor.runs_on_gpu
+        assert extractor.cuda_provider_failed == ("CUDAExecutionProvider" in available)
         image = rng.integers(0, 256, size=(17, 19, 3), dtype=np.uint8)
         features = extractor(image)
         assert all(isinstance(value, FakeGpuArray) for value in features.values())
         host = {layer: value.host for layer, value in features.items()}
         assert_features_close(host, reference_features(weights, image))
-    assert requested[0] == ["CPUExecutionProvider"]
-    assert requested[1][0] == ("CUDAExecutionProvider", {"device_id": 0})
+        assert extractor.gpu_unavailable_reason
+    # No CUDA provider in the build: no attempt; one that does not start: its CPU session.
+    assert requested == [
+        ["CPUExecutionProvider"],
+        [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0}), "CPUExecutionProvider"],
+    ]
+
+
+# ---------------------------------------------------------------------------
+# onnxruntime builds, the CUDA provider with TF32 off, and what computes GPU features
+
+GPU = Device("cuda", "fake GPU")
+CUDA_REQUEST = [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0}), "CPUExecutionProvider"]
+
+
+class RuntimeException(Exception):
+    """Shaped like onnxruntime's unexported error class."""
+
+
+class FakeCudaSession:
+    """A session whose CUDA provider started; its trial run can fail."""
+
+    def __init__(self, run_error=None):
+        self.run_error = run_error
+        self.trials = []
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def run(self, outputs, feeds):
+        self.trials.append(feeds[features.INPUT_NAME].shape)
+        if self.run_error is not None:
+            raise self.run_error
+        return []
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """onnxruntime with a CUDA provider and CuPy on device 0, both faked.
+
+    Returns the provider lists sessions were asked for, and a dict whose ``"session"``
+    (a FakeCudaSession, or an exception to raise) answers CUDA requests; CPU
+    requests get real sessions.
+    """
+    fake_cupy = types.ModuleType("cupy")
+    fake_cupy.asarray = FakeGpuArray
+    fake_cupy.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    requested = []
+    answer = {"session": FakeCudaSession()}
+    real_session = onnxruntime.InferenceSession
+
+    def session(model, sess_options=None, providers=None):
+        requested.append(providers)
+        if providers[0] == "CPUExecutionProvider":
+            return real_session(model, sess_options=sess_options, providers=providers)
+        if isinstance(answer["session"], BaseException):
+            raise answer["session"]
+        return answer["session"]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    return requested, answer
+
+
+def test_cuda_provider_runs_with_tf32_off_after_a_trial_image(tiny, cuda_build):
+    requested, answer = cuda_build
+    extractor = FeatureExtractor(tiny[0], GPU)
+    assert extractor.runs_on_gpu and not extractor.cuda_provider_failed
+    assert extractor.gpu_unavailable_reason == ""
+    assert requested == [CUDA_REQUEST]
+    assert answer["session"].trials == [(1, 3, MIN_SIDE, MIN_SIDE)]
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "reason"),
+    [
+        (
+            "start",
+            RuntimeException(
+                "[ONNXRuntimeError] : 1 : FAIL : cudnn error CUDNN_STATUS_NOT_INITIALIZED"
+            ),
+            "onnxruntime's CUDA provider failed: RuntimeException: [ONNXRuntimeError] : 1 : "
+            "FAIL : cudnn error",
+        ),
+        (
+            "trial",
+            RuntimeException("CUDA failure 209: no kernel image is available for execution"),
+            "onnxruntime's CUDA provider failed on a trial image: RuntimeException: CUDA "
+            "failure 209",
+        ),
+    ],
+)
+def test_failing_cuda_provider_falls_back_to_a_cpu_session(where, error, reason, tiny, rng,
+                                                           cuda_build):  # fmt: skip
+    path, weights = tiny
+    requested, answer = cuda_build
+    answer["session"] = error if where == "start" else FakeCudaSession(run_error=error)
+    extractor = FeatureExtractor(path, GPU)
+    assert not extractor.runs_on_gpu and extractor.cuda_provider_failed
+    assert extractor.gpu_unavailable_reason.startswith(reason)
+    assert requested == [CUDA_REQUEST, ["CPUExecutionProvider"]]
+    image = rng.integers(0, 256, size=(17, 19, 3), dtype=np.uint8)
+    host = {layer: value.host for layer, value in extractor(image).items()}
+    assert_features_close(host, reference_features(weights, image))
+
+
+def test_out_of_gpu_memory_on_the_trial_image_is_not_hidden(tiny, cuda_build):
+    _, answer = cuda_build
+    oom = RuntimeException("Failed to allocate memory for requested buffer of size 411041792")
+    answer["session"] = FakeCudaSession(run_error=oom)
+    with pytest.raises(RuntimeException, match="Failed to allocate memory"):
+        FeatureExtractor(tiny[0], GPU)
+
+
+def installed(monkeypatch, *names):
+    """Make ``features.onnxruntime_build`` see exactly these distributions installed."""
+
+    def fake_version(name):
+        if name in names:
+            return "1.99.0"
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(features, "version", fake_version)
+
+
+@pytest.mark.parametrize(
+    ("names", "flavour"),
+    [
+        (("onnxruntime",), "onnxruntime {v} (CPU build)"),
+        (("onnxruntime-gpu",), "onnxruntime-gpu {v} (CUDA build)"),
+        (("onnxruntime-directml",), "onnxruntime-directml {v}"),
+        ((), "{v} (a build not installed from PyPI)"),
+    ],
+)
+def test_onnxruntime_build_is_named(names, flavour, monkeypatch):
+    installed(monkeypatch, *names)
+    build = features.onnxruntime_build()
+    assert build.distributions == names and build.conflict == ""
+    assert build.flavour == flavour.format(v=onnxruntime.__version__)
+    assert build.providers == tuple(onnxruntime.get_available_providers())
+
+
+def test_both_builds_installed_is_called_broken(monkeypatch):
+    installed(monkeypatch, "onnxruntime", "onnxruntime-gpu")
+    build = features.onnxruntime_build()
+    assert build.conflict.startswith(
+        "onnxruntime and onnxruntime-gpu are both installed; they share the onnxruntime package"
+    )
+    assert "uninstall all of them, then install one" in build.conflict
+    assert build.flavour == f"{onnxruntime.__version__}: BROKEN, {build.conflict}"
+
+
+def test_onnxruntime_that_cannot_be_imported(monkeypatch):
+    installed(monkeypatch, "onnxruntime-gpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    build = features.onnxruntime_build()
+    assert build.error.startswith("ModuleNotFoundError: ") and build.providers == ()
+    assert build.flavour == f"cannot be imported ({build.error})"
+
+
+def test_gpu_feature_path_follows_the_providers():
+    cpu_build = features.OnnxruntimeBuild(("onnxruntime",), "1.2.3", ("CPUExecutionProvider",))
+    gpu_build = dataclasses.replace(
+        cpu_build, providers=("CUDAExecutionProvider", "CPUExecutionProvider")
+    )
+    assert features.gpu_feature_path(cpu_build) == (
+        "diva-numba's own GPU forward pass (onnxruntime has no CUDA provider)"
+    )
+    assert features.gpu_feature_path(gpu_build).startswith(
+        "onnxruntime, CUDAExecutionProvider with TF32 off"
+    )
+    assert features.cpu_feature_path(3) == "onnxruntime, CPUExecutionProvider, 3 threads"
+
+
+@pytest.fixture
+def notices(monkeypatch):
+    """The diva_numba log records of this test, with a fresh once-per-process memory."""
+    monkeypatch.setattr(features, "_notices_given", set())
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("diva_numba")
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_own_gpu_forward_pass_is_announced_once(tiny_model, monkeypatch, notices):
+    from diva_numba.deep_analogy import AnalogyModel
+
+    installed(monkeypatch, "onnxruntime")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    models = [AnalogyModel(tiny_model, GPU) for _ in range(2)]
+    assert all(model._gpu_forward is not None for model in models)
+    assert [(r.levelno, r.getMessage()) for r in notices] == [
+        (
+            logging.INFO,
+            "computing the features with diva-numba's own GPU forward pass: onnxruntime has "
+            f"no CUDA provider: onnxruntime {onnxruntime.__version__} (CPU build) is installed",
+        )
+    ]
+    AnalogyModel(tiny_model, CPU)  # nothing to say on the CPU
+    assert len(notices) == 1
+
+
+def test_failing_cuda_provider_is_a_warning(tiny_model, cuda_build, notices):
+    from diva_numba.deep_analogy import AnalogyModel
+
+    _, answer = cuda_build
+    answer["session"] = FakeCudaSession(run_error=RuntimeException("CUDNN_STATUS_EXECUTION_FAILED"))
+    model = AnalogyModel(tiny_model, GPU)
+    assert model._gpu_forward is not None
+    [record] = notices
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "computing the features with diva-numba's own GPU forward pass: onnxruntime's CUDA "
+        "provider failed on a trial image: RuntimeException: CUDNN_STATUS_EXECUTION_FAILED"
+    )
+
+
+def test_working_cuda_provider_is_used_without_a_notice(tiny_model, cuda_build, notices):
+    from diva_numba.deep_analogy import AnalogyModel
+
+    model = AnalogyModel(tiny_model, GPU)
+    assert model._gpu_forward is None and model.extractor.runs_on_gpu
+    assert [r.levelno for r in notices] == [logging.DEBUG]
+
+
+def test_both_builds_installed_is_warned_once_on_a_gpu(tiny, monkeypatch, notices):
+    installed(monkeypatch, "onnxruntime", "onnxruntime-gpu")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    for _ in range(2):
+        FeatureExtractor(tiny[0], GPU)
+    FeatureExtractor(tiny[0], CPU)
+    [record] = notices
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        "onnxruntime: onnxruntime and onnxruntime-gpu are both installed"
+    )
 
 
 @pytest.mark.parametrize(
