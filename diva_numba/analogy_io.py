@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diva_numba.compositing import preserve_colour as preserve_colour_of
 from diva_numba.deep_analogy import AnalogyParams, AnalogyResult, analogy, load_model
 from diva_numba.device import Device, resolve_device, to_host, within_memory
 from diva_numba.imageio import MAX_AREA, load_image, resize, save_image, working_size
@@ -39,6 +40,7 @@ def analogy_files(
     ratio: float = 1.0,
     refine: bool = False,
     save_levels: bool = False,
+    preserve_colour: bool = False,
     overwrite: bool = False,
     cpu_fallback: bool | Callable[[str], bool] = False,
 ) -> AnalogyResult:
@@ -70,6 +72,9 @@ def analogy_files(
     refine : bool, default False
         Photo mode: ``A' <- A + WLS(A') - WLS(A)`` (and likewise B).
     save_levels : bool, default False
+    preserve_colour : bool, default False
+        Keep A's colours in A' (and B''s in B): CIE L* from the analogy, a* and
+        b* from the image (:func:`~diva_numba.compositing.preserve_colour`).
     overwrite : bool, default False
     cpu_fallback : bool or callable, default False
         See :func:`~diva_numba.device.within_memory`.
@@ -102,6 +107,9 @@ def analogy_files(
             with result.profile.stage("refine"):
                 result.a_prime = refine_photo(result.a_prime, a)
                 result.b = refine_photo(result.b, bp)
+        if preserve_colour:
+            result.a_prime = preserve_colour_of(result.a_prime, a)
+            result.b = preserve_colour_of(result.b, bp)
         return result
 
     smaller = f"--size (now {max(*a.shape[:2], *bp.shape[:2])}) or --ratio"

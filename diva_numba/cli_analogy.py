@@ -64,7 +64,8 @@ analogy_options = _stack(
         "numbers. Larger keeps more of the structure image.",
     ),
     click.option(
-        "--mask",
+        "--response-mask",
+        "mask",
         type=click.Choice(["sigmoid", "step"]),
         default=default_of(AnalogyParams, "mask"),
         show_default=True,
@@ -147,11 +148,16 @@ def analogy_params(device: Device, options: dict) -> AnalogyParams:
     is_flag=True,
     help="Also write every level's fields (.npy) and a flow-colour picture of each.",
 )
+@click.option(
+    "--preserve-colour",
+    is_flag=True,
+    help="Keep A's colours: A' takes its CIE L* lightness from the analogy and a*, b* from A.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @device_option
 @as_user_errors
-def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, overwrite, device,
-            **options):  # fmt: skip
+def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, preserve_colour,
+            overwrite, device, **options):  # fmt: skip
     """Image analogy A : A' :: B : B' for a structure image A and a style image B'.
 
     Writes to OUTPUT: A_prime.png (A's structure with B''s look), B.png (B''s
@@ -171,6 +177,7 @@ def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, overwri
         ratio=ratio,
         refine=refine,
         save_levels=save_levels,
+        preserve_colour=preserve_colour,
         overwrite=overwrite,
         cpu_fallback=ask_cpu_fallback,
     )

@@ -16,6 +16,7 @@ from diva_numba.cli_common import (
     default_of,
     device_option,
 )
+from diva_numba.keyframes import Keyframe, parse_key
 from diva_numba.scale_out import ScaleOut
 from diva_numba.transfer import GUIDED_LBFGS_BY_DEVICE, LONG_SIDE_BY_DEVICE, TransferParams
 
@@ -102,6 +103,42 @@ PREVIEW_ROWS = 4
     help="Colour resolution: 420 plays everywhere; 444 keeps saturated colour edges sharp.",
 )
 @click.option(
+    "--style-frame",
+    type=click.IntRange(0),
+    metavar="N",
+    help="STYLE is a painting of frame N of the clip: it is carried along the optical flow "
+    "(a keyframe), and the deep analogy fills in only what frame N does not show.",
+)
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    metavar="N:IMAGE",
+    callback=lambda ctx, param, values: _parse_keys(values),
+    help="Another painted keyframe: IMAGE is a painting of frame N (repeatable). Each stretch "
+    "of the clip follows its nearest keyframes, blended where two meet.",
+)
+@click.option(
+    "--mask",
+    "region_mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Stylise only where this grey image (or video of the clip's length) is white; "
+    "elsewhere the input passes through unchanged.",
+)
+@click.option(
+    "--mask-feather",
+    type=click.FloatRange(0),
+    default=default_of(TransferParams, "mask_feather"),
+    show_default=True,
+    metavar="PX",
+    help="Width in pixels over which the effect fades in from the mask's edge.",
+)
+@click.option(
+    "--preserve-colour",
+    is_flag=True,
+    help="Keep each frame's colours: the output's CIE L* lightness with the frame's a*, b*.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 1024),
     help="Run the clip in chunks on this many Ray workers at once (one GPU each, or an "
@@ -155,6 +192,8 @@ def transfer(style, clip, output, device, **options):
         progress=True,
         cpu_fallback=ask_cpu_fallback,
         scale_out=scale_out,
+        keys=_keyframes(style, options),
+        mask=options["region_mask"],
     )
     if options["profile"] and result.last_profile is not None:
         click.echo(result.last_profile.table())
@@ -169,12 +208,34 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
         "independent": options["independent"],
         "crf": options["crf"],
         "chroma": options["chroma"],
+        "preserve_colour": options["preserve_colour"],
+        "mask_feather": options["mask_feather"],
     }
     if options["size"] is not None:
         changes["long_side"] = options["size"]
     if options["guided_lbfgs_iters"] is not None:
         changes["guided_lbfgs_iterations"] = options["guided_lbfgs_iters"]
     return TransferParams.for_device(device, **changes)
+
+
+def _parse_keys(values) -> list[Keyframe]:
+    keys = []
+    for value in values:
+        try:
+            key = parse_key(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--key") from None
+        if not key.path.is_file():
+            raise click.BadParameter(f"{key.path} does not exist", param_hint="--key")
+        keys.append(key)
+    return keys
+
+
+def _keyframes(style: Path, options: dict) -> list[Keyframe]:
+    keys = list(options["keys"])
+    if options["style_frame"] is not None:
+        keys.append(Keyframe(options["style_frame"], style))
+    return keys
 
 
 def _scale_out(options: dict) -> ScaleOut | None:

@@ -11,8 +11,14 @@ Every later frame inherits from the one before it (docs/DESIGN.md section 3):
 * at the pixels, the output is pulled towards the previous output warped into
   this frame wherever the flow is reliable (``temporal_weight``).
 
-State is saved in the :class:`~diva_numba.workdir.WorkDirectory` after every
-frame, so a run continues where it stopped.
+What a frame inherits stays on the run's device from frame to frame (fields,
+deconvolution solutions, B's latent features) and is moved there: the flow and
+the occlusion mask go up once per frame, the fields through
+:func:`~diva_numba.kernels.nnf_resample.pull_field`, the solutions by a gather at
+the positions it gives, the mask by array-module code. State is saved in the
+:class:`~diva_numba.workdir.WorkDirectory` after every frame, so a run continues
+where it stopped: one device->host copy of it, then the files are written in
+the background while the next frame is computed.
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from diva_numba.deep_analogy import AnalogyModel, FrameGuide, analogy
-from diva_numba.device import to_device, to_host
+from diva_numba.device import Device, array_module, is_cuda_array, to_device, to_host
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.video import read_frames
-from diva_numba.workdir import FrameState, WorkDirectory
+from diva_numba.workdir import BackgroundWriter, FrameState, WorkDirectory
 
 
 @dataclass
@@ -70,6 +76,7 @@ def stylise_frames(
     params,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
+    finish=None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
 
@@ -84,63 +91,151 @@ def stylise_frames(
     params : TransferParams
     on_frame : callable, optional
         Called after every finished frame (progress bars, previews).
+    finish : FinishSpec, optional
+        Keyframes, mask and colour (:mod:`diva_numba.finishing`). With
+        keyframes the deep analogy runs only on frames with content no
+        keyframe shows; its state then carries over from the last frame it
+        ran on.
     """
     done = work.finished_frames(plan.start, plan.end)
     first_todo = plan.start + done
     if first_todo >= plan.end:
         return
-    state = work.load_state() if done else None
+    device = model.device
+    state = _state_on_device(work.load_state(), device) if done else None
     latent_b = work.load_latent_b() if done else None
+    if latent_b is not None:
+        latent_b = {level: to_device(value, device) for level, value in latent_b.items()}
     features_bp = model.features(plan.style)
     guided = dataclasses.replace(params.analogy, lbfgs_iterations=params.guided_lbfgs_iterations)
-    for index, frame in _working_frames(clip_path, plan, first_todo):
-        started = time.perf_counter()
-        refresh_b = (
-            latent_b is None
-            or params.independent
-            or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
-        )
-        if state is None or params.independent:
-            result = analogy(
-                model, frame, plan.style, params=params.analogy, features_bp=features_bp
+    finisher = (
+        None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
+    )
+    with BackgroundWriter() as writer:
+        for index, frame in _working_frames(clip_path, plan, first_todo):
+            writer.check()
+            started = time.perf_counter()
+            refresh_b = (
+                latent_b is None
+                or params.independent
+                or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
             )
-            output = result.a_prime
-        else:
-            forward, backward = flow_pair(state.input_frame, frame, preset=params.flow_preset)
-            occluded = occlusion_mask(forward, backward)
-            guide = _guide(state, backward, occluded, plan, params)
-            if not refresh_b:
-                guide.latent_b = {lv: to_device(v, model.device) for lv, v in latent_b.items()}
-            result = analogy(
-                model, frame, plan.style, params=guided, features_bp=features_bp, guide=guide
-            )
-            output = _temporal_blend(
-                result.a_prime, state.output_frame, backward, occluded, params.temporal_weight
-            )
-        save_image(work.frame_path(index), output)
-        if refresh_b:
-            latent_b = {lv: to_host(v) for lv, v in result.latent_b.items()}
-            work.save_latent_b(latent_b)
-        state = FrameState(
-            index=index,
-            input_frame=frame,
-            output_frame=output,
-            fields_ab={lv: to_host(fields[0]) for lv, fields in result.level_fields.items()},
-            deconv_ab={lv: to_host(r) for lv, r in result.deconvolutions.items()},
-        )
-        work.save_state(state)
-        if on_frame is not None:
-            on_frame(
-                FrameReport(
-                    index,
-                    index + 1 - plan.start,
-                    plan.end - plan.start,
-                    time.perf_counter() - started,
-                    frame,
-                    output,
-                    result.profile,
+            if finisher is not None and not finisher.needs_analogy(index):
+                finished = finisher(index, frame, None)
+                # The analogy's state stays that of the last frame it ran on.
+                state = (
+                    FrameState(index, frame, finished, {}, {})
+                    if state is None
+                    else dataclasses.replace(state, index=index)
                 )
+                writer.submit(_frame_writer(work, state, None, finished))
+                if on_frame is not None:
+                    seconds = time.perf_counter() - started
+                    total = plan.end - plan.start
+                    report = FrameReport(index, index + 1 - plan.start, total, seconds, frame,
+                                         finished, None)  # fmt: skip
+                    on_frame(report)
+                continue
+            if state is None or not state.fields_ab or params.independent:
+                result = analogy(
+                    model, frame, plan.style, params=params.analogy, features_bp=features_bp
+                )
+                output = result.a_prime
+            else:
+                forward, backward = flow_pair(state.input_frame, frame, preset=params.flow_preset)
+                occluded = occlusion_mask(forward, backward)
+                guide = _guide(state, backward, occluded, plan, params, device)
+                if not refresh_b:
+                    guide.latent_b = latent_b
+                result = analogy(
+                    model, frame, plan.style, params=guided, features_bp=features_bp, guide=guide
+                )
+                output = _temporal_blend(
+                    result.a_prime, state.output_frame, backward, occluded, params.temporal_weight
+                )
+            if refresh_b:
+                latent_b = dict(result.latent_b)
+            state = FrameState(
+                index=index,
+                input_frame=frame,
+                output_frame=output,
+                fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
+                deconv_ab=dict(result.deconvolutions),
             )
+            finished = output if finisher is None else finisher(index, frame, output)
+            writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
+            if on_frame is not None:
+                on_frame(
+                    FrameReport(
+                        index,
+                        index + 1 - plan.start,
+                        plan.end - plan.start,
+                        time.perf_counter() - started,
+                        frame,
+                        finished,
+                        result.profile,
+                    )
+                )
+
+
+def _state_on_device(state: FrameState, device: Device) -> FrameState:
+    """A loaded state with its fields and solutions on ``device`` (one upload each)."""
+    return dataclasses.replace(
+        state,
+        fields_ab={lv: to_device(v, device) for lv, v in state.fields_ab.items()},
+        deconv_ab={lv: to_device(v, device) for lv, v in state.deconv_ab.items()},
+    )
+
+
+def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None, output):
+    """Host copies of a frame's results (one transfer), and the job that writes them.
+
+    The files are written in this order, each atomically: the frame, B's latent
+    features when refreshed, the state. The state names the last finished frame,
+    so whenever a run stops, every frame it names is on disk with what the next
+    frame needs.
+    """
+    arrays = {("field", lv): v for lv, v in state.fields_ab.items()}
+    arrays.update({("deconv", lv): v for lv, v in state.deconv_ab.items()})
+    arrays.update({("latent", lv): v for lv, v in (latent_b or {}).items()})
+    host = _download(arrays)
+    host_state = dataclasses.replace(
+        state,
+        fields_ab={lv: host["field", lv] for lv in state.fields_ab},
+        deconv_ab={lv: host["deconv", lv] for lv in state.deconv_ab},
+    )
+    host_latent_b = None if latent_b is None else {lv: host["latent", lv] for lv in latent_b}
+
+    def write() -> None:
+        save_image(work.frame_path(state.index), output)
+        if host_latent_b is not None:
+            work.save_latent_b(host_latent_b)
+        work.save_state(host_state)
+
+    return write
+
+
+def _download(arrays: dict) -> dict:
+    """Host copies of ``arrays``: the device arrays in one device->host transfer.
+
+    Host arrays are copied too, so that the background writer never reads an
+    array the next frame may reuse.
+    """
+    on_device = [key for key, value in arrays.items() if is_cuda_array(value)]
+    copies = {key: np.array(value) for key, value in arrays.items() if key not in on_device}
+    if on_device:
+        xp = array_module(arrays[on_device[0]])
+        packed = xp.concatenate(
+            [xp.ascontiguousarray(arrays[key]).reshape(-1).view(xp.uint8) for key in on_device]
+        )
+        host = to_host(packed)
+        offset = 0
+        for key in on_device:
+            value = arrays[key]
+            nbytes = value.size * value.dtype.itemsize
+            copies[key] = host[offset : offset + nbytes].view(value.dtype).reshape(value.shape)
+            offset += nbytes
+    return copies
 
 
 def _working_frames(clip_path: Path, plan, first: int) -> Iterator:
@@ -149,47 +244,62 @@ def _working_frames(clip_path: Path, plan, first: int) -> Iterator:
 
 
 def _guide(
-    state: FrameState, backward: np.ndarray, occluded: np.ndarray, plan, params
+    state: FrameState, backward: np.ndarray, occluded: np.ndarray, plan, params, device: Device
 ) -> FrameGuide:
-    """Seeds for frame t from frame t-1's state, moved along the backward flow."""
+    """Seeds for frame t from frame t-1's state, moved along the backward flow, on ``device``.
+
+    The state's fields and solutions are on ``device``; the flow and the occlusion
+    mask are uploaded once, and every level is moved there.
+    """
     guide = FrameGuide(patchmatch_iterations=params.guided_patchmatch_iterations)
     style_shape = plan.style.shape[:2]
+    flow = to_device(backward, device)
+    occluded_by_level = _pooled_masks(to_device(occluded, device), max(state.fields_ab, default=1))
+    xp = array_module(flow)
     for level, previous in state.fields_ab.items():
         seeded, invalid = pull_field(
-            previous, backward, source_shape=vgg.level_shape(*style_shape, level)
+            previous, flow, source_shape=vgg.level_shape(*style_shape, level)
         )
-        level_occluded = _pool_mask(occluded, level)
         guide.fields_ab[level] = seeded
-        guide.fresh_ab[level] = np.maximum(invalid, level_occluded)
+        guide.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
     for level, solution in state.deconv_ab.items():
-        guide.deconv_ab[level] = _pull_map(solution, backward)
+        guide.deconv_ab[level] = _pull_map(solution, flow)
     return guide
 
 
-def _pool_mask(mask: np.ndarray, level: int) -> np.ndarray:
-    """A pixel mask at feature level ``level``: a cell is set if any pixel under it is."""
-    for _ in range(max(level - 1, 0)):
+def _pooled_masks(mask, levels: int) -> dict:
+    """A pixel mask at feature levels 1..``levels``: a cell is set if any pixel under it is.
+
+    Level 1 is the pixel grid; each further level pools 2x2 windows (ceil, as the
+    network's pools), on the mask's device.
+    """
+    xp = array_module(mask)
+    pooled = {1: mask}
+    for level in range(2, levels + 1):
         height, width = mask.shape
-        padded = np.zeros((height + height % 2, width + width % 2), dtype=mask.dtype)
+        padded = xp.zeros((height + height % 2, width + width % 2), dtype=mask.dtype)
         padded[:height, :width] = mask
         mask = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).max(axis=(1, 3))
-    return mask
+        pooled[level] = mask
+    return pooled
 
 
-def _pull_map(feature_map, backward: np.ndarray):
-    """Nearest-neighbour warp of a (C, H, W) map by a pixel-level backward flow."""
+def _pull_map(feature_map, flow):
+    """Nearest-neighbour warp of a (C, H, W) map by a pixel-level backward flow.
+
+    Each position takes the value where its content was, ``round(p + f(p))``
+    clamped into the map, the flow sampled at its nearest cell and scaled to the
+    map: the positions are :func:`pull_field` of the identity field, so solutions
+    move exactly as the fields do, and the gather runs on the map's device.
+    """
     _, height, width = feature_map.shape
-    flow_h, flow_w = backward.shape[:2]
-    ys = (np.arange(height) + 0.5) * flow_h / height
-    xs = (np.arange(width) + 0.5) * flow_w / width
-    cell_y = np.minimum(ys.astype(int), flow_h - 1)
-    cell_x = np.minimum(xs.astype(int), flow_w - 1)
-    sampled = backward[cell_y[:, None], cell_x[None, :]]
-    source_y = np.rint(np.arange(height)[:, None] + sampled[..., 1] * height / flow_h)
-    source_x = np.rint(np.arange(width)[None, :] + sampled[..., 0] * width / flow_w)
-    source_y = np.clip(source_y, 0, height - 1).astype(np.intp)
-    source_x = np.clip(source_x, 0, width - 1).astype(np.intp)
-    return np.ascontiguousarray(to_host(feature_map)[:, source_y, source_x])
+    xp = array_module(feature_map)
+    rows, columns = xp.meshgrid(
+        xp.arange(height, dtype=xp.int32), xp.arange(width, dtype=xp.int32), indexing="ij"
+    )
+    identity = xp.ascontiguousarray(xp.stack([rows, columns], axis=-1))
+    positions, _ = pull_field(identity, flow, source_shape=(height, width))
+    return xp.ascontiguousarray(feature_map[:, positions[..., 0], positions[..., 1]])
 
 
 def _temporal_blend(

@@ -100,6 +100,7 @@ class ChunkJob:
     work_dir: Path
     manifest: dict
     threads: int | None
+    finish: object = None
 
 
 def run_chunks(
@@ -115,6 +116,7 @@ def run_chunks(
     resume: bool,
     scale_out: ScaleOut,
     counter,
+    finish=None,
 ) -> WorkDirectory:
     """Compute every frame of ``plan`` in chunks on Ray workers; the joined frames' directory.
 
@@ -134,6 +136,9 @@ def run_chunks(
     scale_out : ScaleOut
     counter
         Progress: its ``done`` is kept up to date, its ``advance(n)`` called.
+    finish : FinishSpec, optional
+        Keyframes, mask and colour, applied by every chunk (a chunk propagates
+        the keyframes over its own span).
 
     Returns
     -------
@@ -166,6 +171,7 @@ def run_chunks(
             work_dir=work_dir / "chunks" / f"{chunk.start:06d}-{chunk.end:06d}",
             manifest={**manifest, "frames": [chunk.start, chunk.end]},
             threads=threads,
+            finish=finish,
         )
         for chunk in chunks
     ]
@@ -205,7 +211,7 @@ def run_chunk(job: ChunkJob) -> str:
     work = WorkDirectory.open(job.work_dir, job.manifest, resume=True)
     if work.finished_frames(job.chunk.start, job.chunk.end) < job.chunk.frames:
         model = load_model(job.model, device, progress=False)
-        stylise_frames(model, job.plan, job.clip, work, job.params)
+        stylise_frames(model, job.plan, job.clip, work, job.params, finish=job.finish)
     return str(job.work_dir)
 
 

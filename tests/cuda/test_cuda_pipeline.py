@@ -1,0 +1,381 @@
+"""The CUDA code path end to end, under the CUDA simulator, on a CuPy stand-in.
+
+``analogy()`` and a three-frame ``transfer_video()`` run on a CUDA
+:class:`~diva_numba.device.Device` with the tiny model: CuPy calls go to the NumPy-backed
+stand-in of ``tests/cupy_standin.py`` (installed as ``sys.modules["cupy"]``), the
+Numba kernels run under the simulator (its lean launcher), and the results are
+compared with the CPU path's. The stand-in refuses implicit conversions to NumPy, so a
+hidden host round trip fails here; explicit transfers and kernel launches are counted
+and held to the budgets below (``pytest -s`` prints the measured numbers).
+
+How closely the paths agree: GEMMs are NumPy's ``matmul`` behind both paths, and the
+per-element maths is the same ``shared`` float32 code, so the two differ only where
+sums are ordered differently: the L-BFGS reductions (float64, CPU ``prange`` partial
+sums against the CUDA kernels' fixed two-pass order) and the CPU twins' fast-math
+reassociation (patch distances, normalisation). Deconvolution solutions therefore
+agree to float32 rounding amplified by a few L-BFGS steps (:data:`SOLUTION_RTOL` of
+the map's largest value), and fields agree wherever no two candidates score within
+rounding of each other: all but :data:`FIELD_MISMATCH_SHARE` of each level's
+positions. Pixels then follow the fields; voting and field resampling are bitwise
+equal on both targets (docs/DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import sys
+from fractions import Fraction
+
+import cupy_standin
+import cv2
+import numpy as np
+import pytest
+from clips import pan_frames, photo, write_clip
+from numba import cuda
+from numba.core import config
+
+import diva_numba.workdir as workdir
+from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
+from diva_numba.device import Device
+from diva_numba.imageio import load_image
+from diva_numba.kernels import lbfgs_ops
+from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
+from diva_numba.lbfgs import LBFGSParams
+from diva_numba.network import SubNetwork, deconvolve
+from diva_numba.transfer import TransferParams, transfer_video
+
+pytestmark = [
+    pytest.mark.cudasim,
+    pytest.mark.skipif(
+        not config.ENABLE_CUDASIM, reason="the CuPy stand-in runs under the CUDA simulator only"
+    ),
+]
+
+# --- budgets, as measured (pytest -s prints the numbers); tighten them as launches fuse ---
+
+#: Kernel launches of the L-BFGS optimiser itself (its vector operations, not the
+#: objective's) per iteration: the mean over 10 iterations (11 evaluations) of a run
+#: with history 4, line-search evaluations included; measured 2.3.
+LBFGS_LAUNCHES_PER_ITERATION = 3
+#: Kernel launches of one loss-and-gradient evaluation of the level-5 sub-network
+#: (relu3_1 -> relu5_1: 8 convs, 2 pools).
+NETWORK_LAUNCHES_PER_EVALUATION = 19
+#: Device<->host transfers per L-BFGS evaluation: the one read of the scalar register.
+TRANSFERS_PER_EVALUATION = 1
+#: Kernel launches per PatchMatch round: a propagation pass per jump (4) and the search.
+PATCHMATCH_LAUNCHES_PER_ROUND = 5
+#: Kernel launches of a PatchMatch call besides its rounds (the start).
+PATCHMATCH_LAUNCHES_PER_CALL = 1
+#: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
+#: per-evaluation reads not counted.
+UPLOADS_PER_FRAME = 12
+DOWNLOADS_PER_FRAME = 3
+
+#: Share of a level's field positions where the CPU and the GPU may pick different
+#: matches (candidates within float32 rounding of each other).
+FIELD_MISMATCH_SHARE = 0.02
+#: Deconvolution solutions agree to this fraction of the map's largest value.
+SOLUTION_RTOL = 1e-4
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A CUDA device whose CuPy is the stand-in; the counters of what it does."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy_standin.make_module("simulated GPU"))
+    counters = cupy_standin.install_launcher(monkeypatch)
+    # Two partial sums per reduction (a grid-stride loop over the rest): the two-pass
+    # reductions keep their shape and each simulated launch starts 24 threads, not n.
+    monkeypatch.setattr(lbfgs_ops, "MAX_PARTIALS", 2)
+    counters.reset()
+    return Device("cuda", "simulated GPU"), counters
+
+
+@pytest.fixture
+def cpu():
+    return Device("cpu", "CPU")
+
+
+def host(array):
+    return cupy_standin.asnumpy(array)
+
+
+def report(title: str, rows: dict) -> None:
+    print(f"\n{title}:")
+    for name, value in rows.items():
+        print(f"  {name}: {value}")
+
+
+# --- the stand-in is as strict as CuPy --------------------------------------------------------
+
+
+@cuda.jit
+def double(a):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] *= 2
+
+
+def test_the_stand_in_refuses_hidden_transfers(gpu):
+    cupy = sys.modules["cupy"]
+    _, counters = gpu
+    values = cupy.asarray(np.arange(6, dtype=np.float32))
+    assert counters.upload_count == 1
+    for convert in (np.asarray, float, bool, lambda a: a.item(), lambda a: a + np.ones(6)):
+        with pytest.raises(TypeError):
+            convert(values if convert is not float else values[:1])
+    np.testing.assert_array_equal(values.get(), np.arange(6))
+    assert counters.download_count == 1
+
+    double[2, 4](values)
+    np.testing.assert_array_equal(cupy.asnumpy(values), 2 * np.arange(6))
+    assert counters.launches["double"] == 1
+    with pytest.raises(cupy_standin.HiddenTransfer, match="host NumPy array"):
+        double[2, 4](np.zeros(6, dtype=np.float32))
+
+
+# --- budgets of the two inner loops ----------------------------------------------------------
+
+
+def test_lbfgs_budgets(gpu, cpu, tiny_model, rng):
+    device, counters = gpu
+    cupy = sys.modules["cupy"]
+    layers = AnalogyModel(tiny_model, cpu).weights.layers
+    network = SubNetwork(layers, 3, 5)
+    initial = rng.uniform(0, 1, (network.in_channels, 6, 5)).astype(np.float32)
+    target = rng.uniform(0, 1, network.output_shape(6, 5)).astype(np.float32)
+    params = LBFGSParams(max_iterations=10)
+
+    objective_launches, objective_kernels = [], collections.Counter()
+    real_loss_and_gradient = network.loss_and_gradient
+
+    def counted_loss_and_gradient(x, wanted):
+        before = counters.snapshot()
+        loss, grad = real_loss_and_gradient(x, wanted)
+        launched = counters.since(before)
+        objective_launches.append(launched.launch_count)
+        objective_kernels.update(launched.launches)
+        return loss, grad
+
+    network.loss_and_gradient = counted_loss_and_gradient
+    x0, t = cupy.asarray(initial), cupy.asarray(target)
+    network.loss_and_gradient(x0, t)  # workspace and weights on the device, first
+    objective_launches.clear()
+    with cupy_standin.counting(counters) as used:
+        result = deconvolve(network, t, x0, params=params)
+    network.loss_and_gradient = real_loss_and_gradient
+    reference = deconvolve(network, target, initial, params=params)
+
+    evaluations = len(objective_launches)
+    optimizer_launches = used.launch_count - sum(objective_launches)
+    per_iteration = optimizer_launches / result.iterations
+    report(
+        "L-BFGS on the level-5 sub-network (6x5 input, history 4)",
+        {
+            "iterations, evaluations": (result.iterations, evaluations),
+            "transfers per evaluation": used.transfer_count / evaluations,
+            "optimiser launches per iteration": round(per_iteration, 2),
+            "network launches per evaluation": set(objective_launches),
+            "optimiser launches by kernel": dict(used.launches - objective_kernels),
+        },
+    )
+    assert evaluations == result.evaluations and result.iterations == params.max_iterations
+    assert used.transfer_count <= TRANSFERS_PER_EVALUATION * evaluations
+    assert per_iteration <= LBFGS_LAUNCHES_PER_ITERATION
+    assert max(objective_launches) <= NETWORK_LAUNCHES_PER_EVALUATION
+    assert used.numba_device_arrays == 0
+    # Same iterations as the CPU, to float32 rounding of the reductions' order.
+    assert (result.iterations, result.evaluations) == (reference.iterations, reference.evaluations)
+    np.testing.assert_allclose(host(result.x), reference.x, rtol=1e-4, atol=1e-5)
+
+
+def test_patchmatch_launches_per_round(gpu, rng):
+    device, counters = gpu
+    cupy = sys.modules["cupy"]
+    # Dyadic features: exact arithmetic on both targets, so the very same fields.
+    maps = [(rng.integers(0, 8, (3, 7, 9)) / 8).astype(np.float32) for _ in range(4)]
+    on_device = [cupy.asarray(m) for m in maps]
+    launches, fields = {}, {}
+    for rounds in (1, 3):
+        params = PatchMatchParams(patch_size=3, iterations=rounds, search_radius=4, seed=5)
+        with cupy_standin.counting(counters) as used:
+            field, _ = patchmatch(*on_device, params=params)
+        launches[rounds] = used.launch_count
+        fields[rounds] = host(field)
+        np.testing.assert_array_equal(fields[rounds], patchmatch(*maps, params=params)[0])
+    per_round = (launches[3] - launches[1]) / 2
+    per_call = launches[1] - per_round
+    report(
+        "PatchMatch (7x9 maps, patch 3)",
+        {"launches per round": per_round, "launches per call besides": per_call},
+    )
+    assert per_round <= PATCHMATCH_LAUNCHES_PER_ROUND
+    assert per_call <= PATCHMATCH_LAUNCHES_PER_CALL
+
+
+# --- the analogy ------------------------------------------------------------------------------
+
+
+def _levels_agree(cpu_result, gpu_result) -> dict:
+    """Share of differing field positions per level and direction; solutions checked."""
+    shares = {}
+    coarser_identical = True
+    for level in (5, 4, 3, 2, 1):
+        for direction in (0, 1):
+            cpu_field = cpu_result.level_fields[level][direction]
+            gpu_field = gpu_result.level_fields[level][direction]
+            if cpu_field is None:
+                assert gpu_field is None
+                continue
+            differs = (np.asarray(cpu_field) != host(gpu_field)).any(axis=-1)
+            shares[level, "ab" if direction == 0 else "ba"] = float(differs.mean())
+            coarser_identical &= not differs.any()
+        if level in cpu_result.deconvolutions and coarser_identical:
+            # The same fields voted the same targets: only rounding separates the solutions.
+            expected = cpu_result.deconvolutions[level]
+            np.testing.assert_allclose(
+                host(gpu_result.deconvolutions[level]),
+                expected,
+                rtol=0,
+                atol=SOLUTION_RTOL * float(np.abs(expected).max()),
+            )
+    assert all(share <= FIELD_MISMATCH_SHARE for share in shares.values()), shares
+    return shares
+
+
+def test_analogy_on_the_gpu_matches_the_cpu(gpu, cpu, tiny_model):
+    device, counters = gpu
+    image = photo()
+    # Different sizes and aspect ratios, odd level sizes: every launch has partial blocks.
+    image_a = np.ascontiguousarray(image[100:116, 200:224])
+    image_bp = np.ascontiguousarray(image[300:324, 50:70])
+    params = AnalogyParams(patchmatch_iterations=2, lbfgs_iterations=2)
+    expected = analogy(AnalogyModel(tiny_model, cpu), image_a, image_bp, params=params)
+    model = AnalogyModel(tiny_model, device)
+    with cupy_standin.counting(counters) as used:
+        result = analogy(model, image_a, image_bp, params=params)
+    shares = _levels_agree(expected, result)
+    report(
+        "analogy 16x24 : 24x20 on the simulated GPU",
+        {
+            "field positions differing from the CPU": shares,
+            "launches": used.launch_count,
+            "uploads": dict(used.uploads),
+            "downloads": dict(used.downloads),
+        },
+    )
+    assert used.numba_device_arrays == 0
+    for name in ("a_prime", "b", "nnf_ab", "nnf_ba"):
+        got, want = getattr(result, name), getattr(expected, name)
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype and got.shape == want.shape
+    differing = np.abs(result.a_prime.astype(int) - expected.a_prime).max(axis=-1) > 0
+    assert differing.mean() <= FIELD_MISMATCH_SHARE
+    differing = np.abs(result.b.astype(int) - expected.b).max(axis=-1) > 0
+    assert differing.mean() <= FIELD_MISMATCH_SHARE
+
+
+# --- the video --------------------------------------------------------------------------------
+
+FRAMES = 3
+
+
+@pytest.fixture
+def clip(tmp_path):
+    frames = pan_frames(FRAMES, width=32, height=32, step=(2, 1))
+    path = tmp_path / "clip.mp4"
+    write_clip(path, frames, fps=Fraction(25))
+    style = tmp_path / "style.png"
+    cv2.imwrite(str(style), cv2.applyColorMap(frames[0][:, :, 1], cv2.COLORMAP_JET))
+    return path, style
+
+
+VIDEO_PARAMS = TransferParams(
+    analogy=AnalogyParams(patchmatch_iterations=1, lbfgs_iterations=1),
+    long_side=32,
+    guided_patchmatch_iterations=1,
+    guided_lbfgs_iterations=1,
+)
+
+
+def _frames(directory):
+    return [load_image(directory / f"{index:06d}.png") for index in range(FRAMES)]
+
+
+def test_video_on_the_gpu_matches_the_cpu_and_stays_on_the_device(
+    gpu, cpu, clip, tmp_path, tiny_model, monkeypatch
+):
+    device, counters = gpu
+    path, style = clip
+
+    # The style's features are computed once per run, the frames' once each.
+    feature_calls = []
+    real_features = AnalogyModel.features
+
+    def features(self, rgb):
+        feature_calls.append(rgb.shape)
+        return real_features(self, rgb)
+
+    monkeypatch.setattr(AnalogyModel, "features", features)
+    # Keep the work directory as it was after frame 1: the start of a resumed run.
+    kept = tmp_path / "after_frame_1"
+    real_save_state = workdir.WorkDirectory.save_state
+
+    def save_state(self, state):
+        real_save_state(self, state)
+        if state.index == 1 and self.manifest["device"] == "cuda" and not kept.exists():
+            shutil.copytree(self.path, kept)  # the writer runs one job at a time
+
+    monkeypatch.setattr(workdir.WorkDirectory, "save_state", save_state)
+    evaluations = []
+    real_loss_and_gradient = SubNetwork.loss_and_gradient
+
+    def loss_and_gradient(self, x, target):
+        evaluations.append(1)
+        return real_loss_and_gradient(self, x, target)
+
+    monkeypatch.setattr(SubNetwork, "loss_and_gradient", loss_and_gradient)
+
+    per_frame = []  # (what the frame moved and launched, its L-BFGS evaluations)
+    last = [counters.snapshot(), 0]
+
+    def on_frame(frame_report):
+        now = counters.snapshot()
+        per_frame.append((now.since(last[0]), len(evaluations) - last[1]))
+        last[:] = [now, len(evaluations)]
+
+    transfer_video(
+        style, path, tmp_path / "gpu.mp4", VIDEO_PARAMS, device=device, model=tiny_model,
+        keep_frames=tmp_path / "gpu", on_frame=on_frame,
+    )  # fmt: skip
+    assert feature_calls == [(32, 32, 3)] * (FRAMES + 1)
+    transfer_video(
+        style, path, tmp_path / "cpu.mp4", VIDEO_PARAMS, device=cpu, model=tiny_model,
+        keep_frames=tmp_path / "cpu",
+    )  # fmt: skip
+
+    # A run resumed on the GPU after frame 1 (state read back from disk and uploaded)
+    # makes the very frame the uninterrupted run made (state kept on the device).
+    transfer_video(
+        style, path, tmp_path / "resumed.mp4", VIDEO_PARAMS, device=device, model=tiny_model,
+        work_dir=kept, resume=True, keep_frames=tmp_path / "resumed",
+    )  # fmt: skip
+    gpu_frames, cpu_frames = _frames(tmp_path / "gpu"), _frames(tmp_path / "cpu")
+    np.testing.assert_array_equal(_frames(tmp_path / "resumed")[2], gpu_frames[2])
+
+    for index, (got, want) in enumerate(zip(gpu_frames, cpu_frames, strict=True)):
+        differing = np.abs(got.astype(int) - want).max(axis=-1) > 0
+        assert differing.mean() <= FIELD_MISMATCH_SHARE, (index, differing.mean())
+
+    rows = {}
+    for index, (used, frame_evaluations) in enumerate(per_frame):
+        rows[f"frame {index}"] = (
+            f"{used.upload_count} up, {used.download_count} down ({frame_evaluations} L-BFGS "
+            f"evaluations), {used.launch_count} launches; up {dict(used.uploads)}, "
+            f"down {dict(used.downloads)}"
+        )
+    report("transfer_video 3 frames 32x32 on the simulated GPU", rows)
+    for used, frame_evaluations in per_frame[1:]:
+        lbfgs_reads = TRANSFERS_PER_EVALUATION * frame_evaluations
+        assert used.upload_count <= UPLOADS_PER_FRAME
+        assert used.download_count <= DOWNLOADS_PER_FRAME + lbfgs_reads
+        assert used.numba_device_arrays == 0
