@@ -6,13 +6,21 @@ The deconvolution step of the analogy minimises ``sum((CNN(R) - T)**2)`` over a
 feature map ``R`` with L-BFGS (history 4, at most 100 iterations). This module is
 that optimiser, written so that a GPU run stays on the GPU:
 
-* every vector operation (the two-loop recursion, trial points, curvature pairs)
-  is a kernel of :mod:`diva_numba.kernels.lbfgs_ops`, on NumPy arrays (CPU twins)
-  or GPU arrays (CUDA kernels) alike;
-* scalars that only feed vector updates (``s.d``, ``y.d``, ``y.s``, ``y.y``) stay
-  in a float64 register on the device; the host reads that register once per
-  function evaluation (loss, slope ``g.d``, ``|g|^2``, ``|x|^2`` in one transfer),
-  because the line search must decide on them.
+* every vector operation is a kernel of :mod:`diva_numba.kernels.lbfgs_ops`, on
+  NumPy arrays (CPU twins) or GPU arrays (CUDA kernels) alike, and an iteration
+  that needs one evaluation makes two of them besides the objective's own: after
+  the evaluation, one pass computes the line search's scalars (loss, slope
+  ``g.d``, ``|g|^2``, ``|x|^2``) together with every inner product the next
+  direction needs; at the start of the next iteration, one pass stores the new
+  curvature pair, forms the direction and the first trial point;
+* the two-loop recursion runs on those inner products, in float64 on the host
+  (the vector-free form of Chen et al. 2014: the direction is a linear combination
+  of the stored vectors, ``2 m + 1`` coefficients that travel as launch arguments);
+  it is the same recursion as with vectors, in another order of rounding;
+* the scalars are written into a float64 register on the vectors' device, which
+  the host reads once per function evaluation (one transfer): the line search must
+  decide on them, and they carry the next direction's inner products at no extra
+  synchronisation.
 
 Conventions (those of liblbfgs, which the official Deep Image Analogy code uses):
 
@@ -36,7 +44,7 @@ import numpy as np
 
 from diva_numba.device import to_host
 from diva_numba.kernels import lbfgs_ops
-from diva_numba.kernels.targets import device_empty, device_zeros, is_cuda_array
+from diva_numba.kernels.targets import device_empty, device_zeros, is_cuda_array, kernel_array
 
 CONVERGED = "converged"
 MAX_ITERATIONS = "max_iterations"
@@ -71,8 +79,8 @@ class LBFGSParams:
     max_line_search_evaluations: int = 20
 
     def __post_init__(self):
-        if self.history < 1:
-            raise ValueError(f"history must be >= 1, got {self.history}")
+        if not 1 <= self.history <= lbfgs_ops.MAX_HISTORY:
+            raise ValueError(f"history must be 1..{lbfgs_ops.MAX_HISTORY}, got {self.history}")
         if self.max_iterations < 0:
             raise ValueError(f"max_iterations must be >= 0, got {self.max_iterations}")
         if not 0 < self.sufficient_decrease < self.curvature < 1:
@@ -282,99 +290,138 @@ def strong_wolfe_line_search(
 
 
 class _Register:
-    """Slots of the float64 scalar register shared with the vector kernels."""
+    """Slots of the float64 scalar register the vector kernels write."""
 
-    ZERO = 0  # always 0.0: lets add_scaled express a plain ratio
-    LOSS = 1
-    TRIAL_SLOPE = 2  # g(x + a d) . d
-    TRIAL_GRAD_SQUARED = 3
-    TRIAL_X_SQUARED = 4
-    SLOPE0 = 5  # g(x) . d
-    SECOND_LOOP = 6  # y_k . d in the second loop
-    FIRST_PAIR = 7  # then per pair k: y.s, y.y, s.d of the first loop
+    LOSS = 0
+    SLOPE0 = 1  # g(x) . d, from lbfgs_step
+    TRIAL = 2  # then lbfgs_ops.trial_sum_count(history) sums, from trial_scalars
+    # Offsets in the trial block (lbfgs_ops.trial_scalars documents the order).
+    SLOPE, GRAD_SQUARED, X_SQUARED, SS, SY, YY, SG, YG = range(8)
+    ROWS = lbfgs_ops.TRIAL_FIXED_SUMS  # where the per-stored-vector sums start
 
     @classmethod
     def size(cls, history: int) -> int:
-        return cls.FIRST_PAIR + 3 * history
+        return cls.TRIAL + lbfgs_ops.trial_sum_count(history)
+
+
+class _Rows:
+    """Rows of the state array: two points, the gradient, the direction, the pairs."""
+
+    POINTS = (0, 1)  # the current point and the trial point, swapped on acceptance
+    GRADIENT = 2
+    DIRECTION = 3
+    FIRST_HISTORY = 4  # steps s_0 .. s_{m-1}, then gradient changes y_0 .. y_{m-1}
 
     @classmethod
-    def pair(cls, k: int) -> tuple[int, int, int]:
-        """Slots ``(y.s, y.y, s.d)`` of history pair ``k``."""
-        base = cls.FIRST_PAIR + 3 * k
-        return base, base + 1, base + 2
+    def count(cls, history: int) -> int:
+        return cls.FIRST_HISTORY + 2 * history
 
 
 class _State:
-    """Buffers of one minimisation: point, gradient, direction, trial point, pairs."""
+    """One minimisation: the state rows, the register, and the host's bookkeeping.
+
+    ``gram`` holds the inner products among the stored vectors and the gradient
+    (indices ``k`` for ``s_k``, ``m + k`` for ``y_k``, ``2 m`` for ``g``), filled from
+    the register as pairs are accepted.
+    """
 
     def __init__(self, x0, history: int):
         self.shape = x0.shape
+        self.history = history
         size = x0.size
         on_gpu = is_cuda_array(x0)
-
-        def vector():
-            if on_gpu:
-                return device_empty((size,), x0.dtype, like=x0)
-            return np.empty(size, dtype=x0.dtype)
-
-        self.x, self.trial, self.gradient, self.direction = (vector() for _ in range(4))
-        self.steps = [vector() for _ in range(history)]
-        self.gradient_changes = [vector() for _ in range(history)]
+        rows_shape = (_Rows.count(history), size)
         register_size = _Register.size(history)
         if on_gpu:
+            # Zeros: rows not written yet are read (multiplied by zero) without harm.
+            self.rows = device_zeros(rows_shape, x0.dtype, like=x0)
             self.scalars = device_zeros((register_size,), np.float64, like=x0)
+            self.work = lbfgs_ops.ReductionWork(x0, lbfgs_ops.trial_sum_count(history))
         else:
+            self.rows = np.zeros(rows_shape, dtype=x0.dtype)
             self.scalars = np.zeros(register_size, dtype=np.float64)
+            self.work = None
+        self.kernel_rows = kernel_array(self.rows)
+        self.kernel_scalars = kernel_array(self.scalars)
+        # Per row: a view shaped like x0 (what the objective is called with) and the
+        # flat view kernels are launched with, each cut once.
+        self.points = [self.rows[row].reshape(self.shape) for row in range(rows_shape[0])]
+        self.kernel_row = [kernel_array(self.rows[row]) for row in range(rows_shape[0])]
+        self.current, self.trial = _Rows.POINTS
         self.pairs: list[int] = []  # pair slots, oldest first
-        self.history = history
+        self.gram = np.zeros((2 * history + 1, 2 * history + 1))
+        # What lbfgs_step must do to the rows first (the pair slot when accepting).
+        self.step_mode = lbfgs_ops.STEP_TAKE_GRADIENT
+        self.step_slot = 0
+        self._wrapped: dict[int, tuple[object, object]] = {}
 
+    def wrapped(self, array):
+        """``kernel_array(array)``, remembered for arrays the objective hands back again.
 
-def _steepest_descent(state: _State) -> None:
-    lbfgs_ops.combine(state.direction, state.gradient, state.gradient, alpha=-1.0, beta=0.0)
+        An objective usually returns the same buffers at every call (the network's
+        workspace), so each is wrapped once; a few are remembered, not every one.
+        """
+        key = id(array)
+        if key not in self._wrapped or self._wrapped[key][0] is not array:
+            if len(self._wrapped) >= 4:
+                self._wrapped.clear()
+            self._wrapped[key] = (array, kernel_array(array))
+        return self._wrapped[key][1]
 
+    def accept(self, fetched) -> None:
+        """Make the evaluated trial point the current one; record its pair ``(s, y)``.
 
-def _two_loop_direction(state: _State) -> None:
-    """``direction = -H g`` by the two-loop recursion, all scalars on the device."""
-    scalars, direction, R = state.scalars, state.direction, _Register
-    _steepest_descent(state)
-    for k in reversed(state.pairs):
-        ys, _, sd = R.pair(k)
-        lbfgs_ops.dot(state.steps[k], direction, scalars, sd)
-        lbfgs_ops.add_scaled(
-            direction, state.gradient_changes[k], scalars, plus=R.ZERO, minus=sd, over=ys
-        )
-    if state.pairs:
-        ys, yy, _ = R.pair(state.pairs[-1])
-        lbfgs_ops.scale(direction, scalars, numerator=ys, denominator=yy)
-    for k in state.pairs:
-        ys, _, sd = R.pair(k)
-        lbfgs_ops.dot(state.gradient_changes[k], direction, scalars, R.SECOND_LOOP)
-        lbfgs_ops.add_scaled(
-            direction, state.steps[k], scalars, plus=sd, minus=R.SECOND_LOOP, over=ys
-        )
+        The vectors are written by the next :func:`lbfgs_ops.lbfgs_step`; their inner
+        products, computed by the evaluation's :func:`lbfgs_ops.trial_scalars`, go into
+        :attr:`gram` now. A pair without positive curvature ``y.s`` would break the
+        BFGS update and is not kept.
+        """
+        m, R = self.history, _Register
+        if len(self.pairs) == m:
+            k = self.pairs.pop(0)
+        else:
+            k = min(set(range(m)) - set(self.pairs))
+        trial = fetched[R.TRIAL :]
+        step, change, gradient = k, m + k, 2 * m
+        gram = self.gram
+        for row in range(2 * m):
+            if row in (step, change):
+                continue
+            base = R.ROWS + lbfgs_ops.TRIAL_SUMS_PER_ROW * row
+            gram[step, row] = gram[row, step] = trial[base]
+            gram[change, row] = gram[row, change] = trial[base + 1]
+            gram[gradient, row] = gram[row, gradient] = trial[base + 2]
+        gram[step, step] = trial[R.SS]
+        gram[step, change] = gram[change, step] = trial[R.SY]
+        gram[change, change] = trial[R.YY]
+        gram[gradient, step] = gram[step, gradient] = trial[R.SG]
+        gram[gradient, change] = gram[change, gradient] = trial[R.YG]
+        gram[gradient, gradient] = trial[R.GRAD_SQUARED]
+        if trial[R.SY] > 0:
+            self.pairs.append(k)
+        self.current, self.trial = self.trial, self.current
+        self.step_mode, self.step_slot = lbfgs_ops.STEP_ACCEPT, k
 
+    def direction_coefficients(self) -> tuple[float, ...]:
+        """``d = -H g`` as coefficients of the stored vectors and ``g``: the two-loop recursion.
 
-def _accept(state: _State, trial_grad, *, curvature_estimate: float) -> None:
-    """Take the trial point: record the pair (s, y), then make it the current point.
-
-    ``curvature_estimate`` is ``y.s`` computed on the host from the line search's
-    slopes; a pair without positive curvature would break the BFGS update and is
-    not kept.
-    """
-    if len(state.pairs) == state.history:
-        k = state.pairs.pop(0)
-    else:
-        k = min(set(range(state.history)) - set(state.pairs))
-    step, change = state.steps[k], state.gradient_changes[k]
-    lbfgs_ops.combine(step, state.trial, state.x, alpha=1.0, beta=-1.0)
-    lbfgs_ops.combine(change, trial_grad, state.gradient, alpha=1.0, beta=-1.0)
-    ys, yy, _ = _Register.pair(k)
-    lbfgs_ops.dot(change, step, state.scalars, ys)
-    lbfgs_ops.dot(change, change, state.scalars, yy)
-    if curvature_estimate > 0:
-        state.pairs.append(k)
-    state.x, state.trial = state.trial, state.x
-    lbfgs_ops.combine(state.gradient, trial_grad, trial_grad, alpha=1.0, beta=0.0)
+        The recursion of Nocedal and Wright's Algorithm 7.4 (initial Hessian
+        ``y.s / y.y`` of the newest pair), with every inner product taken from
+        :attr:`gram`; without pairs, steepest descent ``d = -g``.
+        """
+        m, gram = self.history, self.gram
+        delta = np.zeros(2 * m + 1)
+        delta[2 * m] = -1.0
+        first = {}
+        for k in reversed(self.pairs):
+            first[k] = gram[k] @ delta
+            delta[m + k] -= first[k] / gram[k, m + k]
+        if self.pairs:
+            newest = self.pairs[-1]
+            delta *= gram[newest, m + newest] / gram[m + newest, m + newest]
+        for k in self.pairs:
+            delta[k] += (first[k] - gram[m + k] @ delta) / gram[k, m + k]
+        return tuple(float(value) for value in delta)
 
 
 def minimize_lbfgs(
@@ -403,59 +450,99 @@ def minimize_lbfgs(
     """
     state = _State(x0, params.history)
     R = _Register
-    scalars = state.scalars
     evaluations = 0
     fetched = np.zeros(R.size(params.history))
     latest_grad = None
 
-    def evaluate(point) -> None:
-        """Objective, slope, |g|^2 and |x|^2 at ``point``; the one host sync per call."""
+    def evaluate(row: int) -> None:
+        """Objective at ``rows[row]`` and the register's scalars; the one host sync per call."""
         nonlocal evaluations, fetched, latest_grad
         evaluations += 1
-        loss, grad = fun_and_grad(point.reshape(state.shape))
-        latest_grad = grad.reshape(-1)
-        lbfgs_ops.copy_scalar(loss, scalars, R.LOSS)
-        lbfgs_ops.dot(latest_grad, state.direction, scalars, R.TRIAL_SLOPE)
-        lbfgs_ops.dot(latest_grad, latest_grad, scalars, R.TRIAL_GRAD_SQUARED)
-        lbfgs_ops.dot(point, point, scalars, R.TRIAL_X_SQUARED)
-        fetched = to_host(scalars)
+        loss, grad = fun_and_grad(state.points[row])
+        latest_grad = state.wrapped(grad).reshape(-1)
+        lbfgs_ops.trial_scalars(
+            state.kernel_rows,
+            latest_grad,
+            state.wrapped(loss) if is_cuda_array(loss) else loss,
+            state.kernel_scalars,
+            current=state.current,
+            trial=row,
+            gradient_row=_Rows.GRADIENT,
+            direction=_Rows.DIRECTION,
+            first_history=_Rows.FIRST_HISTORY,
+            history=state.history,
+            loss_slot=R.LOSS,
+            first_slot=R.TRIAL,
+            work=state.work,
+        )
+        fetched = to_host(state.scalars)
 
     def phi(step: float) -> tuple[float, float]:
-        lbfgs_ops.combine(state.trial, state.x, state.direction, alpha=1.0, beta=step)
+        lbfgs_ops.combine(
+            state.kernel_row[state.trial],
+            state.kernel_row[state.current],
+            state.kernel_row[_Rows.DIRECTION],
+            alpha=1.0,
+            beta=step,
+        )
         evaluate(state.trial)
-        return float(fetched[R.LOSS]), float(fetched[R.TRIAL_SLOPE])
+        return float(fetched[R.LOSS]), float(fetched[R.TRIAL + R.SLOPE])
 
     def converged() -> bool:
-        x_squared = float(fetched[R.TRIAL_X_SQUARED])
-        return fetched[R.TRIAL_GRAD_SQUARED] < params.gradient_tolerance * max(x_squared, 1.0)
+        x_squared = float(fetched[R.TRIAL + R.X_SQUARED])
+        return fetched[R.TRIAL + R.GRAD_SQUARED] < params.gradient_tolerance * max(x_squared, 1.0)
 
     def result(reason: str, iterations: int) -> LBFGSResult:
+        # A fresh array: the state (all its rows) is not kept alive by the result.
+        if is_cuda_array(x0):
+            x = device_empty((x0.size,), x0.dtype, like=x0)
+        else:
+            x = np.empty(x0.size, dtype=x0.dtype)
+        row = state.kernel_row[state.current]
+        lbfgs_ops.combine(kernel_array(x), row, row, alpha=1.0, beta=0.0)
         return LBFGSResult(
-            state.x.reshape(state.shape), losses[-1], iterations, evaluations, reason, tuple(losses)
+            x.reshape(state.shape), losses[-1], iterations, evaluations, reason, tuple(losses)
         )
 
-    flat_x0 = x0.reshape(-1)
-    lbfgs_ops.combine(state.x, flat_x0, flat_x0, alpha=1.0, beta=0.0)
-    lbfgs_ops.combine(state.direction, flat_x0, flat_x0, alpha=0.0, beta=0.0)
-    evaluate(state.x)
-    lbfgs_ops.combine(state.gradient, latest_grad, latest_grad, alpha=1.0, beta=0.0)
+    flat_x0 = kernel_array(x0.reshape(-1))
+    lbfgs_ops.combine(state.kernel_row[state.current], flat_x0, flat_x0, alpha=1.0, beta=0.0)
+    evaluate(state.current)
     losses = [float(fetched[R.LOSS])]
-    gradient_squared = float(fetched[R.TRIAL_GRAD_SQUARED])
+    gradient_squared = float(fetched[R.TRIAL + R.GRAD_SQUARED])
+    state.gram[-1, -1] = gradient_squared
     if converged():
         return result(CONVERGED, 0)
 
     iterations = 0
     while iterations < params.max_iterations:
         if state.pairs:
-            _two_loop_direction(state)
             initial_step = 1.0
         else:
-            _steepest_descent(state)
             initial_step = 1.0 / math.sqrt(gradient_squared)
-        lbfgs_ops.dot(state.gradient, state.direction, scalars, R.SLOPE0)
+        # Stores the accepted pair, forms d, writes the first trial point and g.d.
+        lbfgs_ops.lbfgs_step(
+            state.kernel_rows,
+            latest_grad,
+            state.direction_coefficients(),
+            state.kernel_scalars,
+            mode=state.step_mode,
+            slot=state.step_slot,
+            current=state.current,
+            previous=state.trial,
+            out=state.trial,
+            gradient_row=_Rows.GRADIENT,
+            direction=_Rows.DIRECTION,
+            first_history=_Rows.FIRST_HISTORY,
+            history=state.history,
+            step=initial_step,
+            slope_slot=R.SLOPE0,
+            work=state.work,
+        )
+        state.step_mode = lbfgs_ops.STEP_PLAIN
         # The first trial is evaluated before the line search starts: its transfer
         # also brings g.d, so checking the direction costs no extra sync.
-        first_trial = phi(initial_step)
+        evaluate(state.trial)
+        first_trial = float(fetched[R.LOSS]), float(fetched[R.TRIAL + R.SLOPE])
         slope0 = float(fetched[R.SLOPE0])
         if not slope0 < 0:
             if state.pairs:  # rounding broke the quasi-Newton direction: start afresh
@@ -477,9 +564,9 @@ def minimize_lbfgs(
         if not search.last_evaluated:
             phi(search.step)
         iterations += 1
-        _accept(state, latest_grad, curvature_estimate=search.step * (search.slope - slope0))
+        state.accept(fetched)
         losses.append(search.value)
-        gradient_squared = float(fetched[R.TRIAL_GRAD_SQUARED])
+        gradient_squared = float(fetched[R.TRIAL + R.GRAD_SQUARED])
         if converged():
             return result(CONVERGED, iterations)
     return result(MAX_ITERATIONS, iterations)

@@ -19,6 +19,15 @@ module (NumPy's BLAS on the CPU, cuBLAS through CuPy on the GPU); im2col/col2im,
 ReLU, pooling and the loss are the Numba kernels of :mod:`diva_numba.kernels`.
 Everything runs in the dtype of the input (float32 normally; float64 for checks).
 
+Each layer costs one Numba launch each way around its two GEMMs: a conv's output
+is kept as the GEMM wrote it (``z``, before bias and ReLU), and the kernel that next
+reads it applies them on the fly (im2col of the next conv, the pool, the loss;
+backwards, col2im gates the gradient through the ReLU and, after a pool, through the
+pool too). The fused kernels compute exactly what the separate ones would, so the
+results are bitwise those of bias-ReLU-pool-im2col run one by one. A
+loss-and-gradient evaluation of ``n`` convs and ``p`` pools is ``2 n`` GEMMs and
+``2 n + p + 1`` Numba launches.
+
 Level ``0`` is the preprocessed image, level ``L`` (1..5) the output of
 ``reluL_1``. The optimiser evaluates the same sub-network on the same shape about a
 hundred times, so every buffer (activations, pooling indices, columns, gradients)
@@ -37,7 +46,7 @@ import numpy as np
 from diva_numba.device import array_module
 from diva_numba.errors import ModelError
 from diva_numba.kernels import activations, im2col, lbfgs_ops
-from diva_numba.kernels.targets import device_empty, is_cuda_array
+from diva_numba.kernels.targets import device_empty, is_cuda_array, kernel_array
 from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
 from diva_numba.models import vgg
 
@@ -94,23 +103,32 @@ def _load_convs(weights: ConvWeights, names: Iterable[str]) -> tuple[_Conv, ...]
 
 
 class _Workspace:
-    """Buffers of one input shape: everything a forward + backward pass writes."""
+    """Buffers of one input shape: everything a forward + backward pass writes.
+
+    Each buffer is kept twice over the same memory: as the array module's array (what
+    the GEMMs take) and as :func:`~diva_numba.kernels.targets.kernel_array` of it (what
+    the kernels are launched with, wrapped once here rather than at every launch).
+    Per-layer views (columns, gradients) are cut once too.
+    """
 
     def __init__(self, convs: tuple[_Conv, ...], input_shape: tuple[int, int, int], like):
         dtype = like.dtype
+        self.on_gpu = is_cuda_array(like)
 
         def empty(shape, dtype=dtype):
-            if is_cuda_array(like):
+            if self.on_gpu:
                 return device_empty(shape, dtype, like=like)
             return np.empty(shape, dtype=dtype)
 
         self.input_shapes: list[tuple[int, int, int]] = []
-        self.activations, self.pooled, self.argmax = [], [], []
+        #: Per conv: the GEMM output ``z`` (O, H, W), bias and ReLU not applied.
+        self.pre: list = []
+        self.pooled, self.argmax = [], []
         shape = input_shape
         for conv in convs:
             self.input_shapes.append(shape)
             _, height, width = shape
-            self.activations.append(empty((conv.out_channels, height, width)))
+            self.pre.append(empty((conv.out_channels, height, width)))
             if conv.pool:
                 pooled_shape = (conv.out_channels, vgg.pooled_size(height), vgg.pooled_size(width))
                 self.pooled.append(empty(pooled_shape))
@@ -123,17 +141,45 @@ class _Workspace:
         largest_columns = max(
             channels * im2col.TAPS * height * width for channels, height, width in self.input_shapes
         )
-        largest_map = max(int(np.prod(act.shape)) for act in self.activations)
-        self.columns = empty((largest_columns,))
+        largest_map = max(int(np.prod(z.shape)) for z in self.pre)
+        columns = empty((largest_columns,))
         # Gradients flow backwards through two alternating buffers; the gradient with
         # respect to the input has its own, since the caller receives it.
-        self.gradient_buffers = [empty((largest_map,)), empty((largest_map,))]
+        buffers = [empty((largest_map,)), empty((largest_map,))]
         self.input_gradient = empty(input_shape)
         self.loss = empty((1,), np.float64)
 
+        # Per conv: its columns (9 C, H W); the gradient with respect to its z, in the
+        # buffer the backward pass leaves it in (the last conv's in buffer 0).
+        self.columns, self.delta = [], []
+        current = 0
+        for index in reversed(range(len(convs))):
+            out_channels, height, width = self.pre[index].shape
+            self.delta.insert(0, buffers[current][: out_channels * height * width])
+            current = 1 - current
+        for index, (channels, height, width) in enumerate(self.input_shapes):
+            self.columns.insert(
+                index,
+                columns[: channels * im2col.TAPS * height * width].reshape(
+                    channels * im2col.TAPS, height * width
+                ),
+            )
+
+        kernel = kernel_array
+        self.k_pre = [kernel(z) for z in self.pre]
+        self.k_pooled = [None if p is None else kernel(p) for p in self.pooled]
+        self.k_argmax = [None if a is None else kernel(a) for a in self.argmax]
+        self.k_columns = [kernel(c) for c in self.columns]
+        self.k_delta = [
+            kernel(d.reshape(z.shape)) for d, z in zip(self.delta, self.pre, strict=True)
+        ]
+        self.k_input_gradient = kernel(self.input_gradient)
+        self.k_loss = kernel(self.loss)
+        self.work = lbfgs_ops.ReductionWork(like) if self.on_gpu else None
+
     @property
-    def output(self):
-        return self.activations[-1]
+    def output_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pre[-1].shape)
 
 
 class SubNetwork:
@@ -258,10 +304,17 @@ class SubNetwork:
         x, workspace = self._prepare(x)
         self._forward(x, workspace)
         xp = array_module(x)
-        return tuple(
-            xp.copy(workspace.activations[self.layers.index(vgg.conv_of_level(level))])
-            for level in levels
-        )
+        parameters = self._device_parameters(x)
+        maps = []
+        for level in levels:
+            index = self.layers.index(vgg.conv_of_level(level))
+            out = xp.empty(workspace.pre[index].shape, dtype=x.dtype)
+            # The level's ReLU output, written once into a new array.
+            activations.relu_forward(
+                workspace.k_pre[index], bias=parameters[index][2], out=kernel_array(out)
+            )
+            maps.append(out)
+        return tuple(maps)
 
     def loss_and_gradient(self, x, target):
         """Deconvolution loss ``sum((forward(x) - target)**2)`` and its gradient in ``x``.
@@ -284,23 +337,26 @@ class SubNetwork:
             Valid until the next call on an input of this shape (a workspace buffer).
         """
         x, workspace = self._prepare(x)
-        if tuple(target.shape) != tuple(workspace.output.shape) or target.dtype != x.dtype:
+        if tuple(target.shape) != workspace.output_shape or target.dtype != x.dtype:
             raise ValueError(
-                f"target must be {x.dtype} {tuple(workspace.output.shape)}, "
+                f"target must be {x.dtype} {workspace.output_shape}, "
                 f"got {target.dtype} {tuple(target.shape)}"
             )
         self._forward(x, workspace)
-        output = workspace.output
-        grad = workspace.gradient_buffers[0][: output.size]
-        lbfgs_ops.squared_error(
-            output.reshape(-1),
-            target.reshape(-1),
-            grad_out=grad,
-            scalars=workspace.loss,
+        channels = workspace.output_shape[0]
+        last = len(self._convs) - 1
+        # The last conv's bias and ReLU, the loss and its gradient: one kernel.
+        lbfgs_ops.relu_squared_error(
+            workspace.k_pre[last].reshape(channels, -1),
+            self._device_parameters(x)[last][2],
+            kernel_array(target).reshape(channels, -1),
+            grad_out=workspace.k_delta[last].reshape(channels, -1),
+            scalars=workspace.k_loss,
             slot=0,
+            work=workspace.work,
         )
-        input_gradient = self._backward(grad.reshape(output.shape), workspace)
-        loss = workspace.loss if is_cuda_array(x) else float(workspace.loss[0])
+        input_gradient = self._backward(workspace)
+        loss = workspace.loss if workspace.on_gpu else float(workspace.loss[0])
         return loss, input_gradient
 
     # -- internals -----------------------------------------------------------------------
@@ -320,66 +376,80 @@ class SubNetwork:
         self._workspaces[key] = workspace
         return x, workspace
 
-    def _device_parameters(self, like) -> list[tuple[object, object]]:
-        """``(weight (O, C*9), bias (O,))`` per conv on ``like``'s device and dtype."""
+    def _device_parameters(self, like) -> list[tuple[object, object, object]]:
+        """``(weight (O, C*9), bias (O,), bias for launches)`` per conv, on ``like``'s device."""
         key = (is_cuda_array(like), like.dtype.str)
         if key not in self._parameters:
             xp = array_module(like)
-            self._parameters[key] = [
-                (xp.asarray(conv.weight, dtype=like.dtype), xp.asarray(conv.bias, dtype=like.dtype))
-                for conv in self._convs
-            ]
+            parameters = []
+            for conv in self._convs:
+                weight = xp.asarray(conv.weight, dtype=like.dtype)
+                bias = xp.asarray(conv.bias, dtype=like.dtype)
+                parameters.append((weight, bias, kernel_array(bias)))
+            self._parameters[key] = parameters
         return self._parameters[key]
 
     def _forward(self, x, workspace: _Workspace) -> None:
+        """Every conv's GEMM output ``z`` (and the pools), bias and ReLU left to the readers."""
         xp = array_module(x)
-        layer_input = x
-        for index, (weight, bias) in enumerate(self._device_parameters(x)):
-            channels, height, width = layer_input.shape
-            columns = workspace.columns[: channels * im2col.TAPS * height * width]
-            columns = columns.reshape(channels * im2col.TAPS, height * width)
-            im2col.im2col(layer_input, out=columns)
-            activation = workspace.activations[index]
-            xp.matmul(weight, columns, out=activation.reshape(weight.shape[0], height * width))
-            activations.relu_forward(activation, bias=bias)
+        layer_input, input_bias = kernel_array(x), None
+        for index, (weight, _, bias) in enumerate(self._device_parameters(x)):
+            # relu(z + b) of the previous conv, unfolded for this one (plain for the input
+            # and after a pool, whose output is already a ReLU's).
+            im2col.im2col(layer_input, out=workspace.k_columns[index], bias=input_bias)
+            pre = workspace.pre[index]
+            xp.matmul(
+                weight,
+                workspace.columns[index],
+                out=pre.reshape(weight.shape[0], pre.shape[1] * pre.shape[2]),
+            )
             if workspace.pooled[index] is None:
-                layer_input = activation
+                layer_input, input_bias = workspace.k_pre[index], bias
             else:
                 activations.maxpool_forward(
-                    activation, out=workspace.pooled[index], argmax=workspace.argmax[index]
+                    workspace.k_pre[index],
+                    bias=bias,
+                    out=workspace.k_pooled[index],
+                    argmax=workspace.k_argmax[index],
                 )
-                layer_input = workspace.pooled[index]
+                layer_input, input_bias = workspace.k_pooled[index], None
 
-    def _backward(self, grad_output, workspace: _Workspace):
-        """Gradient with respect to the input, from that with respect to the output."""
-        xp = array_module(grad_output)
-        buffers = workspace.gradient_buffers
-        current = 0  # index of the buffer holding ``grad``
-        grad = grad_output
-        parameters = self._device_parameters(grad_output)
+    def _backward(self, workspace: _Workspace):
+        """Gradient with respect to the input, from ``workspace.delta[-1]`` (that of the last z)."""
+        parameters = self._device_parameters(workspace.input_gradient)
+        xp = array_module(workspace.input_gradient)
         for index in reversed(range(len(parameters))):
-            weight, _ = parameters[index]
-            activation = workspace.activations[index]
-            out_channels, height, width = activation.shape
-            if workspace.argmax[index] is not None:
-                current = 1 - current
-                unpooled = buffers[current][: activation.size].reshape(activation.shape)
-                grad = activations.maxpool_backward(
-                    grad, workspace.argmax[index], height, width, out=unpooled
-                )
-            activations.relu_backward(grad, activation)
-            channels = workspace.input_shapes[index][0]
-            columns = workspace.columns[: channels * im2col.TAPS * height * width]
-            columns = columns.reshape(channels * im2col.TAPS, height * width)
-            xp.matmul(weight.T, grad.reshape(out_channels, height * width), out=columns)
+            weight = parameters[index][0]
+            out_channels, height, width = workspace.pre[index].shape
+            columns = workspace.k_columns[index]
+            xp.matmul(
+                weight.T,
+                workspace.delta[index].reshape(out_channels, height * width),
+                out=workspace.columns[index],
+            )
             if index == 0:
-                target = workspace.input_gradient
+                im2col.col2im(columns, height, width, out=workspace.k_input_gradient)
+                continue
+            below = index - 1
+            bias = parameters[below][2]
+            if workspace.argmax[below] is None:
+                im2col.col2im(
+                    columns,
+                    height,
+                    width,
+                    out=workspace.k_delta[below],
+                    pre_activation=workspace.k_pre[below],
+                    bias=bias,
+                )
             else:
-                current = 1 - current
-                target = buffers[current][: channels * height * width]
-                target = target.reshape(channels, height, width)
-            grad = im2col.col2im(columns, height, width, out=target)
-        return grad
+                im2col.col2im_unpool(
+                    columns,
+                    workspace.k_argmax[below],
+                    workspace.k_pre[below],
+                    bias,
+                    out=workspace.k_delta[below],
+                )
+        return workspace.input_gradient
 
 
 def deconvolve(

@@ -8,6 +8,12 @@ first maximum in row-major order. The backward pass is a gather: every input pix
 belongs to exactly one window and takes that window's gradient if it is the
 recorded maximum, zero otherwise, so every element is written once and there are
 no races.
+
+The deconvolution fuses each conv's bias and ReLU into the kernel that next reads its
+GEMM output (pooling here; im2col, the loss; and, backwards, col2im through
+:func:`relu_open`), so that a conv layer costs one Numba launch each way; the
+per-element maths is the same ``shared`` functions either way, so the fused paths
+give bitwise the results of the separate ones.
 """
 
 from __future__ import annotations
@@ -22,20 +28,28 @@ from diva_numba.kernels.targets import (
     launch_1d,
     launch_2d,
     shared,
+    zero_like,
+    zero_of,
 )
 
 
 @shared
 def biased_relu(value, bias):
-    """``max(value + bias, 0)``."""
+    """``max(value + bias, 0)``, in the dtype of ``value + bias``."""
     value = value + bias
-    return value if value > 0 else 0.0
+    return value if value > 0 else zero_like(value)
+
+
+@shared
+def relu_open(value, bias):
+    """Whether the ReLU of ``value + bias`` passes its gradient (its output is > 0)."""
+    return value + bias > 0
 
 
 @shared
 def relu_gradient(grad, activation):
     """Gradient through a ReLU whose output was ``activation``."""
-    return grad if activation > 0 else 0.0
+    return grad if activation > 0 else zero_like(grad)
 
 
 @shared
@@ -59,23 +73,46 @@ def window_maximum(values, channel, out_y, out_x):
 
 
 @shared
+def window_maximum_relu(values, bias, channel, out_y, out_x):
+    """:func:`window_maximum` of ``relu(values + bias)``, without writing that map."""
+    height, width = values.shape[1], values.shape[2]
+    y0 = 2 * out_y
+    x0 = 2 * out_x
+    y_end = y0 + 2 if y0 + 2 <= height else height
+    x_end = x0 + 2 if x0 + 2 <= width else width
+    best = biased_relu(values[channel, y0, x0], bias)
+    best_index = y0 * width + x0
+    for y in range(y0, y_end):
+        for x in range(x0, x_end):
+            value = biased_relu(values[channel, y, x], bias)
+            if value > best:
+                best = value
+                best_index = y * width + x
+    return best, best_index
+
+
+@shared
+def is_window_maximum(argmax, channel, y, x, width):
+    """Whether input ``(y, x)`` is the recorded maximum of its 2x2 window."""
+    return argmax[channel, y // 2, x // 2] == y * width + x
+
+
+@shared
 def unpooled_gradient(grad_pooled, argmax, channel, y, x, width):
     """Gradient reaching input ``(y, x)``: its window's gradient if it was the maximum."""
-    out_y = y // 2
-    out_x = x // 2
-    if argmax[channel, out_y, out_x] == y * width + x:
-        return grad_pooled[channel, out_y, out_x]
-    return 0.0
+    if is_window_maximum(argmax, channel, y, x, width):
+        return grad_pooled[channel, y // 2, x // 2]
+    return zero_of(grad_pooled)
 
 
 # --- CPU ------------------------------------------------------------------------------
 
 
 @njit(parallel=True, cache=True)
-def _relu_forward_cpu(values, bias):
+def _relu_forward_cpu(values, bias, out):
     for channel in prange(values.shape[0]):
         for pixel in range(values.shape[1]):
-            values[channel, pixel] = biased_relu(values[channel, pixel], bias[channel])
+            out[channel, pixel] = biased_relu(values[channel, pixel], bias[channel])
 
 
 @njit(parallel=True, cache=True)
@@ -95,6 +132,16 @@ def _maxpool_forward_cpu(values, pooled, argmax):
 
 
 @njit(parallel=True, cache=True)
+def _maxpool_relu_forward_cpu(values, bias, pooled, argmax):
+    for channel in prange(pooled.shape[0]):
+        for out_y in range(pooled.shape[1]):
+            for out_x in range(pooled.shape[2]):
+                best, best_index = window_maximum_relu(values, bias[channel], channel, out_y, out_x)
+                pooled[channel, out_y, out_x] = best
+                argmax[channel, out_y, out_x] = best_index
+
+
+@njit(parallel=True, cache=True)
 def _maxpool_backward_cpu(grad_pooled, argmax, grad):
     width = grad.shape[2]
     for channel in prange(grad.shape[0]):
@@ -106,21 +153,21 @@ def _maxpool_backward_cpu(grad_pooled, argmax, grad):
 # --- CUDA -----------------------------------------------------------------------------
 
 
-@cuda.jit
-def _relu_forward_kernel(values, bias):
+@cuda.jit(cache=True)
+def _relu_forward_kernel(values, bias, out):
     pixel, channel = cuda.grid(2)
     if channel < values.shape[0] and pixel < values.shape[1]:
-        values[channel, pixel] = biased_relu(values[channel, pixel], bias[channel])
+        out[channel, pixel] = biased_relu(values[channel, pixel], bias[channel])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _relu_backward_kernel(grad, activation):
     index = cuda.grid(1)
     if index < grad.size:
         grad[index] = relu_gradient(grad[index], activation[index])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _maxpool_forward_kernel(values, pooled, argmax):
     pixel, channel = cuda.grid(2)
     out_width = pooled.shape[2]
@@ -132,7 +179,19 @@ def _maxpool_forward_kernel(values, pooled, argmax):
         argmax[channel, out_y, out_x] = best_index
 
 
-@cuda.jit
+@cuda.jit(cache=True)
+def _maxpool_relu_forward_kernel(values, bias, pooled, argmax):
+    pixel, channel = cuda.grid(2)
+    out_width = pooled.shape[2]
+    if channel < pooled.shape[0] and pixel < pooled.shape[1] * out_width:
+        out_y = pixel // out_width
+        out_x = pixel % out_width
+        best, best_index = window_maximum_relu(values, bias[channel], channel, out_y, out_x)
+        pooled[channel, out_y, out_x] = best
+        argmax[channel, out_y, out_x] = best_index
+
+
+@cuda.jit(cache=True)
 def _maxpool_backward_kernel(grad_pooled, argmax, grad):
     pixel, channel = cuda.grid(2)
     width = grad.shape[2]
@@ -150,32 +209,36 @@ def _pooled_shape(shape):
     return channels, (height + 1) // 2, (width + 1) // 2
 
 
-def relu_forward(values, *, bias=None):
-    """Add a per-channel bias and apply ReLU, in place (the epilogue of a conv GEMM).
+def relu_forward(values, *, bias=None, out=None):
+    """Add a per-channel bias and apply ReLU (the epilogue of a conv GEMM).
 
     Parameters
     ----------
     values : float32 or float64 array, shape (C, H, W) or (C, H * W), C-contiguous
-        Overwritten with ``max(values + bias[c], 0)``.
+        Overwritten with ``max(values + bias[c], 0)`` unless ``out`` is given.
     bias : array, shape (C,), same dtype and device, optional
         Zero when omitted.
+    out : array, same shape, dtype and device as ``values``, optional
+        Receives the result instead of ``values``.
 
     Returns
     -------
-    values : the same array.
+    out, or values when ``out`` is omitted.
     """
     channels = values.shape[0]
     rows = values.reshape(channels, -1)
+    target = values if out is None else out
+    out_rows = target.reshape(channels, -1)
     if is_cuda_array(values):
         if bias is None:
             bias = as_device(np.zeros(channels, dtype=values.dtype), like=values)
         grid, block = launch_2d(channels, rows.shape[1])
-        _relu_forward_kernel[grid, block](rows, bias)
+        _relu_forward_kernel[grid, block](rows, bias, out_rows)
     else:
         if bias is None:
             bias = np.zeros(channels, dtype=values.dtype)
-        _relu_forward_cpu(rows, bias)
-    return values
+        _relu_forward_cpu(rows, bias, out_rows)
+    return target
 
 
 def relu_backward(grad, activation):
@@ -203,12 +266,16 @@ def relu_backward(grad, activation):
     return grad
 
 
-def maxpool_forward(values, *, out=None, argmax=None):
+def maxpool_forward(values, *, bias=None, out=None, argmax=None):
     """2x2 stride-2 max-pool with ceil rounding, recording where each maximum was.
 
     Parameters
     ----------
     values : float32 or float64 array, shape (C, H, W), C-contiguous
+    bias : array, shape (C,), same dtype and device, optional
+        When given, pools ``relu(values + bias[c])`` (a conv's GEMM output, its bias
+        and ReLU fused into the pool): bitwise what :func:`relu_forward` then this
+        function give, without writing the activation.
     out : array, shape (C, (H + 1) // 2, (W + 1) // 2), same dtype and device, optional
     argmax : int32 array, same shape as ``out``, same device, optional
 
@@ -227,13 +294,19 @@ def maxpool_forward(values, *, out=None, argmax=None):
         if argmax is None:
             argmax = device_empty(shape, np.int32, like=values)
         grid, block = launch_2d(shape[0], shape[1] * shape[2])
-        _maxpool_forward_kernel[grid, block](values, out, argmax)
+        if bias is None:
+            _maxpool_forward_kernel[grid, block](values, out, argmax)
+        else:
+            _maxpool_relu_forward_kernel[grid, block](values, bias, out, argmax)
     else:
         if out is None:
             out = np.empty(shape, dtype=values.dtype)
         if argmax is None:
             argmax = np.empty(shape, dtype=np.int32)
-        _maxpool_forward_cpu(values, out, argmax)
+        if bias is None:
+            _maxpool_forward_cpu(values, out, argmax)
+        else:
+            _maxpool_relu_forward_cpu(values, bias, out, argmax)
     return out, argmax
 
 

@@ -155,7 +155,7 @@ def _push_rows(field, flow, frame_height, frame_width, out, invalid):
 # --------------------------------------------------------------------------- CUDA kernels
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _upsample_kernel(field, source_height, source_width, out):
     x, y = cuda.grid(2)
     height, width = out.shape[0], out.shape[1]
@@ -166,7 +166,7 @@ def _upsample_kernel(field, source_height, source_width, out):
     )
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _pull_kernel(field, flow, source_height, source_width, out, invalid):
     x, y = cuda.grid(2)
     height, width = field.shape[0], field.shape[1]
@@ -177,7 +177,7 @@ def _pull_kernel(field, flow, source_height, source_width, out, invalid):
     )
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _push_kernel(field, flow, frame_height, frame_width, out, invalid):
     x, y = cuda.grid(2)
     height, width = field.shape[0], field.shape[1]

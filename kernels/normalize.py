@@ -122,7 +122,7 @@ def _blend_rows(structure, reconstructed, mask, alpha, out):
 # --------------------------------------------------------------------------- CUDA kernels
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _normalize_kernel(features, eps, out):
     x, y = cuda.grid(2)
     channels, height, width = features.shape
@@ -133,7 +133,7 @@ def _normalize_kernel(features, eps, out):
         out[c, y, x] = features[c, y, x] * scale
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _response_kernel(features, responses):
     x, y = cuda.grid(2)
     _, height, width = features.shape
@@ -142,7 +142,7 @@ def _response_kernel(features, responses):
     responses[y * width + x] = _sum_of_squares(features, y, x)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _minmax_partials_kernel(lows, highs, partial_lows, partial_highs):
     # Grid-stride loop into registers, then a tree over the block in dynamic
     # shared memory (2 * blockDim floats: lows first, highs after).
@@ -173,7 +173,7 @@ def _minmax_partials_kernel(lows, highs, partial_lows, partial_highs):
         partial_highs[cuda.blockIdx.x] = scratch[block]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _mask_kernel(responses, extremes_low, extremes_high, kind, kappa, tau, out):
     x, y = cuda.grid(2)
     height, width = out.shape
@@ -184,7 +184,7 @@ def _mask_kernel(responses, extremes_low, extremes_high, kind, kappa, tau, out):
     )
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _blend_kernel(structure, reconstructed, mask, alpha, out):
     x, y = cuda.grid(2)
     channels, height, width = structure.shape

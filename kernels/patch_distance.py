@@ -17,7 +17,10 @@ hands it channel-last copies, so the channel loop is contiguous and the
 compiler vectorises it (this needs the ``reassoc`` fast-math flag: the sum is
 split into SIMD lanes); the CUDA kernel hands it channel-last *views* of the
 channel-first arrays, so the memory stays ``(C, H, W)`` and the threads of a
-warp (neighbouring x) read neighbouring addresses of each channel plane.
+warp (neighbouring x) read neighbouring addresses of each channel plane. The
+CUDA kernels take the four maps as four arguments and build the tuple inside:
+Numba's CUDA dispatcher cannot type a tuple of CuPy arrays passed to a launch
+(numba issue 8483), only each array on its own.
 Because of the reassociation, and because the CUDA compiler fuses
 multiply-adds, CPU and CUDA distances agree to float32 rounding, not bitwise.
 Inputs whose products and sums are exact in float32 (small dyadic values) give
@@ -96,13 +99,13 @@ def _distance_rows(maps, field, radius, out):
 # --------------------------------------------------------------------------- CUDA kernel
 
 
-@cuda.jit
-def _distance_kernel(maps, field, radius, out):
+@cuda.jit(cache=True)
+def _distance_kernel(a, a_prime, b, b_prime, field, radius, out):
     x, y = cuda.grid(2)
     height, width = out.shape
     if y >= height or x >= width:
         return
-    out[y, x] = _field_pixel_distance(maps, field, y, x, radius)
+    out[y, x] = _field_pixel_distance((a, a_prime, b, b_prime), field, y, x, radius)
 
 
 # --------------------------------------------------------------------------- layouts and checks
@@ -116,7 +119,10 @@ def channel_last_copies(a, a_prime, b, b_prime):
 
 
 def channel_last_views(a, a_prime, b, b_prime):
-    """``(A, A', B, B')`` as ``(H, W, C)`` views of the ``(C, H, W)`` GPU arrays (no copy)."""
+    """``(A, A', B, B')`` as ``(H, W, C)`` views of the ``(C, H, W)`` GPU arrays (no copy).
+
+    Pass them to a kernel as four arguments (``*views``), never as one tuple.
+    """
     return tuple(_channel_last_view(m) for m in (a, a_prime, b, b_prime))
 
 
@@ -222,7 +228,7 @@ def patch_distance_cuda(a, a_prime, b, b_prime, field, *, patch_size):
     out = targets.device_empty(a.shape[1:], np.float32, like=a)
     grid, block = targets.launch_2d(a.shape[1], a.shape[2])
     _distance_kernel[grid, block](
-        channel_last_views(a, a_prime, b, b_prime), field, patch_size // 2, out
+        *channel_last_views(a, a_prime, b, b_prime), field, patch_size // 2, out
     )
     return out
 

@@ -223,27 +223,44 @@ def _search_rows(maps, field, distance, mask, key, search_radius, radius):
 # --------------------------------------------------------------------------- CUDA kernels
 
 
-@cuda.jit
-def _start_kernel(maps, init_field, field, distance, radius):
+# The maps come as four arguments and are grouped inside: a launch cannot pass a tuple
+# of CuPy arrays (numba issue 8483).
+
+
+@cuda.jit(cache=True)
+def _start_kernel(a, a_prime, b, b_prime, init_field, field, distance, radius):
     x, y = cuda.grid(2)
     if y < distance.shape[0] and x < distance.shape[1]:
-        _start_pixel(maps, init_field, field, distance, y, x, radius)
+        _start_pixel((a, a_prime, b, b_prime), init_field, field, distance, y, x, radius)
 
 
-@cuda.jit
-def _propagate_kernel(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
+@cuda.jit(cache=True)
+def _propagate_kernel(
+    a, a_prime, b, b_prime, field_in, distance_in, field_out, distance_out, mask, jump, radius
+):
     x, y = cuda.grid(2)
     if y < distance_in.shape[0] and x < distance_in.shape[1]:
         _propagate_pixel(
-            maps, field_in, distance_in, field_out, distance_out, mask, y, x, jump, radius
+            (a, a_prime, b, b_prime),
+            field_in,
+            distance_in,
+            field_out,
+            distance_out,
+            mask,
+            y,
+            x,
+            jump,
+            radius,
         )
 
 
-@cuda.jit
-def _search_kernel(maps, field, distance, mask, key, search_radius, radius):
+@cuda.jit(cache=True)
+def _search_kernel(a, a_prime, b, b_prime, field, distance, mask, key, search_radius, radius):
     x, y = cuda.grid(2)
     if y < distance.shape[0] and x < distance.shape[1]:
-        _search_pixel(maps, field, distance, mask, y, x, key, search_radius, radius)
+        _search_pixel(
+            (a, a_prime, b, b_prime), field, distance, mask, y, x, key, search_radius, radius
+        )
 
 
 # --------------------------------------------------------------------------- targets
@@ -278,7 +295,10 @@ class _CpuTarget:
 
 
 class _CudaTarget:
-    """One thread per pixel, x fastest; maps are channel-last views of the GPU arrays."""
+    """One thread per pixel, x fastest; maps are channel-last views of the GPU arrays.
+
+    The four views travel to each kernel as four arguments (``*maps``).
+    """
 
     @staticmethod
     def maps(a, a_prime, b, b_prime):
@@ -295,19 +315,19 @@ class _CudaTarget:
     @staticmethod
     def start(maps, init_field, field, distance, radius):
         grid, block = targets.launch_2d(*distance.shape)
-        _start_kernel[grid, block](maps, init_field, field, distance, radius)
+        _start_kernel[grid, block](*maps, init_field, field, distance, radius)
 
     @staticmethod
     def propagate(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
         grid, block = targets.launch_2d(*distance_in.shape)
         _propagate_kernel[grid, block](
-            maps, field_in, distance_in, field_out, distance_out, mask, jump, radius
+            *maps, field_in, distance_in, field_out, distance_out, mask, jump, radius
         )
 
     @staticmethod
     def search(maps, field, distance, mask, key, search_radius, radius):
         grid, block = targets.launch_2d(*distance.shape)
-        _search_kernel[grid, block](maps, field, distance, mask, key, search_radius, radius)
+        _search_kernel[grid, block](*maps, field, distance, mask, key, search_radius, radius)
 
 
 # --------------------------------------------------------------------------- public API

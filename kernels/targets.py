@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba.extending import register_jitable
+from numba.core import types
+from numba.extending import overload, register_jitable
+from numba.np import numpy_support
 
 shared = register_jitable
 
@@ -39,6 +41,27 @@ def clamp_index(value, size):
     return value
 
 
+# Typed zeros. A bare ``0.0`` is a float64: mixed with float32 data it promotes the
+# arithmetic around it to float64 (tests/test_cuda_ptx.py checks the PTX for that).
+def zero_like(value):
+    """A zero of ``value``'s type (float32 for a float32 value), on both targets."""
+    return type(value)(0)
+
+
+@overload(zero_like)
+def _zero_like_typed(value):
+    if isinstance(value, types.Float | types.Integer):
+        zero = numpy_support.as_dtype(value).type(0)
+        return lambda value: zero
+    return None
+
+
+@shared
+def zero_of(array):
+    """A zero of ``array``'s dtype, on both targets."""
+    return array.dtype.type(0)
+
+
 #: Threads per block along x and y for 2-D launches; tests shrink them so that
 #: small inputs still span several blocks.
 BLOCK_2D = [16, 8]
@@ -48,10 +71,35 @@ BLOCK_1D = [256]
 
 def is_cuda_array(array) -> bool:
     """True for arrays that live on a GPU."""
-    # Numba's device arrays (real and simulated) also carry __cuda_ndarray__.
-    return hasattr(array, "__cuda_array_interface__") or bool(
-        getattr(array, "__cuda_ndarray__", False)
+    # Numba's device arrays (real and simulated) carry __cuda_ndarray__; asking them
+    # first spares building their __cuda_array_interface__.
+    return bool(getattr(array, "__cuda_ndarray__", False)) or hasattr(
+        array, "__cuda_array_interface__"
     )
+
+
+def kernel_array(array):
+    """``array`` as Numba launches take it fastest: a device array over the same memory.
+
+    A CuPy array passed to a launch is wrapped into a Numba device array twice per
+    launch (once to type it, once to pass it), and each wrap synchronises the
+    stream CuPy exports with it (the CUDA Array Interface's default), so the host
+    waits for the GPU before every launch. Wrapping a long-lived buffer once here,
+    without that synchronisation, avoids both: this project queues all its work on
+    the default stream, in order. Host and Numba arrays are returned unchanged, and
+    so is everything under the CUDA simulator (which launches on any array).
+    """
+    from numba import config
+
+    if (
+        config.ENABLE_CUDASIM
+        or bool(getattr(array, "__cuda_ndarray__", False))
+        or not hasattr(array, "__cuda_array_interface__")
+    ):
+        return array
+    from numba import cuda
+
+    return cuda.as_cuda_array(array, sync=False)
 
 
 def launch_2d(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:

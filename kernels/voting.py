@@ -87,7 +87,7 @@ def _vote_rows(source, field, half, source_height, source_width, out):
                 out[c, row + x] = _mean_vote(plane, sources[x], counts[x])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _vote_kernel(source, field, half, source_height, source_width, out):
     x, y = cuda.grid(2)
     height, width = field.shape[0], field.shape[1]

@@ -396,3 +396,90 @@ def vgg_levels(weights, x, layers):
         if name in vgg.POOL_AFTER:
             x, _ = maxpool(x)
     return levels
+
+
+# --- fused deconvolution kernels and the optimiser's passes ------------------------------
+
+
+def col2im_unpool(cols, argmax, pre_activation, bias):
+    """Gradient with respect to ``z`` of ``conv(maxpool(relu(z + b)))`` from its columns' one.
+
+    ``cols`` ``(9 C, h w)`` of the pooled map, ``argmax`` ``(C, h, w)``, ``pre_activation``
+    ``z`` ``(C, H, W)``, ``bias`` ``(C,)``: col2im, route to the maxima, gate by the ReLU.
+    """
+    _, height, width = pre_activation.shape
+    pooled = col2im(cols, argmax.shape[1], argmax.shape[2])
+    return relu_backward(
+        maxpool_backward(pooled, argmax, height, width), relu(pre_activation, bias)
+    )
+
+
+def relu_squared_error(pre_activation, bias, target):
+    """``(C, P)`` arrays -> (``sum (relu(z + b) - t)^2``, its gradient in ``z``), float64.
+
+    ``relu(z + b)`` is formed in the arrays' dtype (as `relu` does), the rest in float64.
+    """
+    activation = relu(pre_activation[:, :, None], bias)[:, :, 0].astype(np.float64)
+    difference = activation - target.astype(np.float64)
+    return np.sum(difference**2), 2 * difference * (activation > 0)
+
+
+def trial_scalars(rows, gradient, current, trial, gradient_row, direction, first_history, history):
+    """The sums of ``lbfgs_ops.trial_scalars``, in its order, as float64 dot products.
+
+    ``s = t - x`` and ``y = g_t - g`` are formed in the rows' dtype first (as the
+    kernel stores them), then every product is taken in float64.
+    """
+    s = (rows[trial] - rows[current]).astype(np.float64)
+    y = (gradient - rows[gradient_row]).astype(np.float64)
+    g = gradient.astype(np.float64)
+    t = rows[trial].astype(np.float64)
+    d = rows[direction].astype(np.float64)
+    sums = [g @ d, g @ g, t @ t, s @ s, s @ y, y @ y, s @ g, y @ g]
+    for row in range(2 * history):
+        h = rows[first_history + row].astype(np.float64)
+        sums += [s @ h, y @ h, g @ h]
+    return np.array(sums)
+
+
+def lbfgs_step(rows, gradient, coefficients, mode, slot, current, previous, out, gradient_row,
+               direction, first_history, history, step):  # fmt: skip
+    """``lbfgs_ops.lbfgs_step`` on a copy of ``rows``: (new rows, ``g.d`` in float64).
+
+    Modes: 0 plain, 1 take the gradient, 2 accept (store ``s``, ``y``, then take it).
+    """
+    rows = rows.copy()
+    if mode == 2:
+        rows[first_history + slot] = rows[current] - rows[previous]
+        rows[first_history + history + slot] = gradient - rows[gradient_row]
+    if mode in (1, 2):
+        rows[gradient_row] = gradient
+    basis = [*range(first_history, first_history + 2 * history), gradient_row]
+    # Rows with a zero coefficient are not read (they may hold anything).
+    d = np.zeros(rows.shape[1])
+    for coefficient, row in zip(coefficients, basis, strict=True):
+        if coefficient != 0:
+            d = d + coefficient * rows[row].astype(np.float64)
+    d = d.astype(rows.dtype)
+    rows[direction] = d
+    rows[out] = rows[current].astype(np.float64) + step * d.astype(np.float64)
+    return rows, float(rows[gradient_row].astype(np.float64) @ d.astype(np.float64))
+
+
+def two_loop_direction(steps, changes, gradient):
+    """``-H g`` by the L-BFGS two-loop recursion on vectors (Nocedal & Wright 7.4), float64.
+
+    ``steps`` and ``changes``: the pairs ``s_k``, ``y_k``, oldest first.
+    """
+    q = -np.asarray(gradient, dtype=np.float64)
+    alphas = []
+    for s, y in reversed(list(zip(steps, changes, strict=True))):
+        alpha = (s @ q) / (y @ s)
+        q = q - alpha * y
+        alphas.append(alpha)
+    if steps:
+        q = q * (changes[-1] @ steps[-1]) / (changes[-1] @ changes[-1])
+    for (s, y), alpha in zip(zip(steps, changes, strict=True), reversed(alphas), strict=True):
+        beta = (y @ q) / (y @ s)
+        q = q + (alpha - beta) * s
+    return q

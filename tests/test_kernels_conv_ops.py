@@ -173,3 +173,145 @@ def test_copy_scalar(rng):
     lbfgs_ops.copy_scalar(value, scalars, 1)
     lbfgs_ops.copy_scalar(np.array([2 * value]), scalars, 2)
     np.testing.assert_array_equal(scalars, [0.0, value, 2 * value])
+
+
+# --- fused kernels of the deconvolution -------------------------------------------------
+
+
+def conv_output(rng, shape, dtype=np.float32):
+    """A GEMM output z and a bias that leave some ReLUs closed, some open."""
+    pre = rng.standard_normal(shape).astype(dtype)
+    bias = rng.standard_normal(shape[0]).astype(dtype)
+    return pre, bias
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_with_bias_unfolds_the_relu(rng, dtype):
+    pre, bias = conv_output(rng, random_shape(rng), dtype)
+    expected = naive.im2col(naive.relu(pre, bias))
+    np.testing.assert_array_equal(im2col.im2col(pre, bias=bias), expected)
+
+
+def test_relu_forward_out_of_place(rng):
+    pre, bias = conv_output(rng, (3, 4, 5))
+    original = pre.copy()
+    out = np.full_like(pre, np.nan)
+    assert activations.relu_forward(pre, bias=bias, out=out) is out
+    np.testing.assert_array_equal(out, naive.relu(original, bias))
+    np.testing.assert_array_equal(pre, original)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (5, 3), (7, 8)])
+def test_maxpool_with_bias_pools_the_relu(rng, size):
+    pre, bias = conv_output(rng, (3, *size))
+    pre[0] = -10  # a channel whose ReLU is closed everywhere: ties at zero
+    pooled, argmax = activations.maxpool_forward(pre, bias=bias)
+    expected_pooled, expected_argmax = naive.maxpool(naive.relu(pre, bias))
+    np.testing.assert_array_equal(pooled, expected_pooled)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_col2im_through_the_relu(rng, dtype):
+    channels, height, width = random_shape(rng)
+    pre, bias = conv_output(rng, (channels, height, width), dtype)
+    cols = rng.standard_normal((channels * 9, height * width)).astype(dtype)
+    result = im2col.col2im(cols, height, width, pre_activation=pre, bias=bias)
+    expected = naive.relu_backward(naive.col2im(cols, height, width), naive.relu(pre, bias))
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(result, expected, rtol=rtol, atol=rtol)
+    # Bitwise the separate kernels, which the network used before the fusion.
+    separate = activations.relu_backward(
+        im2col.col2im(cols, height, width), activations.relu_forward(pre.copy(), bias=bias)
+    )
+    np.testing.assert_array_equal(result, separate)
+    with pytest.raises(ValueError, match="together"):
+        im2col.col2im(cols, height, width, pre_activation=pre)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (5, 3), (7, 8)])
+def test_col2im_unpool(rng, size):
+    pre, bias = conv_output(rng, (3, *size))
+    _, argmax = activations.maxpool_forward(pre, bias=bias)
+    pooled_size = argmax.shape[1] * argmax.shape[2]
+    cols = rng.standard_normal((3 * 9, pooled_size)).astype(np.float32)
+    out = np.full(pre.shape, np.nan, dtype=np.float32)
+    result = im2col.col2im_unpool(cols, argmax, pre, bias, out=out)
+    assert result is out
+    np.testing.assert_allclose(
+        result, naive.col2im_unpool(cols, argmax, pre, bias), rtol=1e-6, atol=1e-6
+    )
+    separate = activations.relu_backward(
+        activations.maxpool_backward(im2col.col2im(cols, *argmax.shape[1:]), argmax, *size),
+        activations.relu_forward(pre.copy(), bias=bias),
+    )
+    np.testing.assert_array_equal(result, separate)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_squared_error(rng, dtype):
+    pre, bias = conv_output(rng, (3, 40), dtype)
+    target = np.abs(rng.standard_normal((3, 40))).astype(dtype)
+    grad = np.full_like(pre, np.nan)
+    scalars = np.zeros(2)
+    lbfgs_ops.relu_squared_error(pre, bias, target, grad_out=grad, scalars=scalars, slot=1)
+    loss, expected_grad = naive.relu_squared_error(pre, bias, target)
+    assert scalars[1] == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6)
+    # Bitwise the separate kernels.
+    activation = activations.relu_forward(pre.copy(), bias=bias).reshape(-1)
+    separate = np.empty_like(activation)
+    lbfgs_ops.squared_error(
+        activation, target.reshape(-1), grad_out=separate, scalars=scalars, slot=0
+    )
+    activations.relu_backward(separate, activation)
+    np.testing.assert_array_equal(grad.reshape(-1), separate)
+    assert scalars[0] == scalars[1]
+
+
+# --- the optimiser's passes -----------------------------------------------------------------
+
+HISTORY = 3
+LAYOUT = {"gradient_row": 2, "direction": 3, "first_history": 4, "history": HISTORY}
+
+
+def optimiser_rows(rng, size, dtype=np.float64):
+    return rng.standard_normal((4 + 2 * HISTORY, size)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 7, 300])
+def test_trial_scalars(rng, dtype, size):
+    rows = optimiser_rows(rng, size, dtype)
+    gradient = rng.standard_normal(size).astype(dtype)
+    count = lbfgs_ops.trial_sum_count(HISTORY)
+    scalars = np.full(3 + count, np.nan)
+    lbfgs_ops.trial_scalars(rows, gradient, np.array([2.5]), scalars, current=0, trial=1,
+                            loss_slot=0, first_slot=3, **LAYOUT)  # fmt: skip
+    expected = naive.trial_scalars(rows, gradient, 0, 1, **LAYOUT)
+    assert scalars[0] == 2.5
+    assert np.isnan(scalars[1:3]).all()
+    np.testing.assert_allclose(scalars[3:], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", [lbfgs_ops.STEP_PLAIN, lbfgs_ops.STEP_TAKE_GRADIENT,
+                                  lbfgs_ops.STEP_ACCEPT])  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lbfgs_step(rng, mode, dtype):
+    size = 50
+    rows = optimiser_rows(rng, size, dtype)
+    gradient = rng.standard_normal(size).astype(dtype)
+    coefficients = rng.standard_normal(2 * HISTORY + 1)
+    coefficients[1] = 0.0  # a slot not in use: its row is not read
+    rows[LAYOUT["first_history"] + 1] = np.nan
+    arguments = {"mode": mode, "slot": 2, "current": 1, "previous": 0, "out": 0, "step": 0.75}
+    expected_rows, expected_slope = naive.lbfgs_step(rows, gradient, coefficients, **arguments,
+                                                     **LAYOUT)  # fmt: skip
+    scalars = np.zeros(2)
+    lbfgs_ops.lbfgs_step(rows, gradient, coefficients, scalars, slope_slot=1, **arguments, **LAYOUT)
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(rows, expected_rows, rtol=rtol, atol=rtol)
+    assert scalars[1] == pytest.approx(expected_slope, rel=1e-5 if dtype == np.float32 else 1e-12)
+    with pytest.raises(ValueError, match="coefficients"):
+        lbfgs_ops.lbfgs_step(rows, gradient, coefficients[:-1], scalars, slope_slot=1,
+                             **arguments, **LAYOUT)  # fmt: skip

@@ -2,6 +2,7 @@
 
 import math
 
+import naive
 import numpy as np
 import pytest
 from inputs import random_quadratic
@@ -254,10 +255,32 @@ def test_works_on_shaped_arrays(rng):
     np.testing.assert_allclose(result.x.reshape(-1), minimiser, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("pairs", [[], [1], [2, 0, 3], [3, 1, 0, 2]])
+def test_two_loop_on_inner_products_is_the_vector_recursion(rng, pairs):
+    """The direction from the Gram matrix is the two-loop recursion's ``-H g``."""
+    from diva_numba.lbfgs import _State
+
+    history, size = 4, 15
+    state = _State(np.zeros(size), history)
+    steps = rng.standard_normal((history, size))
+    spd = np.eye(size) + 0.3 * np.cov(rng.standard_normal((size, 3 * size)))
+    changes = steps @ spd  # y = A s: positive curvature
+    gradient = rng.standard_normal(size)
+    basis = np.concatenate([steps, changes, gradient[None]])
+    state.gram[:] = basis @ basis.T
+    state.pairs = list(pairs)
+    direction = np.asarray(state.direction_coefficients()) @ basis
+    expected = naive.two_loop_direction(
+        [steps[k] for k in pairs], [changes[k] for k in pairs], gradient
+    )
+    np.testing.assert_allclose(direction, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "changes",
     [
         {"history": 0},
+        {"history": 9},
         {"max_iterations": -1},
         {"sufficient_decrease": 0.95},
         {"curvature": 1.0},

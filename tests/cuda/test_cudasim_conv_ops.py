@@ -131,6 +131,118 @@ def test_vector_updates(rng):
     np.testing.assert_array_equal(to_host(device_scalars), [7.0, -3.0, -0.5, 4.0])
 
 
+# --- fused kernels of the deconvolution ----------------------------------------------------
+
+
+def conv_output(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape[0]).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 1, 1), (3, 5, 4)])
+def test_fused_forward_kernels(rng, shape):
+    pre, bias = conv_output(rng, shape)
+    device_pre, device_bias = cuda.to_device(pre), cuda.to_device(bias)
+    columns = im2col.im2col(device_pre, bias=device_bias)
+    np.testing.assert_array_equal(to_host(columns), im2col.im2col(pre, bias=bias))
+    pooled, argmax = activations.maxpool_forward(device_pre, bias=device_bias)
+    expected_pooled, expected_argmax = activations.maxpool_forward(pre, bias=bias)
+    np.testing.assert_array_equal(to_host(pooled), expected_pooled)
+    np.testing.assert_array_equal(to_host(argmax), expected_argmax)
+    out = cuda.device_array(shape, dtype=np.float32)
+    activations.relu_forward(device_pre, bias=device_bias, out=out)
+    np.testing.assert_array_equal(to_host(out), naive.relu(pre, bias))
+    np.testing.assert_array_equal(to_host(device_pre), pre)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 1, 1), (3, 5, 4)])
+def test_fused_backward_kernels(rng, shape):
+    channels, height, width = shape
+    pre, bias = conv_output(rng, shape)
+    device_pre, device_bias = cuda.to_device(pre), cuda.to_device(bias)
+    cols = rng.standard_normal((channels * 9, height * width)).astype(np.float32)
+    result = im2col.col2im(
+        cuda.to_device(cols), height, width, pre_activation=device_pre, bias=device_bias
+    )
+    # Both targets add each pixel's nine taps in the same order: bitwise equal.
+    np.testing.assert_array_equal(
+        to_host(result), im2col.col2im(cols, height, width, pre_activation=pre, bias=bias)
+    )
+    _, argmax = activations.maxpool_forward(pre, bias=bias)
+    pooled_cols = rng.standard_normal((channels * 9, argmax[0].size)).astype(np.float32)
+    result = im2col.col2im_unpool(
+        cuda.to_device(pooled_cols), cuda.to_device(argmax), device_pre, device_bias
+    )
+    assert_on_device(result)
+    expected = im2col.col2im_unpool(pooled_cols, argmax, pre, bias)
+    np.testing.assert_array_equal(to_host(result), expected)
+    np.testing.assert_allclose(
+        expected, naive.col2im_unpool(pooled_cols, argmax, pre, bias), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("block", [[8], [3]])
+def test_relu_squared_error(rng, monkeypatch, block):
+    monkeypatch.setattr(targets, "BLOCK_1D", block)
+    monkeypatch.setattr(lbfgs_ops, "MAX_PARTIALS", 4)  # several blocks per partial sum
+    pre, bias = conv_output(rng, (3, 17))
+    target = np.abs(rng.standard_normal((3, 17))).astype(np.float32)
+    grad = cuda.device_array((3, 17), dtype=np.float32)
+    scalars = cuda.to_device(np.zeros(2))
+    lbfgs_ops.relu_squared_error(cuda.to_device(pre), cuda.to_device(bias), cuda.to_device(target),
+                                 grad_out=grad, scalars=scalars, slot=1)  # fmt: skip
+    host_grad, host_scalars = np.empty_like(pre), np.zeros(2)
+    lbfgs_ops.relu_squared_error(pre, bias, target, grad_out=host_grad, scalars=host_scalars,
+                                 slot=1)  # fmt: skip
+    np.testing.assert_array_equal(to_host(grad), host_grad)
+    np.testing.assert_allclose(to_host(scalars), host_scalars, rtol=1e-12)
+
+
+HISTORY = 2
+LAYOUT = {"gradient_row": 2, "direction": 3, "first_history": 4, "history": HISTORY}
+
+
+@pytest.mark.parametrize("block", [[8], [3]])
+@pytest.mark.parametrize("size", [1, 29])
+def test_trial_scalars(rng, monkeypatch, block, size):
+    monkeypatch.setattr(targets, "BLOCK_1D", block)
+    rows = rng.standard_normal((4 + 2 * HISTORY, size)).astype(np.float32)
+    gradient = rng.standard_normal(size).astype(np.float32)
+    count = lbfgs_ops.trial_sum_count(HISTORY)
+    work = lbfgs_ops.ReductionWork(cuda.to_device(rows), count)
+    scalars = cuda.to_device(np.zeros(2 + count))
+    for _ in range(2):  # the same work again: the arrival counter was reset
+        lbfgs_ops.trial_scalars(cuda.to_device(rows), cuda.to_device(gradient),
+                                cuda.to_device(np.array([1.5])), scalars, current=1, trial=0,
+                                loss_slot=0, first_slot=2, work=work, **LAYOUT)  # fmt: skip
+        result = to_host(scalars)
+        assert result[0] == 1.5
+        np.testing.assert_allclose(
+            result[2:], naive.trial_scalars(rows, gradient, 1, 0, **LAYOUT), rtol=1e-12, atol=1e-12
+        )
+    assert to_host(work.counter)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "mode", [lbfgs_ops.STEP_PLAIN, lbfgs_ops.STEP_TAKE_GRADIENT, lbfgs_ops.STEP_ACCEPT]
+)
+def test_lbfgs_step(rng, mode):
+    size = 23
+    rows = rng.standard_normal((4 + 2 * HISTORY, size)).astype(np.float32)
+    gradient = rng.standard_normal(size).astype(np.float32)
+    coefficients = tuple(rng.standard_normal(2 * HISTORY + 1))
+    arguments = {"mode": mode, "slot": 1, "current": 0, "previous": 1, "out": 1, "step": 0.5}
+    device_rows, scalars = cuda.to_device(rows), cuda.to_device(np.zeros(2))
+    lbfgs_ops.lbfgs_step(device_rows, cuda.to_device(gradient), coefficients, scalars,
+                         slope_slot=1, **arguments, **LAYOUT)  # fmt: skip
+    host_scalars = np.zeros(2)
+    lbfgs_ops.lbfgs_step(rows, gradient, coefficients, host_scalars, slope_slot=1, **arguments,
+                         **LAYOUT)  # fmt: skip
+    np.testing.assert_allclose(to_host(device_rows), rows, **FLOAT_TOLERANCE)
+    np.testing.assert_allclose(to_host(scalars), host_scalars, rtol=1e-12)
+
+
 # --- the optimiser and the network on device arrays -------------------------------
 
 
@@ -167,6 +279,7 @@ def host_gemm_module():
         asarray=lambda a, dtype=None: cuda.to_device(np.ascontiguousarray(a, dtype=dtype)),
         ascontiguousarray=lambda a: a,
         copy=lambda a: cuda.to_device(to_host(a)),
+        empty=lambda shape, dtype: cuda.device_array(shape, dtype=np.dtype(dtype)),
     )
 
 

@@ -50,7 +50,10 @@ def test_patch_distance_of_unit_features_is_close(rng):
     pairs = feature_pairs(rng, 6, (5, 7), (6, 4))
     field = random_field(rng, (5, 7), (6, 4))
 
-    result = patch_distance.patch_distance_cuda(*pairs, cuda.to_device(field), patch_size=3)
+    # The maps on the device, the field on the host (copied over by the call).
+    result = patch_distance.patch_distance_cuda(
+        *(cuda.to_device(m) for m in pairs), field, patch_size=3
+    )
 
     expected = patch_distance.patch_distance_cpu(*pairs, field, patch_size=3)
     np.testing.assert_allclose(to_host(result), expected, rtol=1e-5, atol=1e-6)
@@ -80,7 +83,7 @@ def test_patchmatch_with_start_and_mask_matches_cpu(rng):
     )
 
     field, distance = patchmatch.patchmatch_cuda(
-        *pairs, init_field=init, refine_mask=mask, params=params
+        *(cuda.to_device(m) for m in pairs), init_field=init, refine_mask=mask, params=params
     )
 
     expected_field, expected_distance = patchmatch.patchmatch_cpu(
