@@ -2,8 +2,9 @@
 
 :func:`analogy_files` loads the two images, brings them to their working sizes,
 runs :func:`~diva_numba.deep_analogy.analogy` (falling back to the CPU when asked
-and a GPU runs out of memory), optionally refines the result in photo mode,
-and writes an output directory that appears whole or not at all.
+and a GPU runs out of memory), synthesises A' and B at the images' own sizes
+(:mod:`diva_numba.synthesis`), optionally refines them in photo mode, and
+writes an output directory that appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from diva_numba.compositing import preserve_colour as preserve_colour_of
 from diva_numba.deep_analogy import AnalogyParams, AnalogyResult, analogy, load_model
 from diva_numba.device import Device, resolve_device, to_host, within_memory
 from diva_numba.imageio import MAX_AREA, load_image, resize, save_image, working_size
-from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.outputs import atomic_directory, check_target
+from diva_numba.synthesis import SynthesisParams, synthesize
 
 log = logging.getLogger("diva_numba")
 
@@ -36,8 +37,10 @@ def analogy_files(
     *,
     device: Device | str = "auto",
     model: str | os.PathLike | None = None,
-    long_side: int | None = None,
+    work_size: int | None = None,
+    size: int | None = None,
     ratio: float = 1.0,
+    synthesis: SynthesisParams | None = None,
     refine: bool = False,
     save_levels: bool = False,
     preserve_colour: bool = False,
@@ -64,11 +67,15 @@ def analogy_files(
     device : Device or {"auto", "cuda", "cpu"}, default "auto"
     model : path-like, optional
         ONNX feature model; default: the VGG-19 model, fetched on first use.
-    long_side : int, optional
-        Long side of the working images; default by device
+    work_size : int, optional
+        Long side of the images the deep analogy works on; default by device
         (:data:`IMAGE_SIZE_BY_DEVICE`), never enlarging.
+    size : int, optional
+        Long side of A' and of B; default the images' own sizes.
     ratio : float, default 1.0
         Scale the working size down further, for speed.
+    synthesis : SynthesisParams, optional
+        The full-resolution synthesis from the working size up.
     refine : bool, default False
         Photo mode: ``A' <- A + WLS(A') - WLS(A)`` (and likewise B).
     save_levels : bool, default False
@@ -82,7 +89,8 @@ def analogy_files(
     Returns
     -------
     AnalogyResult
-        At the working sizes.
+        ``a_prime``, ``b``, ``nnf_ab`` and ``nnf_ba`` at the output sizes; the
+        per-level fields, solutions and latent features at the working sizes.
 
     Raises
     ------
@@ -95,28 +103,51 @@ def analogy_files(
     check_target(output, overwrite=overwrite, inputs=inputs)
     a_full = load_image(image_a)
     bp_full = load_image(image_bp)
-    sizes = {"device": device, "long_side": long_side, "ratio": ratio}
+    sizes = {"device": device, "long_side": work_size, "ratio": ratio}
     a = resize(a_full, *working_shape(a_full, name=str(image_a), **sizes))
     bp = resize(bp_full, *working_shape(bp_full, name=str(image_bp), **sizes))
+    a_out = resize(a_full, *output_shape(a_full, size))
+    bp_out = resize(bp_full, *output_shape(bp_full, size))
+    synthesis = synthesis or SynthesisParams()
 
     def compute(on: Device) -> AnalogyResult:
         result = analogy(load_model(model, on), a, bp, params=params)
+        with result.profile.stage("synthesis"):
+            # A' copies B''s pixels, B copies A's: the same synthesis both ways.
+            options = {"device": on, "params": synthesis}
+            a_prime = synthesize(
+                a_out, bp_out, result.nnf_ab, result.b, exemplar_work_shape=bp.shape[:2], **options
+            )
+            b = synthesize(
+                bp_out, a_out, result.nnf_ba, result.a_prime, exemplar_work_shape=a.shape[:2],
+                **options,
+            )  # fmt: skip
+        result.a_prime, result.nnf_ab = a_prime.image, to_host(a_prime.field)
+        result.b, result.nnf_ba = b.image, to_host(b.field)
         if refine:
             from diva_numba.refine import refine_photo
 
             with result.profile.stage("refine"):
-                result.a_prime = refine_photo(result.a_prime, a)
-                result.b = refine_photo(result.b, bp)
+                result.a_prime = refine_photo(result.a_prime, a_out)
+                result.b = refine_photo(result.b, bp_out)
         if preserve_colour:
-            result.a_prime = preserve_colour_of(result.a_prime, a)
-            result.b = preserve_colour_of(result.b, bp)
+            result.a_prime = preserve_colour_of(result.a_prime, a_out)
+            result.b = preserve_colour_of(result.b, bp_out)
         return result
 
-    smaller = f"--size (now {max(*a.shape[:2], *bp.shape[:2])}) or --ratio"
+    smaller = f"--work-size (now {max(*a.shape[:2], *bp.shape[:2])}) or --ratio"
     result = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
-    write_analogy(output, result, a_full.shape[:2], bp_full.shape[:2], save_levels=save_levels,
-                  overwrite=overwrite)  # fmt: skip
+    write_analogy(output, result, save_levels=save_levels, overwrite=overwrite)
     return result
+
+
+def output_shape(image: np.ndarray, size: int | None) -> tuple[int, int]:
+    """The (H, W) an output of ``image``'s shape is written at: its own, or long side ``size``."""
+    height, width = image.shape[:2]
+    if size is None:
+        return height, width
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def working_shape(
@@ -135,25 +166,15 @@ def working_shape(
     return shape
 
 
-def write_analogy(
-    output: Path,
-    result: AnalogyResult,
-    shape_a: tuple[int, int],
-    shape_bp: tuple[int, int],
-    *,
-    save_levels: bool,
-    overwrite: bool,
-) -> None:
-    """Write ``result`` into the directory ``output``, the images and fields at the given sizes."""
+def write_analogy(output: Path, result: AnalogyResult, *, save_levels: bool, overwrite: bool):
+    """Write ``result`` (images and fields at the output sizes) into the directory ``output``."""
     from diva_numba.visualize import field_colour
 
     with atomic_directory(output, overwrite=overwrite) as staging:
-        save_image(staging / "A_prime.png", resize(result.a_prime, *shape_a))
-        save_image(staging / "B.png", resize(result.b, *shape_bp))
-        nnf_ab = upsample_field(result.nnf_ab, target_shape=shape_a, source_shape=shape_bp)
-        nnf_ba = upsample_field(result.nnf_ba, target_shape=shape_bp, source_shape=shape_a)
-        np.save(staging / "nnf_ab.npy", nnf_ab)
-        np.save(staging / "nnf_ba.npy", nnf_ba)
+        save_image(staging / "A_prime.png", result.a_prime)
+        save_image(staging / "B.png", result.b)
+        np.save(staging / "nnf_ab.npy", result.nnf_ab)
+        np.save(staging / "nnf_ba.npy", result.nnf_ba)
         if save_levels:
             for level, (field_ab, field_ba) in result.level_fields.items():
                 for name, field in (("ab", field_ab), ("ba", field_ba)):

@@ -94,12 +94,17 @@ analogy_options = _stack(
     click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
 )
 
-#: Working-size options of `analogy`.
+#: Size options of `analogy`.
 image_size_options = _stack(
     click.option(
         "--size",
+        type=click.IntRange(32, 8192),
+        help="Long side of A_prime.png and B.png in pixels [default: the images' own].",
+    ),
+    click.option(
+        "--work-size",
         type=click.IntRange(32, 4096),
-        help="Long side of the working images in pixels "
+        help="Long side of the images the deep analogy works on "
         f"[default: {by_device(IMAGE_SIZE_BY_DEVICE)}, never enlarging].",
     ),
     click.option(
@@ -156,7 +161,7 @@ def analogy_params(device: Device, options: dict) -> AnalogyParams:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @device_option
 @as_user_errors
-def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, preserve_colour,
+def analogy(image_a, image_bp, output, size, work_size, ratio, refine, save_levels, preserve_colour,
             overwrite, device, **options):  # fmt: skip
     """Image analogy A : A' :: B : B' for a structure image A and a style image B'.
 
@@ -173,7 +178,8 @@ def analogy(image_a, image_bp, output, size, ratio, refine, save_levels, preserv
         analogy_params(device, options),
         device=device,
         model=options["model_path"],
-        long_side=size,
+        work_size=work_size,
+        size=size,
         ratio=ratio,
         refine=refine,
         save_levels=save_levels,

@@ -18,7 +18,7 @@ from diva_numba.cli_common import (
 )
 from diva_numba.keyframes import Keyframe, parse_key
 from diva_numba.scale_out import ScaleOut
-from diva_numba.transfer import GUIDED_LBFGS_BY_DEVICE, LONG_SIDE_BY_DEVICE, TransferParams
+from diva_numba.transfer import GUIDED_LBFGS_BY_DEVICE, WORK_SIZE_BY_DEVICE, TransferParams
 
 PREVIEW_ROWS = 4
 
@@ -35,9 +35,14 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--size",
+    type=click.IntRange(32, 8192),
+    help="Long side of the output frames in pixels, made even [default: the clip's own].",
+)
+@click.option(
+    "--work-size",
     type=click.IntRange(32, 4096),
-    help="Long side of the output frames in pixels, made even "
-    f"[default: {by_device(LONG_SIDE_BY_DEVICE)}, never enlarging].",
+    help="Long side of the frames the deep analogy works on, made even "
+    f"[default: {by_device(WORK_SIZE_BY_DEVICE)}, never above the output's].",
 )
 @click.option(
     "--start",
@@ -65,7 +70,8 @@ PREVIEW_ROWS = 4
     type=click.FloatRange(0.0),
     default=default_of(TransferParams, "temporal_weight"),
     show_default=True,
-    help="Pull towards the previous output warped into the frame; 0 turns it off.",
+    help="Weight of the previous output, moved along the flow, as a guide of the "
+    "synthesis; 0 turns it off.",
 )
 @click.option(
     "--independent",
@@ -212,7 +218,9 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
         "mask_feather": options["mask_feather"],
     }
     if options["size"] is not None:
-        changes["long_side"] = options["size"]
+        changes["size"] = options["size"]
+    if options["work_size"] is not None:
+        changes["work_size"] = options["work_size"]
     if options["guided_lbfgs_iters"] is not None:
         changes["guided_lbfgs_iterations"] = options["guided_lbfgs_iters"]
     return TransferParams.for_device(device, **changes)

@@ -54,11 +54,18 @@ class Mask:
     Parameters
     ----------
     path : path-like
-        A PNG/JPEG (one mask for every frame) or a video with at least as
-        many frames as the clip (frame i masks frame i).
+        A PNG/JPEG (one mask for every frame) or a video of the clip's
+        length (frame i masks frame i), at the clip's size or shape.
     feather : float
         Width in pixels (at the output size) over which the effect fades in
         from the mask's edge; 0 for a hard edge.
+
+    Attributes
+    ----------
+    size : (int, int)
+        The mask's width and height.
+    frame_count : int or None
+        A mask video's length; None for an image.
 
     Raises
     ------
@@ -75,16 +82,43 @@ class Mask:
         self.frame_count = None
         if self.path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
             self._still = load_image(self.path)
+            self.size = (self._still.shape[1], self._still.shape[0])
         else:
-            self.frame_count = probe_video(self.path).frame_count
+            info = probe_video(self.path)
+            self.frame_count = info.frame_count
+            self.size = (info.width, info.height)
         self._frames = None
         self._next = None
 
-    def check_covers(self, end: int) -> None:
-        """Refuse a mask video shorter than the frames it must mask."""
-        if self.frame_count is not None and self.frame_count < end:
+    def check(self, width: int, height: int, frame_count: int) -> None:
+        """Refuse a mask that does not fit the clip, before any frame is made.
+
+        Parameters
+        ----------
+        width, height : int
+            The clip's frame size.
+        frame_count : int
+            The clip's length.
+
+        Raises
+        ------
+        InputError
+            A mask video whose length is not the clip's, or a mask whose
+            shape is not the clip's (its size, or any size of the same aspect
+            ratio within 1%, which is scaled to the frames).
+        """
+        if self.frame_count is not None and self.frame_count != frame_count:
             raise InputError(
-                f"{self.path}: the mask video has {self.frame_count} frames, the clip needs {end}"
+                f"{self.path}: the mask video has {self.frame_count} frames, the clip "
+                f"{frame_count}; frame i of the mask masks frame i of the clip"
+            )
+        mask_width, mask_height = self.size
+        if (mask_width, mask_height) != (width, height) and abs(
+            mask_width * height - mask_height * width
+        ) > 0.01 * mask_height * width:
+            raise InputError(
+                f"{self.path}: the mask is {mask_width}x{mask_height}, the clip {width}x{height}; "
+                "make it the clip's size (or the same shape)"
             )
 
     def weight(self, index: int, shape: tuple[int, int]) -> np.ndarray:

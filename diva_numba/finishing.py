@@ -61,15 +61,34 @@ class FinishSpec:
         }
 
     def open(self, clip: Path, plan, work_dir: Path) -> Finisher:
-        """The finisher for ``plan``'s frames; propagates the keyframes if not done yet."""
+        """The finisher for ``plan``'s frames; propagates the keyframes if not done yet.
+
+        Raises
+        ------
+        InputError
+            The mask does not fit the clip (checked first, before the
+            keyframes' propagation, so that it fails in a second).
+        """
+        mask = self.check(plan)
         keys = None
         if self.keys:
             keys = KeyframeRun.prepare(self.keys, clip, plan, work_dir, self.keyframe_params)
-        mask = None
-        if self.mask is not None:
-            mask = Mask(self.mask, feather=self.mask_feather)
-            mask.check_covers(plan.end)
         return Finisher(keys, mask, self.preserve_colour)
+
+    def check(self, plan) -> Mask | None:
+        """The mask, checked against ``plan``'s clip (None without one).
+
+        Raises
+        ------
+        InputError
+            A mask video of another length than the clip, or a mask of
+            another shape; see :meth:`Mask.check`.
+        """
+        if self.mask is None:
+            return None
+        mask = Mask(self.mask, feather=self.mask_feather)
+        mask.check(plan.info.width, plan.info.height, plan.info.frame_count)
+        return mask
 
 
 class Finisher:
@@ -85,8 +104,8 @@ class Finisher:
         """False when painted keyframes cover frame ``index`` (it has no new content)."""
         if self.keys is None:
             return True
-        self._picture = (index, *self.keys.picture(index))
-        return self.keys.keys.needs_analogy(self._picture[2])
+        self._picture = (index, self.keys.picture(index))
+        return self.keys.keys.needs_analogy(self._picture[1].coverage)
 
     def __call__(self, index: int, frame: np.ndarray, stylised: np.ndarray | None) -> np.ndarray:
         """The output of frame ``index`` from the analogy's ``stylised`` (None if skipped)."""
@@ -94,8 +113,7 @@ class Finisher:
         if self.keys is not None:
             if self._picture is None or self._picture[0] != index:
                 self.needs_analogy(index)
-            _, picture, coverage = self._picture
-            output = finish(picture, coverage, stylised)
+            output = finish(self._picture[1], stylised, self.keys.keys.params)
         if self.keep_colour:
             output = preserve_colour(output, frame)
         if self.mask is not None:

@@ -8,8 +8,14 @@ Every later frame inherits from the one before it (docs/DESIGN.md section 3):
   previous solutions, moved the same way;
 * B's latent features (the style image with the clip's look), which change
   slowly, are reused, and the style image's VGG features are computed once;
-* at the pixels, the output is pulled towards the previous output warped into
-  this frame wherever the flow is reliable (``temporal_weight``).
+* the full-resolution synthesis (:mod:`diva_numba.synthesis`) takes the
+  previous output, moved along the flow, as a guide of its patch distance
+  where the flow is reliable (``temporal_weight``). Every output pixel is
+  copied from the style image: earlier outputs are never resampled into the
+  frame, so nothing blurs or drifts with time.
+
+The deep analogy works on the frames at the working size; the synthesis
+brings its field to the output size (the clip's own by default).
 
 What a frame inherits stays on the run's device from frame to frame (fields,
 deconvolution solutions, B's latent features) and is moved there: the flow and
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from diva_numba.deep_analogy import AnalogyModel, FrameGuide, analogy
@@ -37,6 +44,7 @@ from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
+from diva_numba.synthesis import ExemplarCache, TemporalGuide, synthesize
 from diva_numba.video import read_frames
 from diva_numba.workdir import BackgroundWriter, FrameState, WorkDirectory
 
@@ -54,7 +62,7 @@ class FrameReport:
     seconds : float
         Time this frame took.
     input_frame, output_frame : uint8 array (H, W, 3)
-        The frame at the working size and its stylised output.
+        The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
     """
@@ -105,77 +113,82 @@ def stylise_frames(
     state = _state_on_device(work.load_state(), device) if done else None
     latent_b = work.load_latent_b() if done else None
     if latent_b is not None:
-        latent_b = {level: to_device(value, device) for level, value in latent_b.items()}
+        # Level 0, B's pixels, guides the synthesis on the host.
+        latent_b = {lv: v if lv == 0 else to_device(v, device) for lv, v in latent_b.items()}
     features_bp = model.features(plan.style)
     guided = dataclasses.replace(params.analogy, lbfgs_iterations=params.guided_lbfgs_iterations)
     finisher = (
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )
+    exemplar_cache = ExemplarCache()
     with BackgroundWriter() as writer:
-        for index, frame in _working_frames(clip_path, plan, first_todo):
+        for index, frame in _output_frames(clip_path, plan, first_todo):
             writer.check()
             started = time.perf_counter()
+            work_frame = resize(frame, *plan.work_shape)
             refresh_b = (
                 latent_b is None
                 or params.independent
                 or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
             )
+            profile = None
             if finisher is not None and not finisher.needs_analogy(index):
                 finished = finisher(index, frame, None)
                 # The analogy's state stays that of the last frame it ran on.
                 state = (
-                    FrameState(index, frame, finished, {}, {})
+                    FrameState(index, work_frame, finished, {}, {})
                     if state is None
                     else dataclasses.replace(state, index=index)
                 )
                 writer.submit(_frame_writer(work, state, None, finished))
-                if on_frame is not None:
-                    seconds = time.perf_counter() - started
-                    total = plan.end - plan.start
-                    report = FrameReport(index, index + 1 - plan.start, total, seconds, frame,
-                                         finished, None)  # fmt: skip
-                    on_frame(report)
-                continue
-            if state is None or not state.fields_ab or params.independent:
-                result = analogy(
-                    model, frame, plan.style, params=params.analogy, features_bp=features_bp
-                )
-                output = result.a_prime
             else:
-                forward, backward = flow_pair(state.input_frame, frame, preset=params.flow_preset)
-                occluded = occlusion_mask(forward, backward)
-                guide = _guide(state, backward, occluded, plan, params, device)
-                if not refresh_b:
-                    guide.latent_b = latent_b
-                result = analogy(
-                    model, frame, plan.style, params=guided, features_bp=features_bp, guide=guide
-                )
-                output = _temporal_blend(
-                    result.a_prime, state.output_frame, backward, occluded, params.temporal_weight
-                )
-            if refresh_b:
-                latent_b = dict(result.latent_b)
-            state = FrameState(
-                index=index,
-                input_frame=frame,
-                output_frame=output,
-                fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
-                deconv_ab=dict(result.deconvolutions),
-            )
-            finished = output if finisher is None else finisher(index, frame, output)
-            writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
-            if on_frame is not None:
-                on_frame(
-                    FrameReport(
-                        index,
-                        index + 1 - plan.start,
-                        plan.end - plan.start,
-                        time.perf_counter() - started,
-                        frame,
-                        finished,
-                        result.profile,
+                temporal = None
+                if state is None or not state.fields_ab or params.independent:
+                    result = analogy(
+                        model, work_frame, plan.style, params=params.analogy,
+                        features_bp=features_bp,
+                    )  # fmt: skip
+                else:
+                    forward, backward = flow_pair(
+                        state.input_frame, work_frame, preset=params.flow_preset
                     )
+                    occluded = occlusion_mask(forward, backward)
+                    guide = _guide(state, backward, occluded, plan, params, device)
+                    if not refresh_b:
+                        guide.latent_b = _feature_levels(latent_b)
+                    result = analogy(
+                        model, work_frame, plan.style, params=guided, features_bp=features_bp,
+                        guide=guide,
+                    )  # fmt: skip
+                    temporal = _temporal_guide(state.output_frame, backward, occluded, params)
+                if refresh_b:
+                    latent_b = {**result.latent_b, 0: result.b}
+                with result.profile.stage("synthesis"):
+                    output = synthesize(
+                        frame, plan.style_full, result.level_fields[1][0], latent_b[0],
+                        exemplar_work_shape=plan.style.shape[:2], device=device,
+                        params=params.synthesis, temporal=temporal, cache=exemplar_cache,
+                    ).image  # fmt: skip
+                profile = result.profile
+                state = FrameState(
+                    index=index,
+                    input_frame=work_frame,
+                    output_frame=output,
+                    fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
+                    deconv_ab=dict(result.deconvolutions),
                 )
+                finished = output if finisher is None else finisher(index, frame, output)
+                writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
+            if on_frame is not None:
+                seconds = time.perf_counter() - started
+                total = plan.end - plan.start
+                on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
+                                     finished, profile))  # fmt: skip
+
+
+def _feature_levels(latent_b: dict) -> dict:
+    """B's latent features (levels 1..4) without its pixels (level 0)."""
+    return {level: value for level, value in latent_b.items() if level > 0}
 
 
 def _state_on_device(state: FrameState, device: Device) -> FrameState:
@@ -238,9 +251,9 @@ def _download(arrays: dict) -> dict:
     return copies
 
 
-def _working_frames(clip_path: Path, plan, first: int) -> Iterator:
+def _output_frames(clip_path: Path, plan, first: int) -> Iterator:
     for index, frame in read_frames(clip_path, start=first, end=plan.end):
-        yield index, resize(frame, plan.height, plan.width)
+        yield index, resize(frame, *plan.output_shape)
 
 
 def _guide(
@@ -302,17 +315,19 @@ def _pull_map(feature_map, flow):
     return xp.ascontiguousarray(feature_map[:, positions[..., 0], positions[..., 1]])
 
 
-def _temporal_blend(
-    stylised: np.ndarray,
-    previous_output: np.ndarray,
-    backward: np.ndarray,
-    occluded: np.ndarray,
-    weight: float,
-) -> np.ndarray:
-    """Pull the frame's output towards the previous output where the flow is reliable."""
-    if weight == 0:
-        return stylised
-    warped = warp_image(previous_output, backward).astype(np.float32)
-    reliable = (1.0 - occluded.astype(np.float32))[:, :, None] * weight
-    blended = (stylised.astype(np.float32) + reliable * warped) / (1.0 + reliable)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+def _temporal_guide(
+    previous_output: np.ndarray, backward: np.ndarray, occluded: np.ndarray, params
+) -> TemporalGuide | None:
+    """Guide (c) of the synthesis: the previous output moved into this frame, at the output size.
+
+    The flow and the occlusion mask come from the working size: a DIS flow at
+    the output size costs far more and moves the guide by less than a pixel.
+    """
+    if params.temporal_weight == 0:
+        return None
+    height, width = previous_output.shape[:2]
+    scale = np.array([width / backward.shape[1], height / backward.shape[0]], np.float32)
+    flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR) * scale
+    reliable = 1.0 - occluded.astype(np.float32)
+    reliability = cv2.resize(reliable, (width, height), interpolation=cv2.INTER_LINEAR)
+    return TemporalGuide(warp_image(previous_output, flow), reliability, params.temporal_weight)

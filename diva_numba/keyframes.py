@@ -19,13 +19,16 @@ keyframe) and backward (to the previous one, or the start of the range):
 Between two keyframes the two propagations are combined with weights that
 fall linearly with the distance to each keyframe and scale with each pixel's
 reliability; where neither is reliable (content frame N does not show) the
-deep analogy of frame t fills in. See docs/DESIGN.md section 3.
+deep analogy of frame t fills in. The pictures are mixed in the gradient
+domain (:mod:`diva_numba.poisson`), so that where the weights switch
+quickly (a keyframe's content ends) two paintings meet without an edge. See
+docs/DESIGN.md section 3.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -34,6 +37,7 @@ import numpy as np
 from diva_numba.errors import InputError
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import load_image, resize
+from diva_numba.poisson import PoissonParams, blend
 
 log = logging.getLogger("diva_numba")
 
@@ -55,12 +59,40 @@ class KeyframeParams:
         its pixels is covered by no keyframe (reliability below 1/2).
     flow_preset : str
         OpenCV DIS preset of every flow.
+    blend : {"poisson", "average"}
+        How the pictures of a frame (keyframes, the analogy) are mixed:
+        ``"average"`` is their per-pixel weighted average; ``"poisson"``
+        (the default) keeps the average's colours and the pictures' own
+        gradients mixed by the same weights, without the edge the weights
+        draw where they switch (:func:`diva_numba.poisson.blend`). Where
+        three different paintings meet, the Lab gradient across the switch
+        is 1.9-3.5 times that far from it with the average, 1.4-1.5 times
+        with the blend (1.0-1.2 for one painting; docs/DESIGN.md section 3),
+        for 0.25-0.5 s a frame at 1920x1080.
+    poisson : PoissonParams
+        The gradient-domain solve (how far a seam's step is spread).
+    hold : float
+        In (0, 1]: how firmly the colours of a pixel that no keyframe owns
+        (where keyframes mix, or the analogy fills in) are held, against 1
+        where one keyframe has all the weight. 1 (the default) holds every
+        pixel alike, one DCT solve; lower keeps the keyframes' colours closer
+        and lets the mixed and analogy regions take up the steps, by
+        conjugate gradients, 3-4 times slower.
     """
 
     colour_sigma: float = 12.0
     reliability_blur: float = 1.5
     new_content_share: float = 0.002
     flow_preset: str = "medium"
+    blend: str = "poisson"
+    poisson: PoissonParams = field(default_factory=PoissonParams)
+    hold: float = 1.0
+
+    def __post_init__(self):
+        if self.blend not in ("poisson", "average"):
+            raise ValueError(f"blend must be 'poisson' or 'average', not {self.blend!r}")
+        if not 0.0 < self.hold <= 1.0:
+            raise ValueError(f"hold must be in (0, 1], not {self.hold}")
 
 
 @dataclass(frozen=True)
@@ -174,24 +206,28 @@ class KeyframeSet:
         Returns
         -------
         picture : float32 array (H, W, 3)
+            Their weighted average (:meth:`layers` gives them one by one).
         coverage : float32 array (H, W)
             In [0, 1]: 1 where a keyframe is fully trusted, 0 where none is.
         """
-        weights, pictures = [], []
+        layers = self.layers(index, propagations)
+        return layers.average(), layers.coverage
+
+    def layers(self, index: int, propagations: list[Propagation]) -> KeyPictures:
+        """The warped paintings of frame ``index``, their weights and coverage."""
+        distance, pictures = [], []
         for propagation in propagations:
-            weights.append(_distance_weight(index, propagation.key, propagations))
+            distance.append(_distance_weight(index, propagation.key, propagations))
             pictures.append(_warp_cubic(self.paintings[propagation.key], propagation.to_key))
-        trusted = [w * p.reliability for w, p in zip(weights, propagations, strict=True)]
+        trusted = [w * p.reliability for w, p in zip(distance, propagations, strict=True)]
         total = np.sum(trusted, axis=0)
-        plain = np.sum([w * pic for w, pic in zip(weights, pictures, strict=True)], axis=0)
-        mixed = np.sum(
-            [t[..., None] * pic for t, pic in zip(trusted, pictures, strict=True)], axis=0
-        )
-        picture = np.where(
-            total[..., None] > 1e-4, mixed / np.maximum(total, 1e-4)[..., None], plain
-        )
+        # Where no keyframe is trusted the distance alone decides (a fallback
+        # that shows only when the analogy does not run).
+        some = total > 1e-4
+        weights = [np.where(some, t / np.maximum(total, 1e-4), np.float32(d)).astype(np.float32)
+                   for t, d in zip(trusted, distance, strict=True)]  # fmt: skip
         untrusted = np.prod([1.0 - p.reliability for p in propagations], axis=0)
-        return picture.astype(np.float32), (1.0 - untrusted).astype(np.float32)
+        return KeyPictures(pictures, weights, (1.0 - untrusted).astype(np.float32))
 
     def needs_analogy(self, coverage: np.ndarray) -> bool:
         """Whether enough of the frame is new content for the deep analogy to run."""
@@ -245,11 +281,62 @@ def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return (first + warp_image(second, first)).astype(np.float32)
 
 
-def finish(picture: np.ndarray, coverage: np.ndarray, analogy_output: np.ndarray | None):
-    """The keyframes' picture, the analogy's output where they do not reach; uint8."""
+@dataclass
+class KeyPictures:
+    """The keyframes' picture of one frame, painting by painting.
+
+    Attributes
+    ----------
+    pictures : list of float32 arrays (H, W, 3)
+        Each neighbouring keyframe's painting warped into the frame, 0..255.
+    weights : list of float32 arrays (H, W)
+        Their share at each pixel; they sum to one.
+    coverage : float32 array (H, W)
+        In [0, 1]: how much the keyframes show (1 - prod(1 - reliability)).
+    """
+
+    pictures: list
+    weights: list
+    coverage: np.ndarray
+
+    def average(self) -> np.ndarray:
+        """The per-pixel weighted average, float32 (H, W, 3)."""
+        out = np.zeros_like(self.pictures[0])
+        for picture, weight in zip(self.pictures, self.weights, strict=True):
+            out += weight[..., None] * picture
+        return out
+
+
+def finish(keys: KeyPictures, analogy_output: np.ndarray | None, params: KeyframeParams):
+    """The keyframes' picture, the analogy's output where they do not reach; uint8.
+
+    Parameters
+    ----------
+    keys : KeyPictures
+    analogy_output : uint8 array (H, W, 3) or None
+        The deep analogy of the frame, None where it did not run; it gets the
+        weight ``1 - coverage``.
+    params : KeyframeParams
+        ``blend`` says how the pictures are mixed.
+
+    Returns
+    -------
+    uint8 array (H, W, 3)
+    """
+    sources, weights = list(keys.pictures), list(keys.weights)
     if analogy_output is not None:
-        weight = coverage[..., None]
-        picture = weight * picture + (1.0 - weight) * analogy_output.astype(np.float32)
+        weights = [keys.coverage * w for w in weights] + [1.0 - keys.coverage]
+        sources.append(analogy_output.astype(np.float32))
+    if params.blend == "average" or len(sources) == 1:
+        picture = KeyPictures(sources, weights, keys.coverage).average()
+    else:
+        anchoring = None
+        if params.hold < 1.0:
+            # 1 where one keyframe has all the weight, falling fast (8th
+            # power) to ``hold`` where keyframes mix or the analogy fills in.
+            owned = np.max(weights[: len(keys.pictures)], axis=0) ** 8
+            anchoring = (params.hold + (1.0 - params.hold) * owned).astype(np.float32)
+        picture = blend(sources, weights, params.poisson, anchoring)
     return np.clip(np.rint(picture), 0, 255).astype(np.uint8)
 
 
@@ -297,6 +384,7 @@ def check_keys(keys, start: int, end: int, frame_count: int) -> None:
 
 
 __all__ = [
+    "KeyPictures",
     "Keyframe",
     "KeyframeParams",
     "KeyframeSet",
@@ -379,8 +467,8 @@ class KeyframeRun:
             np.savez(handle, to_key=propagation.to_key,
                      reliability=propagation.reliability.astype(np.float16))  # fmt: skip
 
-    def picture(self, index: int):
-        """``(picture, coverage)`` of frame ``index``; see :meth:`KeyframeSet.combine`."""
+    def picture(self, index: int) -> KeyPictures:
+        """The keyframes' pictures of frame ``index``; see :meth:`KeyframeSet.layers`."""
         propagations = []
         for key in self.keys.neighbours(index):
             path = self.directory / f"{index:06d}-{key:06d}.npz"
@@ -388,4 +476,4 @@ class KeyframeRun:
                 to_key = arrays["to_key"]
                 reliability = arrays["reliability"].astype(np.float32)
             propagations.append(Propagation(key, to_key, to_key, reliability))
-        return self.keys.combine(index, propagations)
+        return self.keys.layers(index, propagations)

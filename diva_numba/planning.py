@@ -43,9 +43,15 @@ class TransferPlan:
     start, end : int
         The frame range ``[start, end)`` of the clip.
     width, height : int
-        Working (and output) frame size.
+        Output frame size: the clip's own unless ``TransferParams.size`` asks
+        for another.
+    work_width, work_height : int
+        Frame size of the deep analogy (never above the output size).
     style : numpy.ndarray
         uint8 ``(H, W, 3)`` style image at its working size.
+    style_full : numpy.ndarray
+        The style image at the size its pixels are copied from: its own, or
+        less when the output could not resolve more (docs/DESIGN.md section 10).
     frame_times : tuple of fractions.Fraction or None
         For a variable frame rate: ``end - start + 1`` times in seconds, the
         start of every frame of the range from frame ``start`` on, then the
@@ -58,8 +64,21 @@ class TransferPlan:
     end: int
     width: int
     height: int
+    work_width: int
+    work_height: int
     style: np.ndarray
+    style_full: np.ndarray
     frame_times: tuple[Fraction, ...] | None = None
+
+    @property
+    def work_shape(self) -> tuple[int, int]:
+        """(H, W) of the deep analogy's frames."""
+        return self.work_height, self.work_width
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """(H, W) of the output frames."""
+        return self.height, self.width
 
 
 def plan_transfer(
@@ -71,7 +90,8 @@ def plan_transfer(
     ----------
     style_path, clip_path : Path
     params : TransferParams
-        Its ``long_side`` sets the working size.
+        ``size`` sets the output's long side (default the clip's own),
+        ``work_size`` the deep analogy's (never above the output's).
     start, end : int
         The frame range ``[start, end)``; ``end=None`` for the whole clip.
 
@@ -103,17 +123,31 @@ def plan_transfer(
             )
         times = tuple(t - clip_times[start] for t in clip_times[start : last + 1])
         log.debug("%s: variable frame rate; every frame keeps its own time", clip_path)
-    width, height = even_size(
-        info.width, info.height, min(params.long_side, max(info.width, info.height))
+    own_side = max(info.width, info.height)
+    width, height = even_size(info.width, info.height, params.size or own_side)
+    work_width, work_height = even_size(
+        info.width, info.height, min(params.work_size, max(width, height))
     )
-    if min(width, height) < 32:
+    if min(work_width, work_height) < 32:
         raise InputError(
-            f"{clip_path}: {width}x{height} frames are too small (32 px minimum on each "
-            "side); ask for a larger --size"
+            f"{clip_path}: {work_width}x{work_height} frames are too small (32 px minimum on "
+            "each side); ask for a larger --work-size"
         )
     style = load_image(style_path)
-    style_size = style_working_size(*style.shape[:2], long_side=params.long_side, name=style_path)
-    return TransferPlan(info, start, last, width, height, resize(style, *style_size), times)
+    style_size = style_working_size(
+        *style.shape[:2], long_side=max(work_width, work_height), name=style_path
+    )
+    # The style's pixels are copied at the scale the output resolves, never enlarged.
+    scale = min(
+        1.0, max(width, height) / max(work_width, work_height) * style_size[0] / style.shape[0]
+    )
+    full_size = (max(style_size[0], round(style.shape[0] * scale)),
+                 max(style_size[1], round(style.shape[1] * scale)))  # fmt: skip
+    style_work = resize(style, *style_size)
+    style_full = style if full_size == style.shape[:2] else resize(style, *full_size)
+    return TransferPlan(
+        info, start, last, width, height, work_width, work_height, style_work, style_full, times
+    )
 
 
 def style_working_size(

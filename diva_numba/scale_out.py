@@ -303,7 +303,7 @@ def _cuts(top: WorkDirectory, plan, clip: Path, scale_out: ScaleOut) -> list[int
             ) from None
     started = time.perf_counter()
     frames = (
-        resize(frame, plan.height, plan.width)
+        resize(frame, *plan.work_shape)
         for _, frame in read_frames(clip, start=plan.start, end=plan.end)
     )
     cuts = [plan.start + i for i in find_cuts(frames, detection=scale_out.detection)]

@@ -35,6 +35,7 @@ from diva_numba.outputs import check_free_space, check_target, refuse_inputs
 from diva_numba.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.profile import Profile
 from diva_numba.scale_out import ScaleOut, run_chunks
+from diva_numba.synthesis import SynthesisParams
 from diva_numba.video import (
     VideoWriter,
 )
@@ -42,9 +43,9 @@ from diva_numba.workdir import WorkDirectory, run_manifest
 
 log = logging.getLogger("diva_numba")
 
-#: Working long side by device; the CPU default keeps the bundled example to a
-#: few minutes on two cores (see BENCHMARKS.md).
-LONG_SIDE_BY_DEVICE = {"cuda": 480, "cpu": 192}
+#: Long side of the deep analogy's frames by device; the CPU default keeps the
+#: bundled example to a few minutes on two cores (see BENCHMARKS.md).
+WORK_SIZE_BY_DEVICE = {"cuda": 480, "cpu": 192}
 #: Warm-started L-BFGS iterations on seeded frames, by device.
 GUIDED_LBFGS_BY_DEVICE = {"cuda": 20, "cpu": 5}
 
@@ -57,15 +58,23 @@ class TransferParams:
     ----------
     analogy : AnalogyParams
         The per-frame analogy (frame 0 and ``independent`` runs use it as is).
-    long_side : int
-        Long side of the working (and output) frames, made even; never enlarged.
+    work_size : int
+        Long side of the frames the deep analogy works on, made even; never
+        above the output's.
+    size : int or None
+        Long side of the output, made even; None keeps the clip's own size.
+    synthesis : SynthesisParams
+        The guided full-resolution synthesis from the working size to the
+        output's (:mod:`diva_numba.synthesis`).
     guided_patchmatch_iterations : int
         PatchMatch rounds per level on frames seeded from the previous one.
     guided_lbfgs_iterations : int
         L-BFGS iterations per deconvolution on seeded frames (warm-started).
     temporal_weight : float
-        Pull of the previous output, warped into the frame, at reliable
-        pixels: the output is ``(A' + w P) / (1 + w)`` there; 0 turns it off.
+        Weight of the temporal guide in the synthesis' patch distance: the
+        previous output moved along the flow, at pixels the flow trusts; 0
+        turns it off. Output pixels are always copied from the style image,
+        never from earlier outputs.
     refresh_b_every : int
         Recompute B's latent features every this many frames (0: only on the
         first frame).
@@ -94,7 +103,9 @@ class TransferParams:
     """
 
     analogy: AnalogyParams = field(default_factory=lambda: AnalogyParams.for_device("cpu"))
-    long_side: int = LONG_SIDE_BY_DEVICE["cpu"]
+    work_size: int = WORK_SIZE_BY_DEVICE["cpu"]
+    size: int | None = None
+    synthesis: SynthesisParams = field(default_factory=SynthesisParams)
     guided_patchmatch_iterations: int = 3
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
     temporal_weight: float = 1.0
@@ -110,8 +121,10 @@ class TransferParams:
     def __post_init__(self):
         if self.temporal_weight < 0:
             raise ValueError("temporal_weight must be >= 0")
-        if self.long_side < 32:
-            raise ValueError("long_side must be at least 32")
+        if self.work_size < 32:
+            raise ValueError("work_size must be at least 32")
+        if self.size is not None and self.size < 32:
+            raise ValueError("size must be at least 32")
 
     @classmethod
     def for_device(cls, device: Device | str, **changes) -> TransferParams:
@@ -126,13 +139,13 @@ class TransferParams:
 
         Examples
         --------
-        >>> TransferParams.for_device("cpu", temporal_weight=0.5).long_side
+        >>> TransferParams.for_device("cpu", temporal_weight=0.5).work_size
         192
         """
         kind = device_kind(device)
         defaults = {
             "analogy": AnalogyParams.for_device(kind),
-            "long_side": LONG_SIDE_BY_DEVICE[kind],
+            "work_size": WORK_SIZE_BY_DEVICE[kind],
             "guided_lbfgs_iterations": GUIDED_LBFGS_BY_DEVICE[kind],
         }
         return cls(**{**defaults, **changes})
@@ -311,6 +324,7 @@ def transfer_video(
     refuse_inputs(work_dir, inputs)
     plan = plan_transfer(style, clip, params, start=start, end=end)
     check_keys(finish.keys, plan.start, plan.end, plan.info.frame_count)
+    finish.check(plan)
     check_encoding(plan, clip, output, crf=params.crf, chroma=params.chroma)
     if not (resume and work_dir.exists()):
         needed = work_space_needed(plan)
@@ -348,7 +362,7 @@ def transfer_video(
     try:
         with _terminate_as_interrupt():
             if scale_out is None:
-                smaller = f"--size (now {max(plan.width, plan.height)})"
+                smaller = f"--work-size (now {max(plan.work_width, plan.work_height)}) or --size"
                 work = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
             else:
                 with counter:

@@ -254,6 +254,7 @@ def run_manifest(style_path: Path, clip_path: Path, plan, params, device) -> dic
         "clip_sha256": file_sha256(clip_path),
         "frames": [plan.start, plan.end],
         "size": [plan.width, plan.height],
+        "work_size": [plan.work_width, plan.work_height],
         "params": params.fingerprint(),
         "device": device.kind,
     }

@@ -282,6 +282,10 @@ class _CpuTarget:
         return np.empty(shape, dtype=dtype)
 
     @staticmethod
+    def ones(shape, dtype, like):
+        return np.ones(shape, dtype=dtype)
+
+    @staticmethod
     def start(maps, init_field, field, distance, radius):
         _start_rows(maps, init_field, field, distance, radius)
 
@@ -311,6 +315,10 @@ class _CudaTarget:
     @staticmethod
     def empty(shape, dtype, like):
         return targets.device_empty(shape, dtype, like=like)
+
+    @staticmethod
+    def ones(shape, dtype, like):
+        return targets.device_ones(shape, dtype, like=like)
 
     @staticmethod
     def start(maps, init_field, field, distance, radius):
@@ -418,11 +426,11 @@ def _run(target, pairs, init_field, params, refine_mask):
     if init_field is None:
         init_field = identity_field(source_shape, (b.shape[1], b.shape[2]))
     check_field(init_field, (*source_shape, 2), "init_field")
-    if refine_mask is None:
-        refine_mask = np.ones(source_shape, dtype=np.uint8)
-    if refine_mask.dtype == np.bool_:
+    if refine_mask is not None and refine_mask.dtype == np.bool_:
         refine_mask = refine_mask.view(np.uint8)
-    if refine_mask.dtype != np.uint8 or tuple(refine_mask.shape) != source_shape:
+    if refine_mask is not None and (
+        refine_mask.dtype != np.uint8 or tuple(refine_mask.shape) != source_shape
+    ):
         raise ValueError(
             f"refine_mask must be uint8 or bool {source_shape}, "
             f"got {refine_mask.dtype} {refine_mask.shape}"
@@ -431,7 +439,11 @@ def _run(target, pairs, init_field, params, refine_mask):
     radius = params.patch_size // 2
     maps = target.maps(*pairs)
     init_field = target.upload(init_field, like=a)
-    mask = target.upload(refine_mask, like=a)
+    if refine_mask is None:
+        # Searching everywhere needs no upload: the mask of ones is made where it is used.
+        mask = target.ones(source_shape, np.uint8, like=a)
+    else:
+        mask = target.upload(refine_mask, like=a)
     field = target.empty((*source_shape, 2), np.int32, like=a)
     distance = target.empty(source_shape, np.float32, like=a)
     target.start(maps, init_field, field, distance, radius)

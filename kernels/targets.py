@@ -125,6 +125,17 @@ def device_empty(shape, dtype, like):
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
+def device_ones(shape, dtype, like):
+    """A GPU array of ones of the same kind as ``like``, made on the device when it can be."""
+    if type(like).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.ones(shape, dtype=dtype)
+    from numba import cuda
+
+    return cuda.to_device(np.ones(shape, dtype=dtype))
+
+
 def device_zeros(shape, dtype, like):
     """A zeroed GPU array of the same kind as ``like``."""
     if type(like).__module__.startswith("cupy"):

@@ -515,7 +515,7 @@ GENERIC_FUNCTIONS = (
     "copyto", "divide", "exp", "floor", "full", "linspace", "matmul", "maximum", "mean",
     "minimum", "multiply", "ones", "ones_like", "rint", "sqrt", "square", "stack", "subtract",
     "sum", "where", "zeros", "zeros_like", "logical_or", "logical_and", "take", "meshgrid",
-    "broadcast_to", "expand_dims", "moveaxis", "count_nonzero", "array_equal",
+    "broadcast_to", "expand_dims", "moveaxis", "count_nonzero", "array_equal", "cos", "sin",
 )  # fmt: skip
 
 DTYPES = (

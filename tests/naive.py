@@ -483,3 +483,112 @@ def two_loop_direction(steps, changes, gradient):
         beta = (y @ q) / (y @ s)
         q = q + (alpha - beta) * s
     return q
+
+
+# --- field priors (field_prior.py, field_smoothing.py) -----------------------------------
+
+
+def match_distinctiveness(a, a_prime, b, b_prime, field, patch_size, step):
+    """float64 ``(Ha, Wa)``: ``max(0, min_q' d(p, q') - d(p, q))``, ``d`` as `patch_distance`.
+
+    ``q`` is ``field[p]`` clamped into B, ``q'`` runs over ``q + step (dy, dx)`` for the 8
+    ``(dy, dx) != (0, 0)`` in ``{-1, 0, 1}^2``, clamped into B; a ``q'`` that clamps back
+    onto ``q`` does not count, and where none is left the result is 0.
+    """
+    bounds = b.shape[1:]
+    centre = clamp_field(field, bounds)
+    own = patch_distance(a, a_prime, b, b_prime, centre, patch_size)
+    best = np.full(own.shape, np.inf)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            moved = clamp_field(centre + step * np.array([dy, dx]), bounds)
+            other = patch_distance(a, a_prime, b, b_prime, moved, patch_size)
+            best = np.where((moved == centre).all(axis=-1), best, np.minimum(best, other))
+    return np.where(np.isinf(best), 0.0, np.maximum(best - own, 0.0))
+
+
+def _recursive_filter_line(values, guide, feedback_base, ratio):
+    """One RF pass, in place, over a line: ``values`` ``(K, n)``, ``guide`` ``(C, n)``."""
+    n = values.shape[1]
+    distance = [1 + ratio * np.abs(guide[:, x] - guide[:, x - 1]).sum() for x in range(n)]
+    for x in range(1, n):
+        values[:, x] += feedback_base ** distance[x] * (values[:, x - 1] - values[:, x])
+    for x in range(n - 2, -1, -1):
+        values[:, x] += feedback_base ** distance[x + 1] * (values[:, x + 1] - values[:, x])
+
+
+def recursive_filter(values, guide, sigma_space, sigma_range, iterations):
+    """Gastal and Oliveira's domain-transform RF, float64: ``(K, H, W)`` -> ``(K, H, W)``.
+
+    ``guide`` ``(C, H, W)``. Iteration ``i = 1 .. N`` filters every row, then every column,
+    left to right then back, with feedback ``a ** d``: ``a = exp(-sqrt(2) / sigma_i)``,
+    ``sigma_i = sigma_space sqrt(3) 2^(N - i) / sqrt(4^N - 1)``, and ``d = 1 + sigma_space /
+    sigma_range * sum_c |guide_c(x) - guide_c(x - 1)|`` between neighbours.
+    """
+    out = values.astype(np.float64)
+    guide = guide.astype(np.float64)
+    _, height, width = out.shape
+    ratio = sigma_space / sigma_range
+    n = iterations
+    for i in range(1, n + 1):
+        sigma = sigma_space * math.sqrt(3) * 2 ** (n - i) / math.sqrt(4**n - 1)
+        base = math.exp(-math.sqrt(2) / sigma)
+        for y in range(height):
+            _recursive_filter_line(out[:, y, :], guide[:, y, :], base, ratio)
+        for x in range(width):
+            _recursive_filter_line(out[:, :, x], guide[:, :, x], base, ratio)
+    return out
+
+
+def smooth_field(positions, weights, guide, sigma_space, sigma_range, iterations, min_support):
+    """Normalised convolution of displacements: (float64 ``(H, W, 2)`` positions, ``(H, W)``).
+
+    ``D = positions - (y, x)``, weights that are not finite and positive (or whose position is
+    not finite) count 0; returns ``(y, x) + RF(w D) / RF(w)`` and the support ``RF(w)``, the
+    input position where the support is at most ``min_support``.
+    """
+    coordinates = np.indices(weights.shape).transpose(1, 2, 0)
+    displacement = positions.astype(np.float64) - coordinates
+    usable = np.isfinite(weights) & (weights > 0) & np.isfinite(displacement).all(axis=-1)
+    w = np.where(usable, weights, 0.0)
+    displacement = np.where(usable[..., None], displacement, 0.0)
+    stack = np.stack([w * displacement[..., 0], w * displacement[..., 1], w])
+    filtered = recursive_filter(stack, guide, sigma_space, sigma_range, iterations)
+    support = filtered[2]
+    out = positions.astype(np.float64).copy()
+    for y, x in zip(*np.nonzero(support > min_support), strict=True):
+        out[y, x] = filtered[:2, y, x] / support[y, x] + (y, x)
+    return out, support
+
+
+def upsample_positions(positions, target_shape, source_shape, coarse_source_shape):
+    """Float ``(H, W, 2)`` positions -> float64 ``(*target_shape, 2)``, bilinear, centres aligned.
+
+    Target pixel ``t`` samples the old grid at ``(t + 0.5) H / Ht - 0.5`` (clamped into it);
+    the value ``u`` becomes ``(u + 0.5) Hbt / Hb - 0.5`` per axis (``source_shape`` over
+    ``coarse_source_shape``).
+    """
+    height, width = positions.shape[:2]
+    scale = np.array(source_shape, dtype=np.float64) / np.array(coarse_source_shape)
+    p = positions.astype(np.float64)
+    out = np.empty((*target_shape, 2))
+    for ty in range(target_shape[0]):
+        for tx in range(target_shape[1]):
+            cy = min(max((ty + 0.5) * height / target_shape[0] - 0.5, 0.0), height - 1.0)
+            cx = min(max((tx + 0.5) * width / target_shape[1] - 0.5, 0.0), width - 1.0)
+            y0, x0 = int(cy), int(cx)
+            y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+            fy, fx = cy - y0, cx - x0
+            top = (1 - fx) * p[y0, x0] + fx * p[y0, x1]
+            bottom = (1 - fx) * p[y1, x0] + fx * p[y1, x1]
+            out[ty, tx] = ((1 - fy) * top + fy * bottom + 0.5) * scale - 0.5
+    return out
+
+
+def round_positions(positions, source_shape):
+    """Float ``(H, W, 2)`` -> int32: ``floor(v + 0.5)`` in float64 clamped into ``source_shape``.
+
+    NaN goes to 0.
+    """
+    rounded = np.floor(np.nan_to_num(positions.astype(np.float64), nan=0.0) + 0.5)
+    return clamp_field(rounded, source_shape)

@@ -31,7 +31,7 @@ def test_plain_defaults_are_the_cpu_defaults():
     assert AnalogyParams.for_device("cpu").lbfgs_iterations == 20
     assert AnalogyParams.for_device("cuda").lbfgs_iterations == 100
     gpu = TransferParams.for_device("cuda", temporal_weight=0.5)
-    assert (gpu.long_side, gpu.guided_lbfgs_iterations, gpu.temporal_weight) == (480, 20, 0.5)
+    assert (gpu.work_size, gpu.guided_lbfgs_iterations, gpu.temporal_weight) == (480, 20, 0.5)
     assert gpu.analogy == AnalogyParams.for_device("cuda")
 
 
@@ -55,7 +55,7 @@ def test_the_cli_uses_the_library_defaults(monkeypatch, tmp_path):
 
     options = {"alpha": "paper", "mask": "sigmoid", "iters": 10, "lbfgs_iters": None, "seed": 0,
                "guided_iters": 3, "guided_lbfgs_iters": None, "temporal_weight": 1.0,
-               "independent": False, "crf": 18, "chroma": "420", "size": None,
+               "independent": False, "crf": 18, "chroma": "420", "size": None, "work_size": None,
                "preserve_colour": False, "mask_feather": 8.0}  # fmt: skip
     for kind in ("cpu", "cuda"):
         assert _transfer_params(Device(kind, kind), options) == TransferParams.for_device(kind)

@@ -146,7 +146,7 @@ def test_gpu_out_of_memory_is_one_line_with_advice(device_flag, tmp_path, rng, t
                      tiny_model)  # fmt: skip
     line = assert_one_error(result, 4)
     assert "out of GPU memory on Test GPU 8 GB" in line
-    assert "--size (now 64) or --ratio" in line
+    assert "--work-size (now 64) or --ratio" in line
     # Only a device that auto picked comes with the CPU as a way out.
     assert ("--device cpu" in line) == (device_flag == "auto")
     assert calls == ["cuda"] and not out.exists()
@@ -181,7 +181,7 @@ def test_host_out_of_memory_is_one_line(tmp_path, rng, tiny_model, monkeypatch):
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
     line = assert_one_error(result, 4)
-    assert "out of memory on CPU" in line and "--size" in line and "--device cpu" not in line
+    assert "out of memory on CPU" in line and "--work-size" in line and "--device cpu" not in line
     assert not out.exists()
 
 

@@ -8,16 +8,16 @@ real CUDA target and libNVVM, which needs no GPU, in a subprocess started withou
 assembler (``ptxas``) is found, the PTX is also assembled for sm_90.
 
 Signatures come from the code itself, not from a table: each kernel module has an
-*exercise* below that calls its public functions on tiny arrays which pose as CuPy
-arrays (NumPy arrays behind a stand-in ``cupy`` module), with kernel launches
-intercepted so that nothing runs. Every launch records its argument types as the
-real CUDA dispatcher types them (``CUDADispatcher.typeof_pyval`` on the stand-in
-arrays, which Numba, as for CuPy, can only type through their
-``__cuda_array_interface__``); each distinct (kernel, argument types) pair is then
-compiled. A kernel that no exercise launches fails the test, so a new kernel cannot
-slip through untested; so does a launch the real target cannot type (a tuple of CuPy
-arrays: numba issue 8483) or a host array reaching a kernel (Numba would copy it to
-the device and back at every launch).
+*exercise* (tests/cuda_exercises.py) that calls its public functions on tiny arrays
+which pose as CuPy arrays (NumPy arrays behind a stand-in ``cupy`` module:
+tests/ptx_standin.py), with kernel launches intercepted so that nothing runs. Every
+launch records its argument types as the real CUDA dispatcher types them
+(``CUDADispatcher.typeof_pyval`` on the stand-in arrays, which Numba, as for CuPy, can
+only type through their ``__cuda_array_interface__``); each distinct (kernel, argument
+types) pair is then compiled. A kernel that no exercise launches fails the test, so a
+new kernel cannot slip through untested; so does a launch the real target cannot type
+(a tuple of CuPy arrays: numba issue 8483) or a host array reaching a kernel (Numba
+would copy it to the device and back at every launch).
 
 Kernels compiled with float32 arrays must not do float64 arithmetic: a ``0.0``
 literal, a Python float argument or a float64 constant promotes the maths to float64,
@@ -42,10 +42,11 @@ import subprocess
 import sys
 import tempfile
 import traceback
-import types
 
 import numpy as np
 import pytest
+from cuda_exercises import CALLER_EXERCISES, EXERCISES
+from ptx_standin import TypeRecordingLaunch, fake_cupy_module, type_like_cupy
 
 COMPUTE_CAPABILITY = (9, 0)
 _ARCH = f"sm_{COMPUTE_CAPABILITY[0]}{COMPUTE_CAPABILITY[1]}"
@@ -54,343 +55,8 @@ _TOOLKIT_GLOBS = ("/usr/local/cuda", "/usr/local/cuda-*", "/opt/cuda", "/opt/nvi
 
 
 # =========================================================================== compiler side
-# Everything below up to the tests runs in the subprocess.
-
-
-class _FakeGpuArray(np.ndarray):
-    """A host array that the kernels package takes for a CuPy array.
-
-    Numba's typing sees it as it sees a CuPy array: :func:`_type_like_cupy` removes
-    the NumPy typing it would inherit, so only its ``__cuda_array_interface__`` (laid
-    out as CuPy's: no strides when C-contiguous, no stream) is left to type it by.
-    """
-
-    __module__ = "cupy"
-
-    @property
-    def __cuda_array_interface__(self):
-        return {
-            "shape": self.shape,
-            "typestr": self.dtype.str,
-            "data": (self.ctypes.data, False),
-            "strides": None if self.flags.c_contiguous else self.strides,
-            "version": 3,
-        }
-
-
-def gpu(array):
-    """``array`` as a stand-in GPU array."""
-    return np.ascontiguousarray(array).view(_FakeGpuArray)
-
-
-def _fake_cupy_module():
-    """A ``cupy`` module whose functions are NumPy's, returning stand-in GPU arrays."""
-
-    def on_fake_gpu(function):
-        def wrapper(*args, **kwargs):
-            result = function(*args, **kwargs)
-            if not isinstance(result, np.ndarray):
-                return result
-            # CuPy copies host data to new, writable device memory.
-            return (result if result.flags.writeable else result.copy()).view(_FakeGpuArray)
-
-        return wrapper
-
-    module = types.ModuleType("cupy")
-    module.ndarray = _FakeGpuArray
-    # No kernel runs, so "uninitialised" buffers are zeros: host code reading them
-    # (matmul of the network) then computes on numbers instead of garbage.
-    module.empty = on_fake_gpu(np.zeros)
-
-    def attribute(name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return on_fake_gpu(getattr(np, name))
-
-    module.__getattr__ = attribute
-    return module
-
-
-def _type_like_cupy():
-    """Make Numba type the stand-in arrays as CuPy's, without a GPU.
-
-    * Numba's ``typeof`` has no rule for CuPy arrays (no buffer protocol, no
-      ``_numba_type_``), so the CUDA dispatcher falls back to
-      ``cuda.as_cuda_array(value)`` and types the device array built from the
-      ``__cuda_array_interface__``. The stand-ins are NumPy arrays underneath, so
-      their inherited NumPy rule is overridden with "no rule", as for CuPy. A tuple
-      of them is typed element by element with ``typeof`` alone, which then fails,
-      exactly as a tuple of CuPy arrays fails on a real GPU (numba issue 8483).
-    * Building that device array asks the CUDA driver for a context (the
-      ``require_context`` decorator, ``current_context``) and for the device pointer;
-      with no GPU, the decorator is skipped, the context is None and the pointer is
-      kept as it is. Everything else (shape, strides, layout, the array's Numba type)
-      is Numba's own code.
-    """
-    from numba.core.typing.typeof import typeof_impl
-    from numba.cuda import api
-    from numba.cuda.cudadrv import driver
-
-    typeof_impl.register(_FakeGpuArray)(lambda value, context: None)
-    api.from_cuda_array_interface = api.from_cuda_array_interface.__wrapped__
-    api.current_context = lambda: None
-    driver.get_devptr_for_active_ctx = lambda pointer: pointer
-
-
-class _TypeRecordingLaunch:
-    """Stands in for ``kernel[grid, block]``: records the argument types, runs nothing.
-
-    The types are the CUDA dispatcher's own (``typeof_pyval``, what a real launch
-    uses for every argument its C fast path does not know). An argument it cannot
-    type, or a host array, is recorded as a launch problem instead.
-    """
-
-    def __init__(self, kernel, launches, problems):
-        self._kernel = kernel
-        self._launches = launches
-        self._problems = problems
-
-    def __call__(self, *args):
-        argument_types = []
-        for position, arg in enumerate(args):
-            where = f"argument {position} ({_describe_value(arg)})"
-            if isinstance(arg, tuple) and _holds_gpu_array(arg):
-                # Also when this Numba could type it: the releases the project allows
-                # (numba's own CUDA target, numba-cuda before 0.23) cannot.
-                self._problems.setdefault(self._kernel, set()).add(
-                    f"{where}: a tuple of GPU arrays; pass each array as its own "
-                    "argument (numba issue 8483)"
-                )
-            if type(arg) is np.ndarray or _holds_host_array(arg):
-                self._problems.setdefault(self._kernel, set()).add(
-                    f"{where}: a host array reaches the kernel (Numba copies it to the "
-                    "device and back at every launch); upload it once"
-                )
-            try:
-                argument_types.append(self._kernel.typeof_pyval(arg))
-            except Exception as exc:
-                self._problems.setdefault(self._kernel, set()).add(
-                    f"{where}: the CUDA dispatcher cannot type it: "
-                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-                )
-                return
-        self._launches.setdefault(self._kernel, set()).add(tuple(argument_types))
-
-
-def _holds_gpu_array(value):
-    return any(
-        isinstance(item, _FakeGpuArray)
-        or bool(getattr(item, "__cuda_ndarray__", False))
-        or (isinstance(item, tuple) and _holds_gpu_array(item))
-        for item in value
-    )
-
-
-def _holds_host_array(value):
-    return isinstance(value, tuple) and any(
-        type(item) is np.ndarray or _holds_host_array(item) for item in value
-    )
-
-
-def _describe_value(value):
-    if isinstance(value, tuple):
-        return "tuple of " + ", ".join(_describe_value(item) for item in value)
-    if isinstance(value, np.ndarray):
-        kind = "stand-in CuPy array" if isinstance(value, _FakeGpuArray) else "NumPy array"
-        return f"{kind} {value.dtype} {value.shape}"
-    return type(value).__name__
-
-
-def _random_features(shape, rng):
-    return gpu(np.maximum(rng.standard_normal(shape), 0).astype(np.float32))
-
-
-def _random_field(shape, target_shape, rng):
-    ys = rng.integers(0, target_shape[0], size=shape)
-    xs = rng.integers(0, target_shape[1], size=shape)
-    return np.stack([ys, xs], axis=-1).astype(np.int32)
-
-
-def _exercise_normalize(rng):
-    from diva_numba.kernels import normalize
-
-    features = _random_features((4, 5, 6), rng)
-    normalize.normalize_features(features)
-    mask = normalize.response_mask(features, kind="sigmoid")
-    normalize.response_mask(features, kind="step")
-    normalize.blend(features, features, mask, alpha=0.5)
-    normalize.blend(features, np.asarray(features), np.asarray(mask), alpha=0.5)
-
-
-def _exercise_voting(rng):
-    from diva_numba.kernels import voting
-
-    source = _random_features((3, 5, 6), rng)
-    field = _random_field((4, 4), (5, 6), rng)
-    voting.vote(source, gpu(field), patch_size=3)
-    voting.vote(source, field, patch_size=5)
-
-
-def _exercise_nnf_resample(rng):
-    from diva_numba.kernels import nnf_resample
-
-    field = gpu(_random_field((4, 5), (4, 5), rng))
-    flow = rng.uniform(-2, 2, size=(4, 5, 2)).astype(np.float32)
-    nnf_resample.upsample_field(field, target_shape=(8, 10), source_shape=(8, 10))
-    nnf_resample.pull_field(field, flow, source_shape=(4, 5))
-    nnf_resample.pull_field(field, gpu(flow), source_shape=(4, 5))
-    nnf_resample.push_field_targets(field, flow, frame_shape=(4, 5))
-
-
-def _exercise_patch_distance(rng):
-    from diva_numba.kernels import patch_distance
-
-    maps = [_random_features((4, 5, 6), rng) for _ in range(4)]
-    field = _random_field((5, 6), (5, 6), rng)
-    patch_distance.patch_distance(*maps, gpu(field), patch_size=3)
-    patch_distance.patch_distance(*maps, field, patch_size=5)
-
-
-def _exercise_patchmatch(rng):
-    from diva_numba.kernels import patchmatch
-
-    maps = [_random_features((4, 5, 6), rng) for _ in range(4)]
-    params = patchmatch.PatchMatchParams(iterations=1, search_radius=2)
-    patchmatch.patchmatch(*maps, params=params)
-    patchmatch.patchmatch(
-        *maps,
-        init_field=gpu(_random_field((5, 6), (5, 6), rng)),
-        params=params,
-        refine_mask=np.ones((5, 6), dtype=bool),
-    )
-
-
-def _exercise_im2col(rng):
-    from diva_numba.kernels import activations, im2col
-
-    for dtype in (np.float32, np.float64):
-        image = gpu(rng.standard_normal((2, 4, 5)).astype(dtype))
-        bias = gpu(rng.standard_normal(2).astype(dtype))
-        columns = im2col.im2col(image)
-        im2col.im2col(image, bias=bias)
-        im2col.col2im(columns, 4, 5)
-        im2col.col2im(columns, 4, 5, pre_activation=image, bias=bias)
-        pre = gpu(rng.standard_normal((2, 7, 9)).astype(dtype))
-        pooled, argmax = activations.maxpool_forward(pre, bias=bias)
-        im2col.col2im_unpool(im2col.im2col(pooled), argmax, pre, bias)
-
-
-def _exercise_activations(rng):
-    from diva_numba.kernels import activations
-
-    for dtype in (np.float32, np.float64):
-        values = gpu(rng.standard_normal((2, 5, 5)).astype(dtype))
-        bias = gpu(np.zeros(2, dtype=dtype))
-        activations.relu_forward(values, bias=bias)
-        activations.relu_forward(values, bias=bias, out=gpu(np.zeros_like(values)))
-        activations.relu_forward(values)
-        activations.relu_backward(gpu(rng.standard_normal((2, 5, 5)).astype(dtype)), values)
-        pooled, argmax = activations.maxpool_forward(values)
-        activations.maxpool_forward(values, bias=bias)
-        activations.maxpool_backward(pooled, argmax, 5, 5)
-
-
-def _exercise_lbfgs_ops(rng):
-    from diva_numba.kernels import lbfgs_ops
-
-    scalars = gpu(np.zeros(64))
-    history = 2
-    for dtype in (np.float32, np.float64):
-        a, b, out = (gpu(rng.standard_normal(10).astype(dtype)) for _ in range(3))
-        work = lbfgs_ops.ReductionWork(a, lbfgs_ops.trial_sum_count(history))
-        lbfgs_ops.dot(a, b, scalars, 0)
-        lbfgs_ops.dot(a, b, scalars, 0, work=work)
-        lbfgs_ops.squared_error(a, b, grad_out=out, scalars=scalars, slot=1)
-        pre, target, grad = (gpu(rng.standard_normal((2, 5)).astype(dtype)) for _ in range(3))
-        lbfgs_ops.relu_squared_error(
-            pre, gpu(np.zeros(2, dtype)), target, grad_out=grad, scalars=scalars, slot=1
-        )
-        lbfgs_ops.combine(out, a, b, alpha=1.0, beta=-1.0)
-        lbfgs_ops.add_scaled(out, a, scalars, plus=0, minus=1, over=2)
-        lbfgs_ops.scale(out, scalars, numerator=0, denominator=1)
-        rows = gpu(rng.standard_normal((4 + 2 * history, 10)).astype(dtype))
-        rows_layout = {"gradient_row": 2, "direction": 3, "first_history": 4, "history": history}
-        lbfgs_ops.trial_scalars(
-            rows, a, gpu(np.ones(1)), scalars, current=0, trial=1, loss_slot=0, first_slot=2,
-            work=work, **rows_layout,
-        )  # fmt: skip
-        lbfgs_ops.lbfgs_step(
-            rows, a, (0.5,) * (2 * history + 1), scalars, mode=lbfgs_ops.STEP_ACCEPT, slot=1,
-            current=1, previous=0, out=0, step=1.0, slope_slot=1, work=work, **rows_layout,
-        )  # fmt: skip
-    lbfgs_ops.copy_scalar(gpu(np.ones(1)), scalars, 3)
-    lbfgs_ops.copy_scalar(2.5, scalars, 4)
-
-
-def _exercise_network(rng):
-    """The deconvolution's own calls: views and reshapes of its workspace buffers."""
-    from diva_numba.models.readers import tiny_weights
-    from diva_numba.network import SubNetwork
-
-    for start, end in ((0, 2), (1, 3)):
-        network = SubNetwork(tiny_weights(0, width=2).layers, start, end)
-        image = gpu(rng.standard_normal((network.in_channels, 6, 7)).astype(np.float32))
-        target = gpu(np.zeros(network.output_shape(6, 7), dtype=np.float32))
-        network.loss_and_gradient(image, target)
-        network.forward_levels(image, (end,))
-
-
-def _exercise_lbfgs(rng):
-    """The optimiser on device arrays: its state, register and launches as a run makes them.
-
-    No kernel runs, so the register it reads back is made up: a loss that falls, a
-    unit gradient, a descent direction whose first trial is accepted, positive
-    curvature. That carries the run through steepest descent, accepted pairs and the
-    two-loop recursion.
-    """
-    from diva_numba import lbfgs
-
-    def objective(x):
-        return gpu(np.ones(1)), gpu(np.zeros(x.shape, np.float32))
-
-    def made_up_register(scalars):
-        register = np.zeros(scalars.shape)
-        R = lbfgs._Register
-        made_up_register.loss *= 0.5
-        register[R.LOSS] = made_up_register.loss
-        register[R.SLOPE0] = -1.0
-        register[R.TRIAL + R.GRAD_SQUARED] = 1.0
-        register[R.TRIAL + R.X_SQUARED] = 1.0
-        register[[R.TRIAL + R.SS, R.TRIAL + R.SY, R.TRIAL + R.YY]] = 1.0
-        return register
-
-    made_up_register.loss = 1.0
-    real_to_host = lbfgs.to_host
-    lbfgs.to_host = made_up_register
-    try:
-        lbfgs.minimize_lbfgs(
-            objective,
-            gpu(rng.standard_normal((2, 3, 2)).astype(np.float32)),
-            params=lbfgs.LBFGSParams(max_iterations=3, history=2),
-        )
-    finally:
-        lbfgs.to_host = real_to_host
-
-
-#: Kernel module -> the calls that launch each of its kernels. A kernel module
-#: missing here, or a kernel its exercise does not launch, fails the test.
-EXERCISES = {
-    "normalize": _exercise_normalize,
-    "voting": _exercise_voting,
-    "nnf_resample": _exercise_nnf_resample,
-    "patch_distance": _exercise_patch_distance,
-    "patchmatch": _exercise_patchmatch,
-    "im2col": _exercise_im2col,
-    "activations": _exercise_activations,
-    "lbfgs_ops": _exercise_lbfgs_ops,
-}
-#: Callers outside the kernels package whose launches are compiled too.
-CALLER_EXERCISES = {"network": _exercise_network, "lbfgs": _exercise_lbfgs}
+# Everything below up to the tests runs in the subprocess (with the stand-in arrays of
+# tests/ptx_standin.py and the exercises of tests/cuda_exercises.py).
 
 
 def _kernel_modules():
@@ -497,20 +163,17 @@ def _find_ptxas():
 #: -> why. Every other kernel compiled with float32 arrays must have none.
 FLOAT64_BY_DESIGN = {
     **{
-        ("lbfgs_ops", name): "the optimiser's scalars are float64 by design (docs/DESIGN.md "
+        (module, name): "the optimiser's scalars are float64 by design (docs/DESIGN.md "
         "section 2): reductions accumulate in float64, vector updates apply float64 "
         "coefficients and round once; these kernels are memory-bound, so the float64 rate "
         "does not set their speed"
-        for name in (
-            "_combine_kernel",
-            "_add_scaled_kernel",
-            "_scale_kernel",
-            "_dot_kernel",
-            "_squared_error_kernel",
-            "_relu_squared_error_kernel",
-            "_trial_scalars_kernel",
-            "_lbfgs_step_kernel",
+        for module, names in (
+            ("vector_ops", ("_combine_kernel", "_add_scaled_kernel", "_scale_kernel")),
+            ("reductions", ("_dot_kernel",)),
+            ("squared_error", ("_squared_error_kernel", "_relu_squared_error_kernel")),
+            ("lbfgs_ops", ("_trial_scalars_kernel", "_lbfgs_step_kernel")),
         )
+        for name in names
     },
     **{
         ("nnf_resample", name): "flow vectors move positions in float64, arranged so that a "
@@ -586,11 +249,11 @@ def compile_report():
     if problem:
         return {"status": "no-toolchain", "reason": problem}
 
-    sys.modules["cupy"] = _fake_cupy_module()
-    _type_like_cupy()
+    sys.modules["cupy"] = fake_cupy_module()
+    type_like_cupy()
     launches, launch_problems = {}, {}
     dispatcher_class = dispatcher.CUDADispatcher
-    dispatcher_class.__getitem__ = lambda kernel, config: _TypeRecordingLaunch(
+    dispatcher_class.__getitem__ = lambda kernel, config: TypeRecordingLaunch(
         kernel, launches, launch_problems
     )
     _name_device_functions_in_errors(dispatcher_class)
@@ -696,7 +359,7 @@ def _exercised_module(ptx_report, module_name):
     if not module["has_exercise"]:
         pytest.fail(
             f"{module_name} defines kernels {sorted(module['kernels'])} but has no exercise "
-            "in EXERCISES of tests/test_cuda_ptx.py"
+            "in EXERCISES of tests/cuda_exercises.py"
         )
     return module
 

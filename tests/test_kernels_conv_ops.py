@@ -8,7 +8,7 @@ import naive
 import numpy as np
 import pytest
 
-from diva_numba.kernels import activations, im2col, lbfgs_ops
+from diva_numba.kernels import activations, im2col, lbfgs_ops, reductions, squared_error, vector_ops
 
 
 def random_shape(rng):
@@ -124,7 +124,7 @@ def test_dot_accumulates_in_float64(rng, dtype):
     a = rng.standard_normal(1001).astype(dtype)
     b = rng.standard_normal(1001).astype(dtype)
     scalars = np.zeros(3)
-    lbfgs_ops.dot(a, b, scalars, 2)
+    reductions.dot(a, b, scalars, 2)
     expected = naive.dot(a, b)
     assert scalars[2] == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert scalars[0] == scalars[1] == 0
@@ -136,7 +136,7 @@ def test_squared_error_loss_and_gradient(rng, dtype):
     target = rng.standard_normal(257).astype(dtype)
     grad = np.empty_like(output)
     scalars = np.zeros(2)
-    lbfgs_ops.squared_error(output, target, grad_out=grad, scalars=scalars, slot=1)
+    squared_error.squared_error(output, target, grad_out=grad, scalars=scalars, slot=1)
     loss, expected_grad = naive.squared_error(output, target)
     assert scalars[1] == pytest.approx(loss, rel=1e-12)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-6)
@@ -145,33 +145,33 @@ def test_squared_error_loss_and_gradient(rng, dtype):
 def test_combine_and_device_scalar_updates(rng):
     a, b, x = (rng.standard_normal(50) for _ in range(3))
     out = np.empty(50)
-    lbfgs_ops.combine(out, a, b, alpha=0.5, beta=-2.0)
+    vector_ops.combine(out, a, b, alpha=0.5, beta=-2.0)
     np.testing.assert_allclose(out, naive.combine(a, b, 0.5, -2.0), rtol=1e-15)
 
     scalars = np.array([0.0, 3.0, 1.0, 4.0])
     y = a.copy()
-    lbfgs_ops.add_scaled(y, x, scalars, plus=1, minus=2, over=3)  # y += (3 - 1) / 4 x
+    vector_ops.add_scaled(y, x, scalars, plus=1, minus=2, over=3)  # y += (3 - 1) / 4 x
     np.testing.assert_allclose(y, naive.add_scaled(a, x, scalars, 1, 2, 3), rtol=1e-15)
     y = a.copy()
-    lbfgs_ops.add_scaled(y, x, scalars, plus=0, minus=1, over=3)  # y -= 3 / 4 x
+    vector_ops.add_scaled(y, x, scalars, plus=0, minus=1, over=3)  # y -= 3 / 4 x
     expected = naive.add_scaled(a, x, scalars, 0, 1, 3)
     np.testing.assert_allclose(y, expected, rtol=1e-15)
-    lbfgs_ops.scale(y, scalars, numerator=3, denominator=1)
+    vector_ops.scale(y, scalars, numerator=3, denominator=1)
     np.testing.assert_allclose(y, naive.scale(expected, scalars, 3, 1), rtol=1e-14)
 
 
 def test_combine_may_alias_its_input(rng):
     a = rng.standard_normal(20).astype(np.float32)
     expected = naive.combine(a, a, 1.0, 2.0)
-    lbfgs_ops.combine(a, a, a, alpha=1.0, beta=2.0)
+    vector_ops.combine(a, a, a, alpha=1.0, beta=2.0)
     np.testing.assert_allclose(a, expected, rtol=1e-6)
 
 
 def test_copy_scalar(rng):
     scalars = np.zeros(3)
     value = rng.standard_normal()
-    lbfgs_ops.copy_scalar(value, scalars, 1)
-    lbfgs_ops.copy_scalar(np.array([2 * value]), scalars, 2)
+    reductions.copy_scalar(value, scalars, 1)
+    reductions.copy_scalar(np.array([2 * value]), scalars, 2)
     np.testing.assert_array_equal(scalars, [0.0, value, 2 * value])
 
 
@@ -254,14 +254,14 @@ def test_relu_squared_error(rng, dtype):
     target = np.abs(rng.standard_normal((3, 40))).astype(dtype)
     grad = np.full_like(pre, np.nan)
     scalars = np.zeros(2)
-    lbfgs_ops.relu_squared_error(pre, bias, target, grad_out=grad, scalars=scalars, slot=1)
+    squared_error.relu_squared_error(pre, bias, target, grad_out=grad, scalars=scalars, slot=1)
     loss, expected_grad = naive.relu_squared_error(pre, bias, target)
     assert scalars[1] == pytest.approx(loss, rel=1e-12)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-6)
     # Bitwise the separate kernels.
     activation = activations.relu_forward(pre.copy(), bias=bias).reshape(-1)
     separate = np.empty_like(activation)
-    lbfgs_ops.squared_error(
+    squared_error.squared_error(
         activation, target.reshape(-1), grad_out=separate, scalars=scalars, slot=0
     )
     activations.relu_backward(separate, activation)

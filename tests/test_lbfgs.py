@@ -13,8 +13,8 @@ from diva_numba.lbfgs import (
     MAX_ITERATIONS,
     LBFGSParams,
     minimize_lbfgs,
-    strong_wolfe_line_search,
 )
+from diva_numba.line_search import strong_wolfe_line_search
 
 
 def rosenbrock(x):

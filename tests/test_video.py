@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import resource
-import signal
-import sys
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from clips import NTSC, audio_span, pan_frames, random_origin, sine_audio, write_clip
+from clips import NTSC, audio_span, sine_audio, write_clip
+from video_checks import (
+    CODEC_TOLERANCE,
+    COUNT,
+    HEIGHT,
+    WIDTH,
+    files_in,
+    mean_abs,
+    panning_frames,
+    write_video,
+)
 
-from diva_numba.errors import InputError, OutputError
+from diva_numba.errors import OutputError
 from diva_numba.video import VideoWriter, even_size, frame_times, probe_video, read_frames
-
-WIDTH, HEIGHT, COUNT = 64, 48, 15
-#: Mean absolute difference (0..255) that H.264 at crf 18 stays under on these textured
-#: clips (mostly from halving the colour resolution); a frame off by one pan step is
-#: off by 20 or more.
-CODEC_TOLERANCE = 8.0
 
 
 @pytest.fixture
 def frames(rng):
-    origin = random_origin(rng, width=WIDTH, height=HEIGHT, count=COUNT)
-    step = tuple(int(s) for s in rng.integers(-3, 4, size=2))
-    return pan_frames(COUNT, width=WIDTH, height=HEIGHT, step=step, origin=origin)
+    return panning_frames(rng)
 
 
 @pytest.fixture
@@ -37,29 +35,12 @@ def clip_with_audio(tmp_path, frames):
     return path
 
 
-def _write(path, frames, **options):
-    with VideoWriter(
-        path, width=frames.shape[2], height=frames.shape[1], fps=options.pop("fps", NTSC), **options
-    ) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return writer
-
-
-def _mean_abs(a, b) -> float:
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
-
-
-def _files(directory) -> list[str]:
-    return sorted(os.listdir(directory))
-
-
 # --- writing and reading back -------------------------------------------------------------
 
 
 def test_round_trip_keeps_count_size_and_exact_ntsc_rate(tmp_path, frames):
     path = tmp_path / "out.mp4"
-    writer = _write(path, frames)
+    writer = write_video(path, frames)
     assert writer.frames_written == COUNT
     info = probe_video(path)
     assert (info.width, info.height, info.frame_count) == (WIDTH, HEIGHT, COUNT)
@@ -73,7 +54,7 @@ def test_round_trip_keeps_count_size_and_exact_ntsc_rate(tmp_path, frames):
     for (_, frame), original in zip(decoded, frames, strict=True):
         assert frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8
         assert frame.flags.c_contiguous
-        assert _mean_abs(frame, original) < CODEC_TOLERANCE
+        assert mean_abs(frame, original) < CODEC_TOLERANCE
 
 
 def test_colours_survive_the_yuv_round_trip(tmp_path, rng):
@@ -83,7 +64,7 @@ def test_colours_survive_the_yuv_round_trip(tmp_path, rng):
     colours = rng.integers(0, 256, size=(8, 3), dtype=np.uint8)
     flat = np.broadcast_to(colours[:, None, None, :], (8, HEIGHT, WIDTH, 3)).copy()
     path = tmp_path / "flat.mp4"
-    _write(path, flat, crf=0)
+    write_video(path, flat, crf=0)
     for (_, frame), original in zip(read_frames(path), flat, strict=True):
         assert np.abs(frame.astype(int) - original.astype(int)).max() <= 3
 
@@ -91,7 +72,7 @@ def test_colours_survive_the_yuv_round_trip(tmp_path, rng):
 @pytest.mark.parametrize("suffix", [".mkv", ".mov"])
 def test_other_containers_round_trip(tmp_path, frames, suffix):
     path = tmp_path / f"out{suffix}"
-    _write(path, frames, fps=25)
+    write_video(path, frames, fps=25)
     info = probe_video(path)
     assert info.frame_count == COUNT and info.fps == 25
     # Matroska does not record frame counts, so they are counted by decoding.
@@ -101,13 +82,13 @@ def test_other_containers_round_trip(tmp_path, frames, suffix):
 def test_integer_and_odd_fraction_rates_are_exact(tmp_path, frames):
     for rate in (Fraction(24000, 1001), Fraction(60), Fraction(25, 2)):
         path = tmp_path / f"rate{rate.numerator}_{rate.denominator}.mp4"
-        _write(path, frames[:6], fps=rate)
+        write_video(path, frames[:6], fps=rate)
         assert probe_video(path).fps == rate
 
 
 def test_read_range_matches_full_read(tmp_path, frames, rng):
     path = tmp_path / "out.mp4"
-    _write(path, frames)
+    write_video(path, frames)
     everything = [frame for _, frame in read_frames(path)]
     start = int(rng.integers(0, COUNT - 2))
     end = int(rng.integers(start + 1, COUNT + 1))
@@ -124,14 +105,14 @@ def test_frames_with_padded_rows_come_out_contiguous(tmp_path, rng):
     # 50 RGB pixels are 150 bytes, which FFmpeg pads to an aligned row length.
     frames = rng.integers(0, 256, size=(3, 30, 50, 3), dtype=np.uint8)
     path = tmp_path / "narrow.mp4"
-    _write(path, frames)
+    write_video(path, frames)
     for _, frame in read_frames(path):
         assert frame.shape == (30, 50, 3) and frame.flags.c_contiguous
 
 
 def test_exact_count_decodes_every_frame(tmp_path, frames):
     path = tmp_path / "out.mp4"
-    _write(path, frames)
+    write_video(path, frames)
     info = probe_video(path, exact_count=True)
     assert info.frame_count == COUNT and info.frame_count_source == "decoded"
 
@@ -175,7 +156,7 @@ def test_audio_is_copied_over_the_whole_clip(tmp_path, frames, clip_with_audio):
     source = probe_video(clip_with_audio)
     assert source.has_audio and source.audio_codec == "aac"
     path = tmp_path / "out.mp4"
-    writer = _write(path, frames, audio_source=clip_with_audio)
+    writer = write_video(path, frames, audio_source=clip_with_audio)
     assert writer.has_audio
     info = probe_video(path)
     assert info.has_audio and info.audio_codec == "aac"
@@ -188,7 +169,7 @@ def test_audio_is_copied_over_the_whole_clip(tmp_path, frames, clip_with_audio):
 
 def test_audio_packets_are_copied_unchanged(tmp_path, frames, clip_with_audio):
     path = tmp_path / "out.mkv"
-    _write(path, frames, audio_source=clip_with_audio)
+    write_video(path, frames, audio_source=clip_with_audio)
     with av.open(str(clip_with_audio)) as source, av.open(str(path)) as copy:
         originals = {bytes(p) for p in source.demux(source.streams.audio[0]) if p.size}
         copied = [bytes(p) for p in copy.demux(copy.streams.audio[0]) if p.size]
@@ -200,7 +181,7 @@ def test_audio_is_trimmed_to_the_frame_range(tmp_path, frames, clip_with_audio, 
     start = int(rng.integers(1, 6))
     end = int(rng.integers(start + 4, COUNT))
     path = tmp_path / f"part{suffix}"
-    _write(path, frames[start:end], audio_source=clip_with_audio, audio_frames=(start, end))
+    write_video(path, frames[start:end], audio_source=clip_with_audio, audio_frames=(start, end))
     assert probe_video(path).frame_count == end - start
     audio_start, seconds, _ = audio_span(path)
     packet = 1024 / 48000
@@ -222,9 +203,9 @@ def test_audio_the_container_cannot_hold_is_an_output_error(tmp_path, frames):
     source = tmp_path / "ulaw.mov"
     write_clip(source, frames, audio_seconds=0.6, audio_codec="pcm_mulaw")
     with pytest.raises(OutputError, match="cannot hold the pcm_mulaw audio"):
-        _write(tmp_path / "out.mp4", frames, audio_source=source)
-    assert _files(tmp_path) == ["ulaw.mov"]
-    _write(tmp_path / "out.mov", frames, audio_source=source)
+        write_video(tmp_path / "out.mp4", frames, audio_source=source)
+    assert files_in(tmp_path) == ["ulaw.mov"]
+    write_video(tmp_path / "out.mov", frames, audio_source=source)
     assert probe_video(tmp_path / "out.mov").audio_codec == "pcm_mulaw"
 
 
@@ -232,7 +213,7 @@ def test_source_without_audio_gives_silent_output(tmp_path, frames):
     silent = tmp_path / "silent.mp4"
     write_clip(silent, frames)
     path = tmp_path / "out.mp4"
-    writer = _write(path, frames, audio_source=silent)
+    writer = write_video(path, frames, audio_source=silent)
     assert not writer.has_audio and not probe_video(path).has_audio
 
 
@@ -266,7 +247,7 @@ def _vfr_clip_with_audio(tmp_path, frames):
 
 def test_frame_times_of_a_constant_rate_are_i_over_fps(tmp_path, frames):
     path = tmp_path / "out.mp4"
-    _write(path, frames)
+    write_video(path, frames)
     assert frame_times(path) == [i * Fraction(1001, 30000) for i in range(COUNT + 1)]
 
 
@@ -285,7 +266,7 @@ def test_frame_times_of_a_variable_rate_clip(tmp_path, frames):
 def test_irregular_frame_times_are_kept(tmp_path, frames, rng, suffix):
     times = _irregular_times(rng, COUNT, 600)
     path = tmp_path / f"vfr{suffix}"
-    writer = _write(path, frames, fps=COUNT / times[-1], frame_times=times)
+    writer = write_video(path, frames, fps=COUNT / times[-1], frame_times=times)
     assert writer.frames_written == COUNT
     info = probe_video(path, exact_count=True)
     assert info.frame_count == COUNT and info.variable_frame_rate
@@ -305,13 +286,13 @@ def test_irregular_frame_times_are_kept(tmp_path, frames, rng, suffix):
         assert read_back == times[:-1]
     # The frames are all there, in order.
     for (_, frame), original in zip(read_frames(path), frames, strict=True):
-        assert _mean_abs(frame, original) < CODEC_TOLERANCE
+        assert mean_abs(frame, original) < CODEC_TOLERANCE
 
 
 def test_times_finer_than_90_khz_are_rounded(tmp_path, frames):
     times = [Fraction(i * i, 1_000_003) + Fraction(i, 30) for i in range(7)]
     path = tmp_path / "fine.mp4"
-    _write(path, frames[:6], fps=30, frame_times=times)
+    write_video(path, frames[:6], fps=30, frame_times=times)
     read_back = frame_times(path)[:-1]
     assert all(
         abs(a - b) <= Fraction(1, 180000) for a, b in zip(read_back, times[:-1], strict=True)
@@ -322,7 +303,7 @@ def test_audio_of_a_vfr_source_spans_the_frame_times(tmp_path, frames):
     source = _vfr_clip_with_audio(tmp_path, frames)
     times = frame_times(source)
     path = tmp_path / "out.mp4"
-    writer = _write(path, frames[:10], fps=probe_video(source).fps, audio_source=source,
+    writer = write_video(path, frames[:10], fps=probe_video(source).fps, audio_source=source,
                     frame_times=times)  # fmt: skip
     assert writer.has_audio
     start, seconds, _ = audio_span(path)
@@ -337,7 +318,7 @@ def test_audio_of_a_vfr_range_is_cut_on_the_frame_times(tmp_path, frames):
     start, end = 2, 8  # spans the 100 ms and 200 ms gaps
     span = [t - times[start] for t in times[start : end + 1]]
     path = tmp_path / "part.mp4"
-    _write(path, frames[start:end], fps=probe_video(source).fps, audio_source=source,
+    write_video(path, frames[start:end], fps=probe_video(source).fps, audio_source=source,
            audio_frames=(start, end), frame_times=span)  # fmt: skip
     assert frame_times(path)[:-1] == span[:-1]
     audio_start, seconds, _ = audio_span(path)
@@ -353,228 +334,10 @@ def test_writer_refuses_bad_frame_times(tmp_path, frames):
                         frame_times=times)  # fmt: skip
     times = [0, Fraction(1, 30), Fraction(3, 30)]
     with pytest.raises(ValueError, match="end after 2 frames"):
-        _write(tmp_path / "out.mp4", frames[:3], fps=20, frame_times=times)
-    assert _files(tmp_path) == []
-    _write(tmp_path / "out.mp4", frames[:2], fps=20, frame_times=times)
+        write_video(tmp_path / "out.mp4", frames[:3], fps=20, frame_times=times)
+    assert files_in(tmp_path) == []
+    write_video(tmp_path / "out.mp4", frames[:2], fps=20, frame_times=times)
     assert frame_times(tmp_path / "out.mp4")[:-1] == times[:2]
-
-
-@pytest.mark.parametrize("kind", ["missing", "text", "audio_only"])
-def test_frame_times_of_bad_inputs_are_input_errors(tmp_path, frames, kind):
-    path, message = _make_bad_input(kind, tmp_path, frames)
-    with pytest.raises(InputError, match=message):
-        frame_times(path)
-
-
-# --- the writer never leaves a broken file --------------------------------------------------
-
-
-@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
-def test_exception_inside_the_block_leaves_no_file(tmp_path, frames, interruption):
-    path = tmp_path / "out.mp4"
-    with pytest.raises(interruption):
-        with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC) as writer:
-            writer.write(frames[0])
-            writer.write(frames[1])
-            assert len(_files(tmp_path)) == 1  # the hidden temporary file
-            raise interruption
-    assert _files(tmp_path) == []
-
-
-def test_a_writer_without_frames_saves_nothing(tmp_path):
-    with pytest.raises(OutputError, match="no frames"):
-        with VideoWriter(tmp_path / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC):
-            pass
-    assert _files(tmp_path) == []
-
-
-def test_failed_overwrite_keeps_the_old_file(tmp_path, frames):
-    path = tmp_path / "out.mp4"
-    path.write_bytes(b"previous result")
-    with pytest.raises(RuntimeError):
-        with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC, overwrite=True) as writer:
-            writer.write(frames[0])
-            raise RuntimeError
-    assert path.read_bytes() == b"previous result"
-    assert _files(tmp_path) == ["out.mp4"]
-    _write(path, frames, overwrite=True)
-    assert probe_video(path).frame_count == COUNT
-
-
-def test_bad_frames_are_refused(tmp_path, frames):
-    with VideoWriter(tmp_path / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC) as writer:
-        with pytest.raises(ValueError, match="expected uint8"):
-            writer.write(frames[0][:, :-2])
-        with pytest.raises(ValueError, match="expected uint8"):
-            writer.write(frames[0].astype(np.float32))
-        writer.write(frames[0])
-    with pytest.raises(RuntimeError):
-        writer.write(frames[0])
-
-
-@pytest.mark.parametrize(
-    ("size", "name", "message"),
-    [
-        ((63, 48), "out.mp4", "even width and height"),
-        ((64, 47), "out.mp4", "even width and height"),
-        ((64, 48), "out.avi", "cannot write '.avi'"),
-        ((64, 48), "missing/out.mp4", "does not exist"),
-    ],
-)
-def test_writer_refuses_bad_requests(tmp_path, size, name, message):
-    width, height = size
-    with pytest.raises(OutputError, match=message):
-        VideoWriter(tmp_path / name, width=width, height=height, fps=NTSC)
-    assert _files(tmp_path) == []
-
-
-def test_existing_file_is_not_replaced_without_overwrite(tmp_path):
-    path = tmp_path / "out.mp4"
-    path.write_bytes(b"keep me")
-    with pytest.raises(OutputError, match="already exists"):
-        VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC)
-    assert path.read_bytes() == b"keep me"
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
-def test_unwritable_directory(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(OutputError, match="cannot write"):
-            with VideoWriter(locked / "out.mp4", width=WIDTH, height=HEIGHT, fps=NTSC):
-                pass
-    finally:
-        locked.chmod(0o700)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="uses RLIMIT_FSIZE and SIGXFSZ")
-def test_full_disk_is_an_output_error_and_leaves_nothing(tmp_path, rng):
-    # A file-size limit makes writes fail the way a full disk does (EFBIG, not ENOSPC).
-    noise = rng.integers(0, 256, size=(20, HEIGHT, WIDTH, 3), dtype=np.uint8)
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    try:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, hard))
-        with pytest.raises(OutputError, match="cannot write"):
-            _write(tmp_path / "out.mp4", noise, crf=0)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous_handler)
-    assert _files(tmp_path) == []
-
-
-# --- bad inputs --------------------------------------------------------------------------------
-
-
-def _audio_only(path):
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("aac", rate=48000)
-        stream.layout = "mono"
-        samples = sine_audio(0.1)
-        for start in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 1024]), format="flt", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 48000, start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-
-
-def _video_track_without_frames(path):
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream("libx264", rate=30)
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        audio = container.add_stream("aac", rate=48000)
-        audio.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 1024), np.float32), format="flt", layout="mono"
-        )
-        frame.sample_rate, frame.pts = 48000, 0
-        for packet in [*audio.encode(frame), *audio.encode(None)]:
-            container.mux(packet)
-
-
-def _make_bad_input(kind, tmp_path, frames):
-    """A file (or directory) of the given kind of badness, and the expected message."""
-    path = tmp_path / f"{kind}.mp4"
-    if kind == "missing":
-        return path, "no such file"
-    if kind == "directory":
-        path.mkdir()
-        return path, "is a directory"
-    if kind == "empty":
-        path.touch()
-        return path, "is empty"
-    if kind == "text":
-        path.write_text("this is not a video\n" * 20)
-        return path, "not a video file"
-    if kind == "audio_only":
-        path = tmp_path / "audio_only.m4a"
-        _audio_only(path)
-        return path, "has no video stream"
-    if kind == "no_frames":
-        path = tmp_path / "no_frames.mkv"
-        _video_track_without_frames(path)
-        return path, "has no frames"
-    good = tmp_path / "good.mp4"
-    if kind == "truncated_index_first":
-        # MP4 with its index at the front: the header promises frames that are missing.
-        with av.open(str(good), mode="w", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=30)
-            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-        data = good.read_bytes()
-        path.write_bytes(data[: len(data) * 2 // 3])
-        return path, "truncated"
-    write_clip(good, frames)
-    data = good.read_bytes()
-    if kind == "truncated_index_last":
-        # PyAV writes the index at the end: a cut file has none at all.
-        path.write_bytes(data[: len(data) * 2 // 3])
-        return path, "not a video file, or truncated"
-    if kind == "unknown_codec":
-        # Rename the H.264 sample entry: the demuxer then knows no codec for the track.
-        path.write_bytes(data.replace(b"avc1", b"zzzz"))
-        return path, "unsupported video codec"
-    raise AssertionError(kind)
-
-
-BAD_INPUTS = [
-    "missing",
-    "directory",
-    "empty",
-    "text",
-    "audio_only",
-    "no_frames",
-    "truncated_index_first",
-    "truncated_index_last",
-    "unknown_codec",
-]
-
-
-@pytest.mark.parametrize("kind", BAD_INPUTS)
-def test_bad_inputs_are_one_line_input_errors(tmp_path, frames, kind):
-    path, message = _make_bad_input(kind, tmp_path, frames)
-    with pytest.raises(InputError, match=message) as caught:
-        probe_video(path)
-    assert "\n" not in str(caught.value)
-    assert str(path) in str(caught.value)
-
-
-@pytest.mark.parametrize("kind", ["missing", "text", "audio_only", "truncated_index_first"])
-def test_reading_bad_inputs_raises_input_errors(tmp_path, frames, kind):
-    path, _ = _make_bad_input(kind, tmp_path, frames)
-    with pytest.raises(InputError):
-        for _ in read_frames(path):
-            pass
 
 
 # --- even sizes ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Time the image analogy per stage and level, the video transfer per frame, and its memory.
 
     python tools/bench_pipeline.py analogy --size 224 --lbfgs-iters 0 5 20 [--device cpu]
-    python tools/bench_pipeline.py video --size 192 [--frames 12] [--device cpu]
+    python tools/bench_pipeline.py video --work-size 192 [--clip-size 1920x1080] [--frames 12]
     python tools/bench_pipeline.py memory --frames 30 300 --size 96 [--source-size 640x360]
         [--guided-lbfgs-iters 5] [--model-path MODEL] [--device cpu]
 
@@ -117,12 +117,19 @@ def bench_video(args) -> None:
     from diva_numba.cli import cli
 
     out = Path(args.output)
-    command = ["transfer", str(EXAMPLE / "style.png"), str(EXAMPLE / "clip.mp4"), "-o", str(out),
-               "--overwrite", "--end", str(args.frames), "--size", str(args.size),
-               "--device", args.device, "--profile"]  # fmt: skip
-    started = time.perf_counter()
-    result = CliRunner().invoke(cli, command)
-    print(result.output)
+    with tempfile.TemporaryDirectory(prefix="diva-video-") as scratch:
+        clip = EXAMPLE / "clip.mp4"
+        if args.clip_size is not None:
+            clip = Path(scratch, "pan.mp4")
+            write_pan_clip(clip, args.frames, *args.clip_size)
+        command = ["transfer", str(EXAMPLE / "style.png"), str(clip), "-o", str(out),
+                   "--overwrite", "--end", str(args.frames), "--work-size", str(args.work_size),
+                   "--device", args.device, "--profile"]  # fmt: skip
+        started = time.perf_counter()
+        result = CliRunner().invoke(cli, command)
+        print(result.output)
+        if result.exit_code != 0:
+            raise SystemExit(f"transfer failed with exit status {result.exit_code}")
     print(f"{args.frames} frames in {time.perf_counter() - started:.1f} s")
 
 
@@ -189,7 +196,7 @@ def bench_memory(args) -> None:
 
     width, height = args.source_size
     model = args.model_path or str(ensure_model())
-    options = ["--size", str(args.size), "--device", args.device, "--model", model]
+    options = ["--work-size", str(args.size), "--device", args.device, "--model", model]
     if args.guided_lbfgs_iters is not None:
         options += ["--guided-lbfgs-iters", str(args.guided_lbfgs_iters)]
     print(f"device: {resolve_device(args.device).description}; clips {width}x{height} with audio")
@@ -234,7 +241,9 @@ def main() -> None:
     one.add_argument("--device", default="auto")
     one.add_argument("--timing-only", action="store_true", help="skip the style pair")
     video = sub.add_parser("video")
-    video.add_argument("--size", type=int, default=192)
+    video.add_argument("--work-size", type=int, default=192)
+    video.add_argument("--clip-size", type=frame_size, metavar="WxH",
+                       help="a pan clip of this size instead of the example")  # fmt: skip
     video.add_argument("--frames", type=int, default=12)
     video.add_argument("--device", default="auto")
     video.add_argument("--output", default="diva-bench.mp4")

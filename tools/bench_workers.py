@@ -35,7 +35,7 @@ EXAMPLE = Path(__file__).resolve().parent / "example"
 
 def run(args, output: Path, *, workers: int | None, threads: int) -> float:
     command = [sys.executable, "-m", "diva_numba", "transfer", str(args.style),
-               str(args.clip), "-o", str(output), "--size", str(args.size), "--device", "cpu",
+               str(args.clip), "-o", str(output), "--work-size", str(args.size), "--device", "cpu",
                "--overwrite"]  # fmt: skip
     if workers is not None:
         command += ["--workers", str(workers), "--chunk-frames", str(args.chunk_frames)]

@@ -332,10 +332,13 @@ run_step "6a analogy 448" 110 40 "$OUT/analogy-cuda.txt" both \
     --lbfgs-iters "${analogy_iters[@]}"
 fail_last_step_unless "$OUT/analogy-cuda.txt" 'nnf_ab median error' "no result"
 run_step "6b video 480" 90 0 "$OUT/video-cuda.txt" both \
-    "$PY" -P tools/bench_pipeline.py video --size 480 --device cuda \
+    "$PY" -P tools/bench_pipeline.py video --work-size 480 --device cuda \
     --frames "${VIDEO_FRAMES:-12}" --output "$scratch/bench-video.mp4"
-# bench_pipeline.py video runs the command line in-process and exits 0 whatever happened.
 fail_last_step_unless "$OUT/video-cuda.txt" '^total ' "the transfer did not finish"
+run_step "6c video 480 -> 1080p" 90 0 "$OUT/video-1080p-cuda.txt" both \
+    "$PY" -P tools/bench_pipeline.py video --work-size 480 --clip-size 1920x1080 \
+    --device cuda --frames 4 --output "$scratch/bench-video-1080p.mp4"
+fail_last_step_unless "$OUT/video-1080p-cuda.txt" '^total ' "the transfer did not finish"
 
 # --- 7. the summary ------------------------------------------------------------------------
 
@@ -392,6 +395,12 @@ grep_or_none() { grep -E "$@" 2>/dev/null || echo "(none found)"; }
     echo '```'
     grep_or_none -E '(^Error:|frames in [0-9.]+ s|^stage|^total|^deconvolution|^patchmatch|^features)' \
         "$OUT/video-cuda.txt"
+    echo '```'
+
+    section "video, 480 px working size, 1920 x 1080 output (video-1080p-cuda.txt)"
+    echo '```'
+    grep_or_none -E '(^Error:|frames in [0-9.]+ s|^stage|^total|^synthesis|^deconvolution)' \
+        "$OUT/video-1080p-cuda.txt"
     echo '```'
 
     for i in "${!names[@]}"; do

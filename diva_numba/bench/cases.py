@@ -367,7 +367,7 @@ def _convolution_helper_cases(sizes: _Sizes) -> list[_Case]:
 
 def _optimizer_cases(sizes: _Sizes) -> list[_Case]:
     """The L-BFGS vector operations on the largest deconvolution variable (relu1_1)."""
-    from diva_numba.kernels import lbfgs_ops
+    from diva_numba.kernels import reductions, squared_error, vector_ops
 
     def vectors(backend, rng, count, length):
         return [_normal(backend, rng, length) for _ in range(count)]
@@ -375,16 +375,16 @@ def _optimizer_cases(sizes: _Sizes) -> list[_Case]:
     def dot_call(backend, rng, length):
         a, b = vectors(backend, rng, 2, length)
         scalars = backend.upload(np.zeros(4))
-        return lambda: lbfgs_ops.dot(a, b, scalars, 0)
+        return lambda: reductions.dot(a, b, scalars, 0)
 
     def combine_call(backend, rng, length):
         out, a, b = vectors(backend, rng, 3, length)
-        return lambda: lbfgs_ops.combine(out, a, b, alpha=1.0, beta=-0.5)
+        return lambda: vector_ops.combine(out, a, b, alpha=1.0, beta=-0.5)
 
     def squared_error_call(backend, rng, length):
         output, target, grad = vectors(backend, rng, 3, length)
         scalars = backend.upload(np.zeros(4))
-        return lambda: lbfgs_ops.squared_error(
+        return lambda: squared_error.squared_error(
             output, target, grad_out=grad, scalars=scalars, slot=0
         )
 

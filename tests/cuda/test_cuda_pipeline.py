@@ -39,7 +39,7 @@ import diva_numba.workdir as workdir
 from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.device import Device
 from diva_numba.imageio import load_image
-from diva_numba.kernels import lbfgs_ops
+from diva_numba.kernels import reductions
 from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
 from diva_numba.lbfgs import LBFGSParams
 from diva_numba.network import SubNetwork, deconvolve
@@ -68,9 +68,11 @@ PATCHMATCH_LAUNCHES_PER_ROUND = 5
 #: Kernel launches of a PatchMatch call besides its rounds (the start).
 PATCHMATCH_LAUNCHES_PER_CALL = 1
 #: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
-#: per-evaluation reads not counted.
-UPLOADS_PER_FRAME = 12
-DOWNLOADS_PER_FRAME = 3
+#: per-evaluation reads not counted. Uploads: the frame's features and flow, and one
+#: packed upload of the synthesis' maps per level (the style's stay on the device);
+#: downloads: the working-size A' and field, the synthesised frame, the state.
+UPLOADS_PER_FRAME = 8
+DOWNLOADS_PER_FRAME = 4
 
 #: Share of a level's field positions where the CPU and the GPU may pick different
 #: matches (candidates within float32 rounding of each other).
@@ -86,7 +88,7 @@ def gpu(monkeypatch):
     counters = cupy_standin.install_launcher(monkeypatch)
     # Two partial sums per reduction (a grid-stride loop over the rest): the two-pass
     # reductions keep their shape and each simulated launch starts 24 threads, not n.
-    monkeypatch.setattr(lbfgs_ops, "MAX_PARTIALS", 2)
+    monkeypatch.setattr(reductions, "MAX_PARTIALS", 2)
     counters.reset()
     return Device("cuda", "simulated GPU"), counters
 
@@ -291,7 +293,7 @@ def clip(tmp_path):
 
 VIDEO_PARAMS = TransferParams(
     analogy=AnalogyParams(patchmatch_iterations=1, lbfgs_iterations=1),
-    long_side=32,
+    work_size=32,
     guided_patchmatch_iterations=1,
     guided_lbfgs_iterations=1,
 )

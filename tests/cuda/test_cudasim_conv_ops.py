@@ -18,7 +18,15 @@ from numba import cuda
 
 from diva_numba import network as network_module
 from diva_numba.device import to_host
-from diva_numba.kernels import activations, im2col, lbfgs_ops, targets
+from diva_numba.kernels import (
+    activations,
+    im2col,
+    lbfgs_ops,
+    reductions,
+    squared_error,
+    targets,
+    vector_ops,
+)
 from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
 from diva_numba.models import vgg
 
@@ -99,15 +107,15 @@ def test_reductions(rng, monkeypatch, block, size):
     b = rng.standard_normal(size).astype(np.float32)
     device_scalars = cuda.to_device(np.zeros(3))
     host_scalars = np.zeros(3)
-    lbfgs_ops.dot(cuda.to_device(a), cuda.to_device(b), device_scalars, 1)
-    lbfgs_ops.dot(a, b, host_scalars, 1)
+    reductions.dot(cuda.to_device(a), cuda.to_device(b), device_scalars, 1)
+    reductions.dot(a, b, host_scalars, 1)
 
     device_grad = cuda.device_array(size, dtype=np.float32)
     host_grad = np.empty(size, dtype=np.float32)
-    lbfgs_ops.squared_error(
+    squared_error.squared_error(
         cuda.to_device(a), cuda.to_device(b), grad_out=device_grad, scalars=device_scalars, slot=2
     )
-    lbfgs_ops.squared_error(a, b, grad_out=host_grad, scalars=host_scalars, slot=2)
+    squared_error.squared_error(a, b, grad_out=host_grad, scalars=host_scalars, slot=2)
     np.testing.assert_allclose(to_host(device_scalars), host_scalars, rtol=1e-12)
     np.testing.assert_allclose(to_host(device_grad), host_grad, **FLOAT_TOLERANCE)
 
@@ -118,16 +126,16 @@ def test_vector_updates(rng):
     device_scalars = cuda.to_device(scalars)
     device_a, device_b, device_x = (cuda.to_device(v) for v in (a, b, x))
 
-    lbfgs_ops.combine(device_a, device_a, device_b, alpha=2.0, beta=-1.0)
-    lbfgs_ops.combine(a, a, b, alpha=2.0, beta=-1.0)
-    lbfgs_ops.add_scaled(device_a, device_x, device_scalars, plus=1, minus=2, over=3)
-    lbfgs_ops.add_scaled(a, x, scalars, plus=1, minus=2, over=3)
-    lbfgs_ops.scale(device_a, device_scalars, numerator=3, denominator=2)
-    lbfgs_ops.scale(a, scalars, numerator=3, denominator=2)
+    vector_ops.combine(device_a, device_a, device_b, alpha=2.0, beta=-1.0)
+    vector_ops.combine(a, a, b, alpha=2.0, beta=-1.0)
+    vector_ops.add_scaled(device_a, device_x, device_scalars, plus=1, minus=2, over=3)
+    vector_ops.add_scaled(a, x, scalars, plus=1, minus=2, over=3)
+    vector_ops.scale(device_a, device_scalars, numerator=3, denominator=2)
+    vector_ops.scale(a, scalars, numerator=3, denominator=2)
     np.testing.assert_allclose(to_host(device_a), a, **FLOAT_TOLERANCE)
 
-    lbfgs_ops.copy_scalar(cuda.to_device(np.array([7.0])), device_scalars, 0)
-    lbfgs_ops.copy_scalar(-3.0, device_scalars, 1)
+    reductions.copy_scalar(cuda.to_device(np.array([7.0])), device_scalars, 0)
+    reductions.copy_scalar(-3.0, device_scalars, 1)
     np.testing.assert_array_equal(to_host(device_scalars), [7.0, -3.0, -0.5, 4.0])
 
 
@@ -185,16 +193,17 @@ def test_fused_backward_kernels(rng, shape):
 @pytest.mark.parametrize("block", [[8], [3]])
 def test_relu_squared_error(rng, monkeypatch, block):
     monkeypatch.setattr(targets, "BLOCK_1D", block)
-    monkeypatch.setattr(lbfgs_ops, "MAX_PARTIALS", 4)  # several blocks per partial sum
+    monkeypatch.setattr(reductions, "MAX_PARTIALS", 4)  # several blocks per partial sum
     pre, bias = conv_output(rng, (3, 17))
     target = np.abs(rng.standard_normal((3, 17))).astype(np.float32)
     grad = cuda.device_array((3, 17), dtype=np.float32)
     scalars = cuda.to_device(np.zeros(2))
-    lbfgs_ops.relu_squared_error(cuda.to_device(pre), cuda.to_device(bias), cuda.to_device(target),
-                                 grad_out=grad, scalars=scalars, slot=1)  # fmt: skip
+    squared_error.relu_squared_error(cuda.to_device(pre), cuda.to_device(bias),
+                                     cuda.to_device(target), grad_out=grad, scalars=scalars,
+                                     slot=1)  # fmt: skip
     host_grad, host_scalars = np.empty_like(pre), np.zeros(2)
-    lbfgs_ops.relu_squared_error(pre, bias, target, grad_out=host_grad, scalars=host_scalars,
-                                 slot=1)  # fmt: skip
+    squared_error.relu_squared_error(pre, bias, target, grad_out=host_grad, scalars=host_scalars,
+                                     slot=1)  # fmt: skip
     np.testing.assert_array_equal(to_host(grad), host_grad)
     np.testing.assert_allclose(to_host(scalars), host_scalars, rtol=1e-12)
 
@@ -210,7 +219,7 @@ def test_trial_scalars(rng, monkeypatch, block, size):
     rows = rng.standard_normal((4 + 2 * HISTORY, size)).astype(np.float32)
     gradient = rng.standard_normal(size).astype(np.float32)
     count = lbfgs_ops.trial_sum_count(HISTORY)
-    work = lbfgs_ops.ReductionWork(cuda.to_device(rows), count)
+    work = reductions.ReductionWork(cuda.to_device(rows), count)
     scalars = cuda.to_device(np.zeros(2 + count))
     for _ in range(2):  # the same work again: the arrival counter was reset
         lbfgs_ops.trial_scalars(cuda.to_device(rows), cuda.to_device(gradient),

@@ -1,0 +1,123 @@
+"""Element-wise vector updates of the optimiser: copies, steps, scaled additions.
+
+Coefficients are float64, given by the host as launch arguments (:func:`combine`) or
+read on the device from slots of the scalar register that the reductions write
+(:func:`add_scaled`, :func:`scale`; :mod:`diva_numba.kernels.reductions`), so an
+update never waits for a scalar to reach the host. Each element is computed in
+float64 and rounded once to the vectors' dtype.
+"""
+
+from __future__ import annotations
+
+from numba import cuda, njit, prange
+
+from diva_numba.kernels.targets import is_cuda_array, launch_1d, shared
+
+
+@shared
+def ratio(scalars, plus, minus, over):
+    """``(scalars[plus] - scalars[minus]) / scalars[over]``: a coefficient read on device."""
+    return (scalars[plus] - scalars[minus]) / scalars[over]
+
+
+# --- CPU ------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _combine_cpu(out, a, b, alpha, beta):
+    for index in prange(out.size):
+        out[index] = alpha * a[index] + beta * b[index]
+
+
+@njit(parallel=True, cache=True)
+def _add_scaled_cpu(y, x, scalars, plus, minus, over):
+    coefficient = ratio(scalars, plus, minus, over)
+    for index in prange(y.size):
+        y[index] = y[index] + coefficient * x[index]
+
+
+@njit(parallel=True, cache=True)
+def _scale_cpu(y, scalars, numerator, denominator):
+    factor = scalars[numerator] / scalars[denominator]
+    for index in prange(y.size):
+        y[index] = factor * y[index]
+
+
+# --- CUDA -----------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _combine_kernel(out, a, b, alpha, beta):
+    index = cuda.grid(1)
+    if index < out.size:
+        out[index] = alpha * a[index] + beta * b[index]
+
+
+@cuda.jit(cache=True)
+def _add_scaled_kernel(y, x, scalars, plus, minus, over):
+    index = cuda.grid(1)
+    if index < y.size:
+        y[index] = y[index] + ratio(scalars, plus, minus, over) * x[index]
+
+
+@cuda.jit(cache=True)
+def _scale_kernel(y, scalars, numerator, denominator):
+    index = cuda.grid(1)
+    if index < y.size:
+        y[index] = scalars[numerator] / scalars[denominator] * y[index]
+
+
+# --- dispatch -------------------------------------------------------------------------
+
+
+def combine(out, a, b, *, alpha: float, beta: float) -> None:
+    """``out = alpha * a + beta * b`` with host coefficients (copies, differences, steps).
+
+    Parameters
+    ----------
+    out, a, b : arrays, shape (n,), same dtype and device; ``out`` may alias ``a`` or ``b``
+    alpha, beta : float
+    """
+    if is_cuda_array(out):
+        grid, block = launch_1d(out.size)
+        _combine_kernel[grid, block](out, a, b, float(alpha), float(beta))
+    else:
+        _combine_cpu(out, a, b, float(alpha), float(beta))
+
+
+def add_scaled(y, x, scalars, *, plus: int, minus: int, over: int) -> None:
+    """``y += (scalars[plus] - scalars[minus]) / scalars[over] * x`` with device scalars.
+
+    The coefficient is read from the scalar register on the device, so the caller
+    never waits for it. Point ``plus`` or ``minus`` at a slot holding zero for a plain
+    ratio.
+
+    Parameters
+    ----------
+    y, x : arrays, shape (n,), same dtype and device
+    scalars : float64 array, shape (k,), same device
+    plus, minus, over : int
+        Slots of the scalar register.
+    """
+    if is_cuda_array(y):
+        grid, block = launch_1d(y.size)
+        _add_scaled_kernel[grid, block](y, x, scalars, plus, minus, over)
+    else:
+        _add_scaled_cpu(y, x, scalars, plus, minus, over)
+
+
+def scale(y, scalars, *, numerator: int, denominator: int) -> None:
+    """``y *= scalars[numerator] / scalars[denominator]`` with device scalars.
+
+    Parameters
+    ----------
+    y : array, shape (n,)
+    scalars : float64 array, shape (k,), same device
+    numerator, denominator : int
+        Slots of the scalar register.
+    """
+    if is_cuda_array(y):
+        grid, block = launch_1d(y.size)
+        _scale_kernel[grid, block](y, scalars, numerator, denominator)
+    else:
+        _scale_cpu(y, scalars, numerator, denominator)

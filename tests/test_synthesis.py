@@ -1,0 +1,132 @@
+"""The full-resolution synthesis: level schedule, exact copies, guides, the real model's fields."""
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from diva_numba import resolve_device
+from diva_numba.bench.truth import deformed_pair, field_error, identity_error
+from diva_numba.imageio import resize
+from diva_numba.kernels.nnf_resample import upsample_field
+from diva_numba.synthesis import SynthesisParams, TemporalGuide, level_sizes, synthesize
+
+CPU = resolve_device("cpu")
+
+
+def textured(rng, height, width):
+    """A random colour texture, distinctive at every pixel."""
+    noise = rng.random((height // 2 + 2, width // 2 + 2, 3)).astype(np.float32)
+    image = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(image * 255, 0, 255).astype(np.uint8)
+
+
+def identity(shape):
+    ys, xs = np.indices(shape)
+    return np.stack([ys, xs], axis=-1).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("work", "output"),
+    [
+        ((108, 192), (180, 320)),
+        ((144, 256), (1080, 1920)),
+        ((90, 160), (90, 160)),
+        ((200, 300), (100, 150)),
+    ],  # fmt: skip
+)
+def test_levels_climb_in_steps_of_at_most_two(work, output):
+    sizes = level_sizes(work, output)
+    assert sizes[0] == work and sizes[-1] == output
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        assert max(large[0] / small[0], large[1] / small[1]) <= 2.0 + 1e-9
+    assert len(sizes) == (1 if work == output else max(2, len(sizes)))
+
+
+def test_an_exact_match_is_copied_pixel_for_pixel(rng):
+    """A' of B' = A, seeded with the identity: every output pixel is B''s own."""
+    image = textured(rng, 48, 80)
+    work = resize(image, 24, 40)
+    result = synthesize(image, image, identity((24, 40)), work, exemplar_work_shape=(24, 40),
+                        device=CPU)  # fmt: skip
+    np.testing.assert_array_equal(result.field, identity((48, 80)))
+    np.testing.assert_array_equal(result.image, image)
+
+
+def test_a_shifted_exemplar_is_matched_to_the_pixel(rng):
+    """B' is A moved by (3, 5) px; a working-size field 1-2 px off becomes nearly exact."""
+    big = textured(rng, 72, 112)
+    a, bp = big[:64, :96], big[3:67, 5:101]
+    ys, xs = np.indices((64, 96))
+    truth = np.stack([ys - 3, xs - 5], axis=-1)
+    coarse = np.clip(np.stack([(ys[::2, ::2] - 3) // 2 + 1, (xs[::2, ::2] - 5) // 2], -1), 0, None)
+    result = synthesize(a, bp, coarse.astype(np.int32), resize(bp, 32, 48),
+                        exemplar_work_shape=(32, 48), device=CPU)  # fmt: skip
+    inside = (ys >= 6) & (ys < 58) & (xs >= 8) & (xs < 88)
+    error = np.abs(result.field - truth).max(axis=-1)[inside]
+    assert (error == 0).mean() > 0.8 and (error <= 1).mean() > 0.97
+    # Where a pixel and its neighbours match exactly, the vote copies B''s pixel unchanged.
+    copied = (result.image == a).all(axis=-1)[inside]
+    assert copied.mean() > 0.3
+
+
+def test_the_temporal_guide_steers_ambiguous_pixels(rng):
+    """Where structure cannot decide (a flat frame), the previous output does."""
+    exemplar = textured(rng, 40, 64)
+    flat = np.full((40, 64, 3), 128, np.uint8)
+    previous = np.ascontiguousarray(exemplar[:, ::-1])  # a unique arrangement of B''s pixels
+    guide = TemporalGuide(previous, np.ones((40, 64), np.float32), weight=4.0)
+    params = SynthesisParams(iterations=6, search_radius=32, jumps=(8, 4, 2, 1), prior_weight=0)
+    guided = synthesize(flat, exemplar, identity((40, 64)), None, exemplar_work_shape=(40, 64),
+                        device=CPU, params=params, temporal=guide)  # fmt: skip
+    plain = synthesize(flat, exemplar, identity((40, 64)), None, exemplar_work_shape=(40, 64),
+                       device=CPU, params=params)  # fmt: skip
+
+    def distance(image):
+        return np.abs(image.astype(int) - previous.astype(int)).mean()
+
+    assert distance(guided.image) < 0.5 * distance(plain.image)
+
+
+def test_parameters_are_checked():
+    with pytest.raises(ValueError):
+        SynthesisParams(stroke_weight=-1)
+    with pytest.raises(ValueError):
+        SynthesisParams(max_step=1.0)
+
+
+# -- the real model ----------------------------------------------------------------------
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_fields_at_full_resolution_on_a_painted_deformed_copy(model_path):
+    """A photo against a painted, smoothly deformed copy: the field at the photo's own size.
+
+    Measured (docs/DESIGN.md section 10), 225 x 150 photo, working size 112:
+    identity 6.96 px median; the working-size field upsampled nearest 4.96 px
+    (25% within 3 px); the synthesis 4.82 px (27%). The aim of 2 px and 70%
+    is not reached: the working-size field is off by 2-3 working pixels even
+    where A is textured, a bias the pixel-level search cannot see across the
+    painting's change of look.
+    """
+    from diva_numba import AnalogyModel, AnalogyParams, analogy
+
+    photo = cv2.resize(data.chelsea(), (225, 150), interpolation=cv2.INTER_AREA)
+    pair = deformed_pair(photo)
+    work = (75, 112)
+    a, bp = resize(pair.a, *work), resize(pair.bp, *work)
+    model = AnalogyModel(model_path, CPU)
+    result = analogy(model, a, bp, params=AnalogyParams(lbfgs_iterations=3))
+    nearest = upsample_field(result.nnf_ab, target_shape=photo.shape[:2],
+                             source_shape=photo.shape[:2])  # fmt: skip
+    synthesis = synthesize(pair.a, pair.bp, result.nnf_ab, result.b, exemplar_work_shape=work,
+                           device=CPU)  # fmt: skip
+    base_median, _ = identity_error(pair)
+    nearest_median, nearest_share = field_error(nearest, pair)
+    median, share = field_error(synthesis.field, pair)
+    print(f"identity {base_median:.2f}; nearest {nearest_median:.2f} px {nearest_share:.0%}; "
+          f"synthesis {median:.2f} px {share:.0%}")  # fmt: skip
+    assert synthesis.image.shape == pair.a.shape
+    assert median < 0.75 * base_median
+    assert median <= nearest_median + 0.25 and share >= nearest_share - 0.03
