@@ -62,20 +62,20 @@ class SynthesisParams:
     patch_size : int
         Patch side of the guided PatchMatch and of the vote at the working
         level and every level up to ``fine_from`` times the working size.
-    fine_patch_size : int
-        Patch side at the finer levels (a smaller patch: the field is already
-        right to a pixel or two there, and the cost grows with the area).
-    fine_from : float
-        Levels at least this many times the working size use ``fine_patch_size``.
     iterations : int
-        Guided PatchMatch rounds at the working level.
-    fine_iterations : int
-        Rounds at each finer level.
+        Guided PatchMatch rounds at those levels.
+    jumps : tuple of int
+        Propagation distances of each round there.
+    fine_from : float
+        Levels at least this many times the working size (per side) are
+        *fine*: the latent image and the pull carry nothing finer than the
+        working size, so a local touch-up is all the search can add there,
+        and these levels cost most.
+    fine_patch_size, fine_iterations, fine_jumps
+        Patch side, rounds and propagation distances at the fine levels.
     search_radius : int
         First random-search radius (pixels of the level); the field is close
         already, so the search stays local.
-    jumps : tuple of int
-        Propagation distances of each round.
     structure_weight : float
         Guide (a): A against the latent image B.
     stroke_weight : float
@@ -100,12 +100,13 @@ class SynthesisParams:
     """
 
     patch_size: int = 5
-    fine_patch_size: int = 3
-    fine_from: float = 3.0
     iterations: int = 4
-    fine_iterations: int = 2
-    search_radius: int = 2
     jumps: tuple[int, ...] = (2, 1)
+    fine_from: float = 3.0
+    fine_patch_size: int = 3
+    fine_iterations: int = 1
+    fine_jumps: tuple[int, ...] = (1,)
+    search_radius: int = 2
     structure_weight: float = 1.0
     stroke_weight: float = 0.0
     prior_weight: float = 0.1
@@ -247,23 +248,24 @@ def synthesize(
             )
         fine = shape[0] * shape[1] >= params.fine_from**2 * work_area
         patch = params.fine_patch_size if fine else params.patch_size
+        iterations = params.fine_iterations if fine else params.iterations
+        jumps = params.fine_jumps if fine else params.jumps
         images = _LevelImages.make(structure, exemplar, latent, temporal, shape, exemplar_shape,
                                    sizes[0], device, cache)  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
         if params.fit and images.has_guides(params):
-            source, target = images.guides(field_k, patch, params, prior=None)
+            source, target = images.guides(field_k, patch, params, prior=None, cache=cache)
             weights = match_distinctiveness(*source, *target, field_k, patch_size=patch)
             positions, _ = smooth_field(positions, weights, images.structure, params=params.prior)
             field_k = round_positions(positions, exemplar_shape)
-        iterations = params.fine_iterations if level else params.iterations
         prior = positions if params.prior_weight > 0 else None
         if iterations and images.has_guides(params):
-            source, target = images.guides(field_k, patch, params, prior=prior)
+            source, target = images.guides(field_k, patch, params, prior=prior, cache=cache)
             field_k, _ = patchmatch(
                 *source, *target, init_field=field_k,
                 params=PatchMatchParams(
                     patch_size=patch, iterations=iterations, search_radius=params.search_radius,
-                    seed=(params.seed * 1_000_003 + level) & 0xFFFFFFFF, jumps=params.jumps,
+                    seed=(params.seed * 1_000_003 + level) & 0xFFFFFFFF, jumps=jumps,
                 ),
             )  # fmt: skip
             positions = field_k.astype(xp.float32)
@@ -332,61 +334,94 @@ class _LevelImages:
             or self.previous is not None
         )
 
-    def guides(self, field_k, patch_size: int, params: SynthesisParams, *, prior):
-        """The source and target pairs ``((A, A'), (B, B'))`` of the guided patch distance."""
+    def guides(self, field_k, patch_size: int, params: SynthesisParams, *, prior, cache):
+        """The source and target pairs ``((A, A'), (B, B'))`` of the guided patch distance.
+
+        The target side depends on the exemplar alone: it is made once per level
+        and kept in ``cache``.
+        """
         xp = array_module(self.structure)
-        source_blocks, target_blocks = [], []
-        if self.latent is not None and params.structure_weight > 0:
-            _add_ssd(source_blocks, target_blocks, self.structure_guide, self.latent,
-                     params.structure_weight, None)  # fmt: skip
-        if params.stroke_weight > 0:
+        use_structure = self.latent is not None and params.structure_weight > 0
+        use_stroke = params.stroke_weight > 0
+        use_temporal = self.previous is not None
+        source = []
+        if use_structure:
+            source += _ssd_source(self.structure_guide, params.structure_weight, None)
+        if use_stroke:
             a_prime = vote(self.exemplar, field_k, patch_size=patch_size)
-            _add_ssd(source_blocks, target_blocks, a_prime, self.exemplar, params.stroke_weight,
-                     None)  # fmt: skip
-        if self.previous is not None:
-            _add_ssd(source_blocks, target_blocks, self.previous, self.exemplar,
-                     self.temporal_weight, self.reliability)  # fmt: skip
+            source += _ssd_source(a_prime, params.stroke_weight, None)
+        if use_temporal:
+            source += _ssd_source(self.previous, self.temporal_weight, self.reliability)
         if prior is not None:
-            _add_pull(source_blocks, target_blocks, prior, self.exemplar.shape[1:], params)
-        source = xp.concatenate(source_blocks, axis=0)
-        target = xp.concatenate(target_blocks, axis=0)
-        if source.shape[0] % 2:
-            source = xp.concatenate([source, xp.zeros_like(source[:1])], axis=0)
-            target = xp.concatenate([target, xp.zeros_like(target[:1])], axis=0)
-        half = source.shape[0] // 2
-        source = xp.ascontiguousarray(source)
-        target = xp.ascontiguousarray(target)
-        return (source[:half], source[half:]), (target[:half], target[half:])
+            source += _pull_source(prior, params)
+
+        def make_target():
+            target = []
+            if use_structure:
+                target += _ssd_target(self.latent)
+            if use_stroke:
+                target += _ssd_target(self.exemplar)
+            if use_temporal:
+                target += _ssd_target(self.exemplar)
+            if prior is not None:
+                target += _pull_target(self.exemplar.shape[1:], params, xp)
+            return _halves(target, xp)
+
+        key = ("targets", use_structure, use_stroke, use_temporal, prior is not None,
+               params.prior_period)  # fmt: skip
+        images = (self.exemplar, self.latent)
+        return _halves(source, xp), cache.memo(key, self.exemplar.shape[1:], images, make_target)
 
 
-def _add_ssd(source_blocks, target_blocks, source, target, weight: float, pixel_weight) -> None:
-    """Channels whose pair distance is ``weight * pixel_weight * |source - target|^2``."""
+def _halves(blocks: list, xp) -> tuple:
+    """``blocks`` stacked into one (C, H, W) map, zero-padded to even C, split in two halves."""
+    channels = sum(block.shape[0] for block in blocks)
+    height, width = blocks[0].shape[1:]
+    stacked = xp.zeros((channels + channels % 2, height, width), dtype=xp.float32)
+    start = 0
+    for block in blocks:
+        stacked[start : start + block.shape[0]] = block
+        start += block.shape[0]
+    half = stacked.shape[0] // 2
+    return stacked[:half], stacked[half:]
+
+
+def _ssd_source(source, weight: float, pixel_weight) -> list:
+    """Source channels of ``weight * pixel_weight * |source - target|^2`` (see :func:`_halves`)."""
     xp = array_module(source)
     w = xp.float32(weight) if pixel_weight is None else (pixel_weight * weight)[None]
     w = w * xp.ones((1, *source.shape[1:]), dtype=xp.float32)
-    source_blocks += [w * source, w * (source * source).sum(axis=0, keepdims=True), w]
-    target_blocks += [
+    return [w * source, w * (source * source).sum(axis=0, keepdims=True), w]
+
+
+def _ssd_target(target) -> list:
+    xp = array_module(target)
+    return [
         2 * target,
         -xp.ones((1, *target.shape[1:]), dtype=xp.float32),
         -(target * target).sum(axis=0, keepdims=True),
     ]
 
 
-def _add_pull(source_blocks, target_blocks, prior, exemplar_shape, params: SynthesisParams) -> None:
-    """Channels whose pair distance is ``prior_weight * (2 - 2 cos(2 pi d / P))`` per axis."""
+def _pull_source(prior, params: SynthesisParams) -> list:
+    """Source channels of ``prior_weight * (2 - 2 cos(2 pi d / P))`` per axis."""
     xp = array_module(prior)
     omega = xp.float32(2 * math.pi / params.prior_period)
     weight = xp.float32(params.prior_weight)
-    height, width = exemplar_shape
-    coordinates = (
-        xp.arange(height, dtype=xp.float32)[:, None] * xp.ones((1, width), dtype=xp.float32),
-        xp.ones((height, 1), dtype=xp.float32) * xp.arange(width, dtype=xp.float32)[None, :],
-    )
+    blocks = []
     for axis in range(2):
         phase = omega * prior[..., axis]
-        target_phase = omega * coordinates[axis]
-        source_blocks += [weight * xp.cos(phase)[None], weight * xp.sin(phase)[None]]
-        target_blocks += [2 * xp.cos(target_phase)[None], 2 * xp.sin(target_phase)[None]]
+        blocks += [weight * xp.cos(phase)[None], weight * xp.sin(phase)[None]]
+    return blocks
+
+
+def _pull_target(exemplar_shape, params: SynthesisParams, xp) -> list:
+    height, width = exemplar_shape
+    omega = xp.float32(2 * math.pi / params.prior_period)
+    rows = omega * xp.arange(height, dtype=xp.float32)[:, None] * xp.ones((1, width), xp.float32)
+    columns = omega * xp.ones((height, 1), xp.float32) * xp.arange(width, dtype=xp.float32)[None]
+    return [2 * xp.cos(rows)[None], 2 * xp.sin(rows)[None],
+            2 * xp.cos(columns)[None], 2 * xp.sin(columns)[None]]  # fmt: skip
 
 
 class ExemplarCache:
@@ -398,6 +433,7 @@ class ExemplarCache:
 
     def __init__(self):
         self._maps: dict[tuple[int, tuple[int, int]], tuple[np.ndarray, object]] = {}
+        self._memos: dict[tuple, tuple[tuple, object]] = {}
 
     def get(self, image: np.ndarray, shape: tuple[int, int], device: Device):
         key = (id(image), tuple(shape))
@@ -407,10 +443,21 @@ class ExemplarCache:
             self._maps[key] = held
         return held[1]
 
+    def memo(self, key, shape, images, make):
+        """``make()``, kept while ``images`` (the objects it was made from) stay the same."""
+        full_key = (key, tuple(shape), tuple(id(image) for image in images))
+        held = self._memos.get(full_key)
+        if held is None or any(a is not b for a, b in zip(held[0], images, strict=True)):
+            held = (images, make())
+            self._memos[full_key] = held
+        return held[1]
+
     def keep_only(self, *images) -> None:
         """Forget every entry but those of ``images``."""
         keep = {id(image) for image in images if image is not None}
         self._maps = {key: held for key, held in self._maps.items() if key[0] in keep}
+        live = {id(held[1]) for held in self._maps.values()} | {id(None)}
+        self._memos = {key: held for key, held in self._memos.items() if set(key[2]) <= live}
 
 
 def _upload_together(host: dict[str, np.ndarray], device: Device) -> dict:
