@@ -89,6 +89,7 @@ class Mask:
             self.size = (info.width, info.height)
         self._frames = None
         self._next = None
+        self._last = None  # (index, frame): the analogy's input and the output read it
 
     def check(self, width: int, height: int, frame_count: int) -> None:
         """Refuse a mask that does not fit the clip, before any frame is made.
@@ -140,9 +141,15 @@ class Mask:
         out[weight[..., 0] == 0] = original[weight[..., 0] == 0]
         return out
 
+    def outside(self, index: int, shape: tuple[int, int]) -> np.ndarray:
+        """uint8 ``(H, W)``: 1 where frame ``index`` passes through unstylised."""
+        return (self.weight(index, shape) == 0).astype(np.uint8)
+
     def _video_frame(self, index: int) -> np.ndarray:
         from diva_numba.video import read_frames
 
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
         if self._next != index:
             self._frames = read_frames(self.path, start=index)
         self._next = index + 1
@@ -150,4 +157,5 @@ class Mask:
             _, frame = next(self._frames)
         except StopIteration:
             raise InputError(f"{self.path}: the mask video has no frame {index}") from None
+        self._last = (index, frame)
         return frame

@@ -79,6 +79,9 @@ class AnalogyParams:
         L-BFGS iterations per deconvolution at most.
     lbfgs_history : int
         L-BFGS curvature pairs.
+    lbfgs_min_decrease : float
+        Stop a deconvolution once an iteration lowers its loss by less than
+        this share of the starting loss (0: run every iteration).
     seed : int
         Seeds every PatchMatch random draw; same seed and device, same result.
 
@@ -97,6 +100,7 @@ class AnalogyParams:
     search_radii: tuple[int, int, int, int] = (4, 4, 6, 6)
     lbfgs_iterations: int = 100
     lbfgs_history: int = 4
+    lbfgs_min_decrease: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -349,7 +353,11 @@ def analogy(
     fields: dict[int, tuple[object, object]] = {}
     deconvolutions: dict[int, object] = {}
     up_ab = up_ba = None
-    lbfgs_params = LBFGSParams(history=params.lbfgs_history, max_iterations=params.lbfgs_iterations)
+    lbfgs_params = LBFGSParams(
+        history=params.lbfgs_history,
+        max_iterations=params.lbfgs_iterations,
+        min_relative_decrease=params.lbfgs_min_decrease,
+    )
     mask_options = {"kind": params.mask, "kappa": params.kappa, "tau": params.tau}
 
     for level in (5, 4, 3, 2, 1):
@@ -448,18 +456,10 @@ def _initial_field(seed, fresh, fallback, shape_a, shape_b, level: int, device: 
     return xp.ascontiguousarray(xp.where(fresh, fallback, seed).astype(xp.int32))
 
 
-def _reconstruct(
-    model: AnalogyModel,
-    level: int,
-    style_features: dict[int, object],
-    nnf,
-    structure_shape: tuple[int, int],
-    style_shape: tuple[int, int],
-    warm_start,
-    params: AnalogyParams,
-    lbfgs_params: LBFGSParams,
-    profile: Profile | None = None,
-):
+def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, object], nnf,
+                 structure_shape: tuple[int, int], style_shape: tuple[int, int], warm_start,
+                 params: AnalogyParams, lbfgs_params: LBFGSParams,
+                 profile: Profile | None = None):  # fmt: skip
     """Level L-1 features of a latent image, and the level L-2 solution behind them.
 
     The target is the style features at level L warped through ``nnf``; the
@@ -468,6 +468,10 @@ def _reconstruct(
     (or from ``warm_start``), and runs it forward one level.
     """
     network = model.subnetworks[level]
+    if warm_start is not None and lbfgs_params.max_iterations == 0:
+        # A still frame: the moved solution stands, and no objective is evaluated.
+        solution = to_device(warm_start, model.device)
+        return network.forward_levels(solution, (level - 1,))[0], solution
     low = level - 2
     target = vote(style_features[level], nnf, patch_size=params.patch_size(level))
     if warm_start is not None:

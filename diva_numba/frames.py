@@ -38,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from diva_numba.chunks import colour_signature
 from diva_numba.deep_analogy import AnalogyModel, FrameGuide, analogy
 from diva_numba.device import Device, array_module, is_cuda_array, to_device, to_host
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
@@ -116,7 +117,12 @@ def stylise_frames(
         # Level 0, B's pixels, guides the synthesis on the host.
         latent_b = {lv: v if lv == 0 else to_device(v, device) for lv, v in latent_b.items()}
     features_bp = model.features(plan.style)
-    guided = dataclasses.replace(params.analogy, lbfgs_iterations=params.guided_lbfgs_iterations)
+    guided = dataclasses.replace(
+        params.analogy,
+        lbfgs_iterations=params.guided_lbfgs_iterations,
+        lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
+    )
+    still = dataclasses.replace(guided, lbfgs_iterations=0)
     finisher = (
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )
@@ -126,9 +132,14 @@ def stylise_frames(
             writer.check()
             started = time.perf_counter()
             work_frame = resize(frame, *plan.work_shape)
+            # A new shot is a new start: a full analogy, B's latent features made afresh.
+            cut = state is not None and starts_shot(
+                state.input_frame, work_frame, params.cut_threshold
+            )
             refresh_b = (
                 latent_b is None
                 or params.independent
+                or cut
                 or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
             )
             profile = None
@@ -143,9 +154,12 @@ def stylise_frames(
                 writer.submit(_frame_writer(work, state, None, finished))
             else:
                 temporal = None
-                if state is None or not state.fields_ab or params.independent:
+                analogy_frame = (
+                    work_frame if finisher is None else finisher.analogy_input(index, work_frame)
+                )
+                if state is None or not state.fields_ab or params.independent or cut:
                     result = analogy(
-                        model, work_frame, plan.style, params=params.analogy,
+                        model, analogy_frame, plan.style, params=params.analogy,
                         features_bp=features_bp,
                     )  # fmt: skip
                 else:
@@ -156,9 +170,10 @@ def stylise_frames(
                     guide = _guide(state, backward, occluded, plan, params, device)
                     if not refresh_b:
                         guide.latent_b = _feature_levels(latent_b)
+                    settled = float(occluded.mean()) < params.still_share
                     result = analogy(
-                        model, work_frame, plan.style, params=guided, features_bp=features_bp,
-                        guide=guide,
+                        model, analogy_frame, plan.style, params=still if settled else guided,
+                        features_bp=features_bp, guide=guide,
                     )  # fmt: skip
                     temporal = _temporal_guide(state.output_frame, backward, occluded, params)
                 if refresh_b:
@@ -184,6 +199,18 @@ def stylise_frames(
                 total = plan.end - plan.start
                 on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
                                      finished, profile))  # fmt: skip
+
+
+def starts_shot(previous: np.ndarray, frame: np.ndarray, threshold: float) -> bool:
+    """True when ``frame`` is not a continuation of ``previous`` (a shot cut).
+
+    The colour histograms of the two frames (:func:`~diva_numba.chunks.colour_signature`)
+    differ by at least ``threshold`` in total variation; within a shot, even a fast
+    pan stays under 0.1, cuts between shots measure 0.9 and more (docs/DESIGN.md
+    section 3).
+    """
+    distance = 0.5 * float(np.abs(colour_signature(frame) - colour_signature(previous)).sum())
+    return distance >= threshold
 
 
 def _feature_levels(latent_b: dict) -> dict:

@@ -54,6 +54,7 @@ from diva_numba.line_search import strong_wolfe_line_search
 CONVERGED = "converged"
 MAX_ITERATIONS = "max_iterations"
 LINE_SEARCH_FAILED = "line_search_failed"
+SMALL_DECREASE = "small_decrease"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class LBFGSParams:
         ``c2`` of the strong Wolfe curvature condition; ``c1 < c2 < 1``.
     max_line_search_evaluations : int
         Function evaluations per line search at most.
+    min_relative_decrease : float
+        Stop once an iteration lowers the loss by less than this share of the
+        starting loss (0: never). A warm start that is already close then
+        costs one iteration, and a frame's budget follows what changed.
     """
 
     history: int = 4
@@ -82,6 +87,7 @@ class LBFGSParams:
     sufficient_decrease: float = 1e-4
     curvature: float = 0.9
     max_line_search_evaluations: int = 20
+    min_relative_decrease: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.history <= lbfgs_ops.MAX_HISTORY:
@@ -95,6 +101,8 @@ class LBFGSParams:
             )
         if self.max_line_search_evaluations < 1:
             raise ValueError("max_line_search_evaluations must be >= 1")
+        if not 0 <= self.min_relative_decrease < 1:
+            raise ValueError("min_relative_decrease must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ class LBFGSResult:
         Accepted steps.
     evaluations : int
         Calls of the objective, the initial one included.
-    reason : {"converged", "max_iterations", "line_search_failed"}
+    reason : {"converged", "max_iterations", "line_search_failed", "small_decrease"}
         Why the optimiser stopped.
     losses : tuple of float
         Objective at ``x0`` and after each accepted step.
@@ -409,4 +417,6 @@ def minimize_lbfgs(
         gradient_squared = float(fetched[R.TRIAL + R.GRAD_SQUARED])
         if converged():
             return result(CONVERGED, iterations)
+        if losses[-2] - losses[-1] < params.min_relative_decrease * losses[0]:
+            return result(SMALL_DECREASE, iterations)
     return result(MAX_ITERATIONS, iterations)

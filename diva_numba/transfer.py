@@ -69,7 +69,17 @@ class TransferParams:
     guided_patchmatch_iterations : int
         PatchMatch rounds per level on frames seeded from the previous one.
     guided_lbfgs_iterations : int
-        L-BFGS iterations per deconvolution on seeded frames (warm-started).
+        L-BFGS iterations per deconvolution on seeded frames (warm-started), at most.
+    guided_lbfgs_min_decrease : float
+        A seeded frame's deconvolution stops once an iteration lowers its loss
+        by less than this share of the warm start's loss: the budget goes
+        where the frame is new (BENCHMARKS.md, "Frame budget").
+    still_share : float
+        A seeded frame with less than this share of new (occluded) pixels
+        keeps its warm-started solutions as they are: no L-BFGS at all.
+    cut_threshold : float
+        Colour-histogram distance (0..1) between a frame and the previous one
+        above which the frame starts a new shot: a full analogy, as frame 0.
     temporal_weight : float
         Weight of the temporal guide in the synthesis' patch distance: the
         previous output moved along the flow, at pixels the flow trusts; 0
@@ -108,6 +118,9 @@ class TransferParams:
     synthesis: SynthesisParams = field(default_factory=SynthesisParams)
     guided_patchmatch_iterations: int = 3
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
+    guided_lbfgs_min_decrease: float = 0.01
+    still_share: float = 0.002
+    cut_threshold: float = 0.35
     temporal_weight: float = 1.0
     refresh_b_every: int = 0
     independent: bool = False

@@ -136,3 +136,21 @@ def test_after_a_mask_that_does_not_fit_the_fixed_command_runs(clip, tmp_path, t
     transfer_video(clip["style"], clip["clip"], out, PARAMS, device="cpu", model=tiny_model,
                    mask=clip["mask"])  # fmt: skip
     assert out.exists()
+
+
+def test_the_analogy_sees_no_content_outside_the_mask(tmp_path):
+    """Masked-out pixels are filled from the mask's surroundings before the analogy."""
+    from diva_numba.compositing import Mask
+    from diva_numba.finishing import Finisher
+
+    box = moving_box(1)[0]
+    save_image(tmp_path / "mask.png", box)
+    frame = pan_frames(1, width=WIDTH, height=HEIGHT)[0].copy()
+    frame[:, :4] = (255, 0, 0)  # a stripe far outside the mask, whose colour must not survive
+    finisher = Finisher(None, Mask(tmp_path / "mask.png", feather=2), keep_colour=False)
+    seen = finisher.analogy_input(0, frame)
+    inside = box[..., 0] > 0
+    np.testing.assert_array_equal(seen[inside], frame[inside])
+    assert not (seen[:, :4] == (255, 0, 0)).all(axis=-1).any()
+    plain = Finisher(None, None, keep_colour=False)
+    assert plain.analogy_input(0, frame) is frame

@@ -1,0 +1,84 @@
+"""The budget of seeded frames: small decreases stop, still frames skip, cuts restart."""
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+from clips import pan_frames, write_clip
+from inputs import random_quadratic
+from skimage import data
+
+import diva_numba.frames as frame_loop
+from diva_numba import AnalogyParams, TransferParams, transfer_video
+from diva_numba.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
+from diva_numba.network import SubNetwork
+
+PARAMS = TransferParams.for_device(
+    "cpu", work_size=64,
+    analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3, patchmatch_iterations=2),
+    guided_lbfgs_iterations=3, guided_patchmatch_iterations=1,
+)  # fmt: skip
+
+
+def test_lbfgs_stops_once_an_iteration_gains_little(rng):
+    fun_and_grad, _ = random_quadratic(rng, 40)
+    x0 = rng.standard_normal(40).astype(np.float64)
+    full = minimize_lbfgs(fun_and_grad, x0, params=LBFGSParams(max_iterations=30))
+    early = minimize_lbfgs(
+        fun_and_grad, x0, params=LBFGSParams(max_iterations=30, min_relative_decrease=0.05)
+    )
+    assert early.reason == SMALL_DECREASE and early.iterations < full.iterations
+    gains = -np.diff(early.losses)
+    assert gains[-1] < 0.05 * early.losses[0] <= gains[:-1].min()
+    with pytest.raises(ValueError):
+        LBFGSParams(min_relative_decrease=1.0)
+
+
+def test_shot_cuts_are_told_from_motion():
+    pan = pan_frames(6, width=96, height=64, step=(6, 3))
+    other = cv2.resize(data.coffee(), (96, 64), interpolation=cv2.INTER_AREA)
+    assert not any(
+        frame_loop.starts_shot(a, b, PARAMS.cut_threshold)
+        for a, b in zip(pan, pan[1:], strict=False)
+    )
+    assert frame_loop.starts_shot(pan[-1], other, PARAMS.cut_threshold)
+
+
+def run_counting(tmp_path, frames, tiny_model, monkeypatch):
+    """Run a clip; per frame the L-BFGS evaluations and whether it was seeded."""
+    write_clip(tmp_path / "clip.mp4", np.stack(frames), fps=Fraction(24), crf=4)
+    cv2.imwrite(str(tmp_path / "style.png"), cv2.applyColorMap(frames[0][:, :, 1], 2))
+    evaluations, seeded = [], []
+    real_loss, real_analogy = SubNetwork.loss_and_gradient, frame_loop.analogy
+
+    def loss_and_gradient(self, x, target):
+        evaluations[-1] += 1
+        return real_loss(self, x, target)
+
+    def analogy(*args, guide=None, **kwargs):
+        evaluations.append(0)
+        seeded.append(guide is not None)
+        return real_analogy(*args, guide=guide, **kwargs)
+
+    monkeypatch.setattr(SubNetwork, "loss_and_gradient", loss_and_gradient)
+    monkeypatch.setattr(frame_loop, "analogy", analogy)
+    transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4", PARAMS,
+                   device="cpu", model=tiny_model)  # fmt: skip
+    return evaluations, seeded
+
+
+def test_a_still_frame_costs_no_deconvolution(tmp_path, tiny_model, monkeypatch):
+    still = pan_frames(1, width=64, height=48)[0]
+    evaluations, seeded = run_counting(tmp_path, [still] * 3, tiny_model, monkeypatch)
+    assert seeded == [False, True, True]
+    assert evaluations[0] > 0 and evaluations[1:] == [0, 0]
+
+
+def test_a_cut_starts_a_full_analogy(tmp_path, tiny_model, monkeypatch):
+    pan = list(pan_frames(3, width=64, height=48))
+    other = cv2.resize(data.coffee(), (64, 48), interpolation=cv2.INTER_AREA)
+    evaluations, seeded = run_counting(tmp_path, [*pan, other, other], tiny_model, monkeypatch)
+    assert seeded == [False, True, True, False, True]
+    # The cut frame deconvolves both latent images afresh, as frame 0 does.
+    assert evaluations[3] >= evaluations[0] - 2 and evaluations[3] > evaluations[1]
