@@ -469,7 +469,7 @@ def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, obje
     """
     network = model.subnetworks[level]
     if warm_start is not None and lbfgs_params.max_iterations == 0:
-        # A still frame: the moved solution stands, and no objective is evaluated.
+        # Nothing new in the frame: the moved solution stands, no objective is evaluated.
         solution = to_device(warm_start, model.device)
         return network.forward_levels(solution, (level - 1,))[0], solution
     low = level - 2

@@ -122,7 +122,7 @@ def stylise_frames(
         lbfgs_iterations=params.guided_lbfgs_iterations,
         lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
     )
-    still = dataclasses.replace(guided, lbfgs_iterations=0)
+    moved = dataclasses.replace(guided, lbfgs_iterations=0)
     finisher = (
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )
@@ -170,9 +170,9 @@ def stylise_frames(
                     guide = _guide(state, backward, occluded, plan, params, device)
                     if not refresh_b:
                         guide.latent_b = _feature_levels(latent_b)
-                    settled = float(occluded.mean()) < params.still_share
+                    familiar = float(occluded.mean()) < params.new_content_share
                     result = analogy(
-                        model, analogy_frame, plan.style, params=still if settled else guided,
+                        model, analogy_frame, plan.style, params=moved if familiar else guided,
                         features_bp=features_bp, guide=guide,
                     )  # fmt: skip
                     temporal = _temporal_guide(state.output_frame, backward, occluded, params)

@@ -74,9 +74,12 @@ class TransferParams:
         A seeded frame's deconvolution stops once an iteration lowers its loss
         by less than this share of the warm start's loss: the budget goes
         where the frame is new (BENCHMARKS.md, "Frame budget").
-    still_share : float
-        A seeded frame with less than this share of new (occluded) pixels
-        keeps its warm-started solutions as they are: no L-BFGS at all.
+    new_content_share : float
+        Only a seeded frame with at least this share of new (occluded or
+        disoccluded) pixels runs the deconvolutions; the others keep the
+        previous solutions moved along the flow, without evaluating the
+        objective: on a pan that is 10x faster and closer to the ideal
+        (BENCHMARKS.md, "Frame budget").
     cut_threshold : float
         Colour-histogram distance (0..1) between a frame and the previous one
         above which the frame starts a new shot: a full analogy, as frame 0.
@@ -118,8 +121,8 @@ class TransferParams:
     synthesis: SynthesisParams = field(default_factory=SynthesisParams)
     guided_patchmatch_iterations: int = 3
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
-    guided_lbfgs_min_decrease: float = 0.01
-    still_share: float = 0.002
+    guided_lbfgs_min_decrease: float = 0.05
+    new_content_share: float = 0.1
     cut_threshold: float = 0.35
     temporal_weight: float = 1.0
     refresh_b_every: int = 0

@@ -1,5 +1,6 @@
 """The budget of seeded frames: small decreases stop, still frames skip, cuts restart."""
 
+import dataclasses
 from fractions import Fraction
 
 import cv2
@@ -45,8 +46,9 @@ def test_shot_cuts_are_told_from_motion():
     assert frame_loop.starts_shot(pan[-1], other, PARAMS.cut_threshold)
 
 
-def run_counting(tmp_path, frames, tiny_model, monkeypatch):
+def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS):
     """Run a clip; per frame the L-BFGS evaluations and whether it was seeded."""
+    tmp_path.mkdir(exist_ok=True)
     write_clip(tmp_path / "clip.mp4", np.stack(frames), fps=Fraction(24), crf=4)
     cv2.imwrite(str(tmp_path / "style.png"), cv2.applyColorMap(frames[0][:, :, 1], 2))
     evaluations, seeded = [], []
@@ -63,7 +65,7 @@ def run_counting(tmp_path, frames, tiny_model, monkeypatch):
 
     monkeypatch.setattr(SubNetwork, "loss_and_gradient", loss_and_gradient)
     monkeypatch.setattr(frame_loop, "analogy", analogy)
-    transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4", PARAMS,
+    transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4", params,
                    device="cpu", model=tiny_model)  # fmt: skip
     return evaluations, seeded
 
@@ -82,3 +84,13 @@ def test_a_cut_starts_a_full_analogy(tmp_path, tiny_model, monkeypatch):
     assert seeded == [False, True, True, False, True]
     # The cut frame deconvolves both latent images afresh, as frame 0 does.
     assert evaluations[3] >= evaluations[0] - 2 and evaluations[3] > evaluations[1]
+
+
+def test_only_frames_with_new_content_deconvolve(tmp_path, tiny_model, monkeypatch):
+    """A slow pan shows little new: its frames keep the moved solutions; asked to, they solve."""
+    pan = list(pan_frames(3, width=64, height=48, step=(1, 0)))
+    evaluations, _ = run_counting(tmp_path / "a", pan, tiny_model, monkeypatch)
+    assert evaluations[1:] == [0, 0]
+    eager = dataclasses.replace(PARAMS, new_content_share=0.0)
+    evaluations, _ = run_counting(tmp_path / "b", pan, tiny_model, monkeypatch, eager)
+    assert min(evaluations[1:]) > 0

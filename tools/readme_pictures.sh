@@ -17,6 +17,10 @@ example=tools/example
 "$py" -m diva_numba transfer "$example/style.png" "$example/clip.mp4" -o "$scratch/two.mp4" \
     --device cpu --style-frame 24 --key "47:$example/key-47.png" "$@"
 
+for run in analogy one two; do
+    echo "warping error, $run:"
+    "$py" -m diva_numba metrics warp-error "$scratch/$run.mp4" --reference "$example/clip.mp4"
+done
 "$py" tools/contact_sheet.py "$example/clip.mp4" "$scratch/one.mp4" -o "$example/contact-sheet.jpg" \
     --frames 0 24 47 --labels input "output (--style-frame 24)"
 "$py" tools/contact_sheet.py "$example/clip.mp4" "$scratch/analogy.mp4" "$scratch/one.mp4" \

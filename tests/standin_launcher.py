@@ -1,0 +1,248 @@
+"""The simulator launcher of the CuPy stand-in (:mod:`cupy_standin`).
+
+Kernel launches go through :func:`install_launcher`, which replaces the body of the
+simulator's ``FakeCUDAKernel.__call__`` (device functions are left alone). It still
+runs every kernel as Python inside the simulator's fake ``cuda`` module (grid, thread
+and block indices, shared and local memory), and it differs in two ways:
+
+* *arguments*: stand-in arrays reach the kernel as the NumPy arrays behind them,
+  as a CuPy array reaches a real kernel as a device pointer; a host NumPy array,
+  which real Numba would copy to the device and back around the launch, is
+  refused (:class:`HiddenTransfer`), and so is a tuple of CuPy arrays, which real
+  Numba cannot type (numba issue 8483);
+* *scheduling*: a kernel without ``cuda.syncthreads`` (found by scanning its code
+  and the device and shared functions it calls) runs its threads one after
+  another in the calling thread, which is one legal schedule of a kernel without
+  barriers (the stock simulator starts an OS thread per CUDA thread, about 50x
+  slower); a kernel with barriers runs a block's threads as OS threads meeting at
+  a barrier, like the stock simulator, but without its busy polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import queue
+import threading
+import types
+
+import numpy as np
+from cupy_standin import COUNTERS, Counters, HiddenTransfer, ndarray
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def _names(code) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names(constant)
+    return names
+
+
+@functools.cache
+def _uses_barrier(function) -> bool:
+    """Whether ``function`` or a function it calls calls ``cuda.syncthreads*``."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    pending, seen = [function], set()
+    while pending:
+        current = pending.pop()
+        if current.__code__ in seen:
+            continue
+        seen.add(current.__code__)
+        names = _names(current.__code__)
+        if any(name.startswith("syncthreads") for name in names):
+            return True
+        for name in names:
+            target = current.__globals__.get(name)
+            if isinstance(target, FakeCUDAKernel):
+                target = target.fn
+            target = getattr(target, "py_func", target)  # njit dispatchers keep it there
+            if isinstance(target, types.FunctionType):
+                pending.append(target)
+    return False
+
+
+class _BlockAborted(RuntimeError):
+    """Raised in the threads of a block waiting at a barrier when one of them failed."""
+
+
+class _Barrier:
+    """``syncthreads`` for one block: releases when every live thread has arrived."""
+
+    def __init__(self, count: int):
+        self.condition = threading.Condition()
+        self.alive = count
+        self.waiting = 0
+        self.generation = 0
+        self.failed = False
+
+    def _release(self):
+        self.waiting = 0
+        self.generation += 1
+        self.condition.notify_all()
+
+    def wait(self):
+        with self.condition:
+            if self.failed:
+                raise _BlockAborted("another thread of the block failed")
+            generation = self.generation
+            self.waiting += 1
+            if self.waiting == self.alive:
+                self._release()
+                return
+            while generation == self.generation and not self.failed:
+                self.condition.wait()
+            if self.failed:
+                raise _BlockAborted("another thread of the block failed")
+
+    def leave(self, *, failed: bool):
+        with self.condition:
+            self.alive -= 1
+            if failed:
+                self.failed = True
+                self.condition.notify_all()
+            elif self.waiting and self.waiting == self.alive:
+                self._release()
+
+
+class _Worker(threading.Thread):
+    """An OS thread that runs CUDA threads of blocks with barriers, one at a time.
+
+    The fake ``cuda`` module reads the running CUDA thread's indices from
+    ``threading.current_thread()``, so they are set on the worker before each run.
+    Workers are kept for the whole session: starting an OS thread per CUDA thread
+    costs more than most kernels.
+    """
+
+    def __init__(self):
+        super().__init__(daemon=True, name="cuda-simulator-worker")
+        self.tasks = queue.SimpleQueue()
+        self.barrier = None
+
+    def syncthreads(self):
+        self.barrier.wait()
+
+    def run(self):
+        while True:
+            function, args, barrier, block_index, thread_index, thread_id, done = self.tasks.get()
+            self.barrier, self.blockIdx, self.threadIdx = barrier, block_index, thread_index
+            self.thread_id = thread_id
+            try:
+                function(*args)
+            except BaseException as exc:  # reported by the launcher
+                barrier.leave(failed=True)
+                done.put(exc)
+            else:
+                barrier.leave(failed=False)
+                done.put(None)
+
+
+_WORKERS: list[_Worker] = []
+
+
+def _run_blocks_with_barriers(function, arguments, grid_dim, thread_indices):
+    from numba.cuda.simulator.kernelapi import Dim3
+
+    while len(_WORKERS) < len(thread_indices):
+        worker = _Worker()
+        worker.start()
+        _WORKERS.append(worker)
+    done = queue.SimpleQueue()
+    for block_index in itertools.product(*(range(extent) for extent in grid_dim)):
+        block = Dim3(*block_index)
+        barrier = _Barrier(len(thread_indices))
+        for worker, (thread_index, thread_id) in zip(_WORKERS, thread_indices, strict=False):
+            worker.tasks.put((function, arguments, barrier, block, thread_index, thread_id, done))
+        failures = [done.get() for _ in thread_indices]
+        # The thread that failed first, not those it stopped at a barrier.
+        for failure in sorted(
+            (f for f in failures if f is not None), key=lambda f: isinstance(f, _BlockAborted)
+        ):
+            raise failure
+
+
+def _no_barrier():
+    raise RuntimeError("syncthreads in a kernel the launcher took for barrier-free")
+
+
+def _kernel_argument(value, name: str, counters: Counters):
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, tuple):
+        if any(isinstance(item, ndarray) for item in value):
+            raise TypeError(
+                f"kernel {name} was launched with a tuple of CuPy arrays, which Numba's CUDA "
+                "dispatcher cannot type (numba issue 8483): pass them as separate arguments"
+            )
+        return tuple(_kernel_argument(item, name, counters) for item in value)
+    if isinstance(value, FakeCUDAArray):
+        counters.numba_device_arrays += 1
+        return value._ary
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        raise HiddenTransfer(
+            f"kernel {name} was launched with a host NumPy array {value.dtype} {value.shape}: "
+            "Numba would copy it to the device and back around the launch"
+        )
+    return value
+
+
+def _run_kernel(kernel, args, counters: Counters):
+    from numba.cuda.errors import normalize_kernel_dimensions
+    from numba.cuda.simulator import kernel as simulator
+    from numba.cuda.simulator.kernelapi import Dim3, FakeCUDAModule, swapped_cuda_module
+
+    function = kernel.fn
+    name = function.__name__
+    counters.launches[name] += 1
+    grid_dim, block_dim = normalize_kernel_dimensions(kernel.grid_dim, kernel.block_dim)
+    arguments = [_kernel_argument(value, name, counters) for value in args]
+    fake_cuda = FakeCUDAModule(grid_dim, block_dim, kernel.dynshared_size)
+    block_x, block_y, _ = block_dim
+    thread_indices = [
+        (Dim3(*index), index[0] + block_x * (index[1] + block_y * index[2]))
+        for index in itertools.product(*(range(extent) for extent in block_dim))
+    ]
+    with simulator._push_kernel_context(fake_cuda), swapped_cuda_module(function, fake_cuda):
+        if _uses_barrier(function):
+            _run_blocks_with_barriers(function, arguments, grid_dim, thread_indices)
+            return
+        current = threading.current_thread()
+        current.syncthreads = _no_barrier
+        try:
+            for block_index in itertools.product(*(range(extent) for extent in grid_dim)):
+                current.blockIdx = Dim3(*block_index)
+                for current.threadIdx, current.thread_id in thread_indices:
+                    function(*arguments)
+        finally:
+            for attribute in ("blockIdx", "threadIdx", "thread_id", "syncthreads"):
+                current.__dict__.pop(attribute, None)
+
+
+def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
+    """Route every simulated kernel launch through the lean launcher, counting it."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    stock_call = FakeCUDAKernel.__call__
+
+    def call(self, *args):
+        if self._device:  # a device function called from a running kernel
+            return stock_call(self, *args)
+        return _run_kernel(self, args, counters)
+
+    monkeypatch.setattr(FakeCUDAKernel, "__call__", call)
+    return counters
+
+
+@contextlib.contextmanager
+def counting(counters: Counters = COUNTERS):
+    """Yield a :class:`Counters` holding what happens inside the block (filled at exit)."""
+    start = counters.snapshot()
+    delta = Counters()
+    yield delta
+    result = counters.since(start)
+    delta.__dict__.update(result.__dict__)
