@@ -122,7 +122,7 @@ class TransferParams:
     guided_patchmatch_iterations: int = 3
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
     guided_lbfgs_min_decrease: float = 0.05
-    new_content_share: float = 0.1
+    new_content_share: float = 0.3
     cut_threshold: float = 0.35
     temporal_weight: float = 1.0
     refresh_b_every: int = 0

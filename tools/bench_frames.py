@@ -1,9 +1,10 @@
 """Frame time against quality of seeded video frames, on clips with known answers.
 
     python tools/bench_frames.py [--work-size 256] [--frames 12]
-        [--configs 5:0 0:0 5:0.01 5:0.05] [--cases pan disocclusion cut]
+        [--configs 5:0:0 0:0:0 5:0.05:0 default] [--cases pan disocclusion cut]
 
-Each config is ``GUIDED_LBFGS_ITERS:MIN_DECREASE``. The cases:
+Each config is ``GUIDED_LBFGS_ITERS:MIN_DECREASE:NEW_CONTENT_SHARE`` (a seeded frame
+deconvolves only with at least that share of new pixels), or ``default``. The cases:
 
 * ``pan``: a pan over a photo whose frame 0 is painted (the style image): the
   ideal output of every frame is the painting moved along the motion, so the
@@ -68,7 +69,14 @@ CASES = {"pan": pan_case, "disocclusion": disocclusion_case, "cut": cut_case}
 
 
 def run(case: str, config: str, args, scratch: Path) -> dict:
-    iterations, _, decrease = config.partition(":")
+    changes = {}
+    if config != "default":
+        iterations, decrease, share = (config.split(":") + ["0", "0"])[:3]
+        changes = {
+            "guided_lbfgs_iterations": int(iterations),
+            "guided_lbfgs_min_decrease": float(decrease),
+            "new_content_share": float(share),
+        }
     frames, style, truth = CASES[case](args.frames, args.width, args.height)
     folder = scratch / f"{case}-{config.replace(':', '_')}"
     folder.mkdir()
@@ -78,8 +86,7 @@ def run(case: str, config: str, args, scratch: Path) -> dict:
         "cpu",
         work_size=args.work_size,
         analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=5),
-        guided_lbfgs_iterations=int(iterations),
-        guided_lbfgs_min_decrease=float(decrease or 0),
+        **changes,
     )
     seconds = {}
 
@@ -112,11 +119,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=144)
     parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--configs", nargs="+", default=["5:0", "0:0", "5:0.01", "5:0.05"])
+    configs = ["5:0:0", "0:0:0", "5:0.05:0", "default"]
+    parser.add_argument("--configs", nargs="+", default=configs)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     args = parser.parse_args()
     print(f"{args.width}x{args.height}, working size {args.work_size}, {args.frames} frames")
-    print("| case | iters:min decrease | s/frame | frame 0 | cut frame | Lab | warp | input warp |")
+    print("| case | config | s/frame | frame 0 | cut frame | Lab | warp | input warp |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory(prefix="diva-frames-") as scratch:
         for case in args.cases:
