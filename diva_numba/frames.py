@@ -170,7 +170,9 @@ def stylise_frames(
                     guide = _guide(state, backward, occluded, plan, params, device)
                     if not refresh_b:
                         guide.latent_b = _feature_levels(latent_b)
-                    familiar = float(occluded.mean()) < params.new_content_share
+                    familiar = float(occluded.mean()) < params.new_content_share and (
+                        (index - plan.start) % params.deconvolve_every != 0
+                    )
                     result = analogy(
                         model, analogy_frame, plan.style, params=moved if familiar else guided,
                         features_bp=features_bp, guide=guide,

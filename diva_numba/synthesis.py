@@ -14,7 +14,8 @@ nothing is ever resampled twice (docs/DESIGN.md section 10). At every level:
    (:func:`~diva_numba.kernels.field_prior.smooth_field`, guided by A's edges
    so that motion boundaries survive). In low-texture areas every candidate
    patch looks alike and the search alone leaves the field where it started;
-   the fit carries the distinctive matches across them.
+   the fit carries the distinctive matches across them. Off by default
+   (``fit``): measured, it does not pay (docs/DESIGN.md section 10).
 2. *Guided PatchMatch* from the fitted field, with a patch distance that sums
    weighted guides: (a) A against the latent image B (B''s structure in A's
    look: one appearance domain, so colours compare), (b) the current A'
@@ -90,7 +91,9 @@ class SynthesisParams:
         Pixels over which the pull saturates (at half the period it is at its
         largest).
     fit : bool
-        Fit the field to the prior before each level's search.
+        Fit the field to the prior before each level's search (off: on a
+        painted, deformed copy of a photo it moved the median error from 5.47
+        to 5.51 px alone and 5.21 to 5.49 px before the search).
     prior : FieldPriorParams
         The edge-aware fit (spatial and range scales).
     max_step : float

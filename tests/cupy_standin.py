@@ -416,4 +416,4 @@ class ndarray:  # noqa: N801 (CuPy's name)
 # The module's functions and the launcher live in modules of their own; importing them from
 # here keeps one entry point.
 from standin_launcher import counting, install_launcher  # noqa: E402, F401
-from standin_module import make_module  # noqa: E402, F401
+from standin_module import asnumpy, make_module  # noqa: E402, F401

@@ -18,7 +18,7 @@ from diva_numba.network import SubNetwork
 PARAMS = TransferParams.for_device(
     "cpu", work_size=64,
     analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3, patchmatch_iterations=2),
-    guided_lbfgs_iterations=3, guided_patchmatch_iterations=1,
+    guided_lbfgs_iterations=3, guided_patchmatch_iterations=1, deconvolve_every=100,
 )  # fmt: skip
 
 
@@ -94,3 +94,11 @@ def test_only_frames_with_new_content_deconvolve(tmp_path, tiny_model, monkeypat
     eager = dataclasses.replace(PARAMS, new_content_share=0.0)
     evaluations, _ = run_counting(tmp_path / "b", pan, tiny_model, monkeypatch, eager)
     assert min(evaluations[1:]) > 0
+
+
+def test_moved_solutions_are_solved_again_every_few_frames(tmp_path, tiny_model, monkeypatch):
+    """However little is new, every ``deconvolve_every``-th frame deconvolves (no drift)."""
+    still = pan_frames(1, width=64, height=48)[0]
+    periodic = dataclasses.replace(PARAMS, deconvolve_every=2)
+    evaluations, _ = run_counting(tmp_path, [still] * 5, tiny_model, monkeypatch, periodic)
+    assert [count > 0 for count in evaluations] == [True, False, True, False, True]

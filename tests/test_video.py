@@ -278,9 +278,11 @@ def test_irregular_frame_times_are_kept(tmp_path, frames, rng, suffix):
             stream = container.streams.video[0]
             packets = sorted((p for p in container.demux(stream) if p.size), key=lambda p: p.pts)
             lengths = [p.duration * stream.time_base for p in packets]
-        # Every frame lasts until the next one, the last one until the end given.
+        # Every frame lasts until the next one, the last one until the end given, to the
+        # clock's rounding: both ends and the stored duration are whole milliseconds, and
+        # one random case in about forty was seen 1.33 ms off (1/600 s times).
         intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
-        assert max(abs(a - b) for a, b in zip(lengths, intervals, strict=True)) <= 0.001
+        assert max(abs(a - b) for a, b in zip(lengths, intervals, strict=True)) <= 0.0015
     else:
         # MP4 and MOV keep the 1/600 s clock (scaled up), so the times are exact.
         assert read_back == times[:-1]
