@@ -41,14 +41,15 @@ def pan_frames(
     height: int = 48,
     step: tuple[int, int] = (2, 1),
     origin: tuple[int, int] = (200, 200),
+    image: np.ndarray | None = None,
 ) -> np.ndarray:
     """``count`` RGB frames of a window moving ``step`` = (dx, dy) pixels per frame.
 
     The window starts with its top-left corner at ``origin`` = (x, y) of the
-    photograph. The content moves by ``-step`` on screen: frame t at x shows
-    what frame t-1 showed at ``x + step``.
+    photograph (or of ``image``). The content moves by ``-step`` on screen: frame t
+    at x shows what frame t-1 showed at ``x + step``.
     """
-    image = photo()
+    image = photo() if image is None else image
     dx, dy = step
     x0, y0 = origin
     frames = [

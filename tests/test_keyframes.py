@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cli_checks import assert_one_error
 from click.testing import CliRunner
-from clips import photo, write_clip
+from clips import pan_frames, photo, write_clip
 
 import diva_numba.frames as frame_loop
 from diva_numba import Interrupted, TransferParams, transfer_video
@@ -47,11 +47,7 @@ def painting_of(image: np.ndarray) -> np.ndarray:
 
 
 def windows(image: np.ndarray) -> np.ndarray:
-    (x0, y0), (dx, dy) = ORIGIN, STEP
-    return np.stack(
-        [image[y0 + t * dy : y0 + t * dy + HEIGHT, x0 + t * dx : x0 + t * dx + WIDTH]
-         for t in range(FRAMES)]
-    )  # fmt: skip
+    return pan_frames(FRAMES, width=WIDTH, height=HEIGHT, step=STEP, origin=ORIGIN, image=image)
 
 
 @pytest.fixture(scope="module")

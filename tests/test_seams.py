@@ -13,7 +13,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
-from clips import photo, write_clip
+from clips import pan_frames, photo, write_clip
 
 from diva_numba.imageio import save_image
 from diva_numba.keyframes import Keyframe, KeyframeParams, KeyframeSet, finish, propagate_all
@@ -30,11 +30,7 @@ def painting(image: np.ndarray, colour_map: int) -> np.ndarray:
 
 
 def windows(image: np.ndarray) -> np.ndarray:
-    (x0, y0), (dx, dy) = ORIGIN, STEP
-    return np.stack(
-        [image[y0 + t * dy : y0 + t * dy + HEIGHT, x0 + t * dx : x0 + t * dx + WIDTH]
-         for t in range(FRAMES)]
-    )  # fmt: skip
+    return pan_frames(FRAMES, width=WIDTH, height=HEIGHT, step=STEP, origin=ORIGIN, image=image)
 
 
 def visible(t: int):
