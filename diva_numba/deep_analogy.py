@@ -24,133 +24,38 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from diva_numba.device import Device, array_module, device_kind, to_device, to_host
+from diva_numba.analogy_params import ALPHA_PRESETS, LBFGS_ITERATIONS_BY_DEVICE, AnalogyParams
+from diva_numba.device import Device, array_module, to_device, to_host
 from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.kernels.normalize import blend, normalize_features, response_mask
-from diva_numba.kernels.patchmatch import PatchMatchParams, identity_field, patchmatch
+from diva_numba.kernels.patchmatch import identity_field, patchmatch
 from diva_numba.kernels.voting import vote
 from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import vgg
 from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
 from diva_numba.profile import Profile
+from diva_numba.regions import deconvolve_boxes
 
 log = logging.getLogger("diva_numba")
 
-#: Blend weights alpha for levels 4, 3, 2, 1: the official code's three presets.
-ALPHA_PRESETS: dict[str, tuple[float, float, float, float]] = {
-    "low": (0.7, 0.6, 0.5, 0.0),
-    "paper": (0.8, 0.7, 0.6, 0.1),
-    "high": (0.9, 0.8, 0.7, 0.2),
-}
+# The parameters live in their own module; they are part of this one's interface too.
+__all__ = [
+    "ALPHA_PRESETS",
+    "DECONVOLVED_LEVELS",
+    "LBFGS_ITERATIONS_BY_DEVICE",
+    "AnalogyModel",
+    "AnalogyParams",
+    "AnalogyResult",
+    "FrameGuide",
+    "analogy",
+    "load_model",
+]
 
 #: Levels whose latent features are reconstructed (L -> L-1).
 DECONVOLVED_LEVELS = (5, 4, 3, 2)
-
-#: L-BFGS iterations per deconvolution by device: the reference's 100 where a GPU
-#: makes them cheap; on the CPU quality is flat from about 5 on (BENCHMARKS.md).
-LBFGS_ITERATIONS_BY_DEVICE = {"cuda": 100, "cpu": 20}
-
-
-@dataclass(frozen=True)
-class AnalogyParams:
-    """Every knob of the analogy, with the reference code's defaults.
-
-    Attributes
-    ----------
-    alphas : tuple of 4 float
-        Blend weights for levels 4, 3, 2, 1; larger keeps more of the structure
-        image (see :data:`ALPHA_PRESETS`).
-    mask : {"sigmoid", "step"}
-        Response mask: the paper's sigmoid or the official code's hard step.
-    kappa, tau : float
-        Sigmoid steepness and threshold on the min-max normalised response.
-    patch_sizes : tuple of 5 int
-        PatchMatch patch side for levels 1..5.
-    patchmatch_iterations : int
-        PatchMatch rounds per level.
-    search_radii : tuple of 4 int
-        First random-search radius for levels 1..4; level 5 searches the whole
-        map (``max(H, W) / 16`` of the image).
-    lbfgs_iterations : int
-        L-BFGS iterations per deconvolution at most.
-    lbfgs_history : int
-        L-BFGS curvature pairs.
-    lbfgs_min_decrease : float
-        Stop a deconvolution once an iteration lowers its loss by less than
-        this share of the starting loss (0: run every iteration).
-    seed : int
-        Seeds every PatchMatch random draw; same seed and device, same result.
-
-    Notes
-    -----
-    The defaults are the reference code's; :meth:`for_device` gives each
-    device's measured defaults (those of the command line).
-    """
-
-    alphas: tuple[float, float, float, float] = ALPHA_PRESETS["paper"]
-    mask: Literal["sigmoid", "step"] = "sigmoid"
-    kappa: float = 300.0
-    tau: float = 0.05
-    patch_sizes: tuple[int, int, int, int, int] = (5, 5, 3, 3, 3)
-    patchmatch_iterations: int = 10
-    search_radii: tuple[int, int, int, int] = (4, 4, 6, 6)
-    lbfgs_iterations: int = 100
-    lbfgs_history: int = 4
-    lbfgs_min_decrease: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if len(self.alphas) != 4 or not all(0.0 <= a <= 1.0 for a in self.alphas):
-            raise ValueError(f"alphas must be 4 values in [0, 1], got {self.alphas}")
-        if self.mask not in ("sigmoid", "step"):
-            raise ValueError(f"mask must be 'sigmoid' or 'step', got {self.mask!r}")
-        if self.patchmatch_iterations < 0 or self.lbfgs_iterations < 0:
-            raise ValueError("iteration counts must be >= 0")
-
-    @classmethod
-    def for_device(cls, device: Device | str, **changes) -> AnalogyParams:
-        """The defaults measured for ``device`` (see BENCHMARKS.md), with ``changes``.
-
-        Parameters
-        ----------
-        device : Device or {"cuda", "cpu", "auto"}
-        **changes
-            Fields to set instead of the defaults.
-
-        Examples
-        --------
-        >>> AnalogyParams.for_device("cpu").lbfgs_iterations
-        20
-        """
-        defaults = {"lbfgs_iterations": LBFGS_ITERATIONS_BY_DEVICE[device_kind(device)]}
-        return cls(**{**defaults, **changes})
-
-    def alpha(self, level: int) -> float:
-        """Blend weight of the features reconstructed at ``level`` (1..4)."""
-        return self.alphas[4 - level]
-
-    def patch_size(self, level: int) -> int:
-        """Patch side at ``level``; the pixels (level 0) use 3."""
-        return 3 if level == 0 else self.patch_sizes[level - 1]
-
-    def search_radius(self, level: int, image_shape: tuple[int, int]) -> int:
-        if level == 5:
-            return max(1, max(image_shape) // 16)
-        return self.search_radii[level - 1]
-
-    def patchmatch_params(
-        self, level: int, image_shape: tuple[int, int], direction: int, iterations: int
-    ) -> PatchMatchParams:
-        return PatchMatchParams(
-            patch_size=self.patch_size(level),
-            iterations=iterations,
-            search_radius=self.search_radius(level, image_shape),
-            seed=(self.seed * 1_000_003 + level * 2 + direction) & 0xFFFFFFFF,
-        )
 
 
 @dataclass
@@ -176,6 +81,14 @@ class FrameGuide:
         and B's deconvolutions are then skipped.
     patchmatch_iterations : int, optional
         Rounds per seeded level (fewer than a cold start needs).
+    solve_levels : frozenset of int, optional
+        Levels whose warm-started deconvolution runs; at the others the warm
+        start stands as the solution and no objective is evaluated. None: all.
+    solve_boxes : dict of int to list of Box
+        Per level solved, the boxes of its solution map (level L-2) around the
+        content new since the warm start was solved: only those are solved
+        again (:mod:`diva_numba.regions`). A level missing here is solved over
+        its whole map.
     """
 
     fields_ab: dict[int, object] = field(default_factory=dict)
@@ -183,6 +96,8 @@ class FrameGuide:
     deconv_ab: dict[int, object] = field(default_factory=dict)
     latent_b: dict[int, object] | None = None
     patchmatch_iterations: int | None = None
+    solve_levels: frozenset[int] | None = None
+    solve_boxes: dict[int, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -391,9 +306,11 @@ def analogy(
         alpha = params.alpha(next_level)
         # A' gets B''s look through phi_ab; B gets A's look through phi_ba.
         with profile.stage("deconvolution", level):
+            solves = guide.solve_levels is None or level in guide.solve_levels
             recon_ap, deconvolutions[level] = _reconstruct(
                 model, level, feat_bp, nnf_ab, shape_a, shape_b, guide.deconv_ab.get(level),
-                params, lbfgs_params, profile,
+                params, lbfgs_params if solves else LBFGSParams(max_iterations=0), profile,
+                boxes=guide.solve_boxes.get(level),
             )  # fmt: skip
             if not reuse_b:
                 recon_b, _ = _reconstruct(
@@ -459,13 +376,14 @@ def _initial_field(seed, fresh, fallback, shape_a, shape_b, level: int, device: 
 def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, object], nnf,
                  structure_shape: tuple[int, int], style_shape: tuple[int, int], warm_start,
                  params: AnalogyParams, lbfgs_params: LBFGSParams,
-                 profile: Profile | None = None):  # fmt: skip
+                 profile: Profile | None = None, *, boxes=None):  # fmt: skip
     """Level L-1 features of a latent image, and the level L-2 solution behind them.
 
     The target is the style features at level L warped through ``nnf``; the
     deconvolution solves for a level L-2 map whose forward pass matches it,
     starting from the style features at L-2 warped through the upsampled field
-    (or from ``warm_start``), and runs it forward one level.
+    (or from ``warm_start``), and runs it forward one level. With ``boxes``, a
+    warm start is solved again only in those (:mod:`diva_numba.regions`).
     """
     network = model.subnetworks[level]
     if warm_start is not None and lbfgs_params.max_iterations == 0:
@@ -483,13 +401,24 @@ def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, obje
             source_shape=vgg.level_shape(*style_shape, low),
         )
         initial = vote(style_features[low], low_nnf, patch_size=params.patch_size(low))
-    result = deconvolve(network, target, initial, params=lbfgs_params)
-    if profile is not None:
-        height, width = initial.shape[1:]
-        profile.add_deconvolution_flops(level, result.evaluations * network.flops(height, width))
-    log.debug(
-        "level %d: L-BFGS %d iterations, %d evaluations, loss %.4g -> %.4g (%s)",
-        level, result.iterations, result.evaluations, result.losses[0], result.loss, result.reason,
-    )  # fmt: skip
-    (features,) = network.forward_levels(result.x, (level - 1,))
-    return features, result.x
+    if warm_start is None or boxes is None:
+        results = [deconvolve(network, target, initial, params=lbfgs_params)]
+        solution = results[0].x
+    else:
+        solution = array_module(initial).array(initial, copy=True)
+        results = deconvolve_boxes(
+            lambda net, goal, start: deconvolve(net, goal, start, params=lbfgs_params),
+            network, target, solution, boxes,
+        )  # fmt: skip
+    for result in results:
+        if profile is not None:
+            height, width = result.x.shape[1:]
+            flops = result.evaluations * network.flops(height, width)
+            profile.add_deconvolution_flops(level, flops)
+        log.debug(
+            "level %d %s: L-BFGS %d iterations, %d evaluations, loss %.4g -> %.4g (%s)",
+            level, result.x.shape[1:], result.iterations, result.evaluations, result.losses[0],
+            result.loss, result.reason,
+        )  # fmt: skip
+    (features,) = network.forward_levels(solution, (level - 1,))
+    return features, solution

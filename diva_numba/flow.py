@@ -121,8 +121,7 @@ def occlusion_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
         for derivative in np.gradient(component):
             gradient_sq += derivative * derivative
     boundary = gradient_sq >= BOUNDARY_RELATIVE * backward_sq + BOUNDARY_ABSOLUTE
-    outside = (source_x < 0) | (source_x > width - 1) | (source_y < 0) | (source_y > height - 1)
-    return (inconsistent | boundary | outside).astype(np.uint8)
+    return (inconsistent | boundary | outside(backward).astype(bool)).astype(np.uint8)
 
 
 def warp_image(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -156,6 +155,40 @@ def warp_image(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     )
     # remap drops a trailing axis of length 1; keep the caller's shape.
     return warped.reshape(image.shape)
+
+
+def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The flow ``x -> x + first(x) + second(x + first(x))``: ``first``, then ``second``.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        float32 ``(H, W, 2)`` flows; ``second`` is sampled bilinearly where
+        ``first`` points.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(H, W, 2)``.
+    """
+    return (first + warp_image(second, first)).astype(np.float32)
+
+
+def carry_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """A uint8 ``(H, W)`` mask moved along a backward flow: each pixel takes the value where
+    its content was (nearest), and 1 where that lies outside the frame.
+    """
+    source_x, source_y = _sample_positions(flow.astype(np.float32, copy=False))
+    return cv2.remap(mask, source_x, source_y, interpolation=cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=1)  # fmt: skip
+
+
+def outside(flow: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W)``: 1 where ``x + flow(x)`` falls outside the frame."""
+    height, width = flow.shape[:2]
+    source_x, source_y = _sample_positions(flow.astype(np.float32, copy=False))
+    return ((source_x < 0) | (source_x > width - 1) | (source_y < 0) | (source_y > height - 1)
+            ).astype(np.uint8)  # fmt: skip
 
 
 def _squared_length(flow: np.ndarray) -> np.ndarray:

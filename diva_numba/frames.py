@@ -38,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from diva_numba import anchors
 from diva_numba.chunks import colour_signature
 from diva_numba.deep_analogy import AnalogyModel, FrameGuide, analogy
 from diva_numba.device import Device, array_module, is_cuda_array, to_device, to_host
@@ -122,7 +123,6 @@ def stylise_frames(
         lbfgs_iterations=params.guided_lbfgs_iterations,
         lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
     )
-    moved = dataclasses.replace(guided, lbfgs_iterations=0)
     finisher = (
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )
@@ -153,7 +153,7 @@ def stylise_frames(
                 )
                 writer.submit(_frame_writer(work, state, None, finished))
             else:
-                temporal = None
+                temporal, solutions, state_anchors = None, None, {}
                 analogy_frame = (
                     work_frame if finisher is None else finisher.analogy_input(index, work_frame)
                 )
@@ -167,17 +167,22 @@ def stylise_frames(
                         state.input_frame, work_frame, preset=params.flow_preset
                     )
                     occluded = occlusion_mask(forward, backward)
-                    guide = _guide(state, backward, occluded, plan, params, device)
+                    followed = {
+                        lv: anchors.follow(state.anchor(lv), backward, occluded)
+                        for lv in state.deconv_ab
+                    }
+                    guide = _guide(state, backward, followed, occluded, plan, params, device)
                     if not refresh_b:
                         guide.latent_b = _feature_levels(latent_b)
-                    familiar = float(occluded.mean()) < params.new_content_share and (
-                        (index - plan.start) % params.deconvolve_every != 0
-                    )
+                    guide.solve_levels, guide.solve_boxes = anchors.plan_solves(followed, params)
                     result = analogy(
-                        model, analogy_frame, plan.style, params=moved if familiar else guided,
-                        features_bp=features_bp, guide=guide,
+                        model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
+                        guide=guide,
                     )  # fmt: skip
                     temporal = _temporal_guide(state.output_frame, backward, occluded, params)
+                    solutions, state_anchors = anchors.settle(
+                        followed, guide, state.deconv_ab, result.deconvolutions
+                    )
                 if refresh_b:
                     latent_b = {**result.latent_b, 0: result.b}
                 with result.profile.stage("synthesis"):
@@ -192,7 +197,9 @@ def stylise_frames(
                     input_frame=work_frame,
                     output_frame=output,
                     fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
-                    deconv_ab=dict(result.deconvolutions),
+                    deconv_ab=dict(result.deconvolutions) if solutions is None else solutions,
+                    anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
+                    anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
                 )
                 finished = output if finisher is None else finisher(index, frame, output)
                 writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
@@ -285,63 +292,33 @@ def _output_frames(clip_path: Path, plan, first: int) -> Iterator:
         yield index, resize(frame, *plan.output_shape)
 
 
-def _guide(
-    state: FrameState, backward: np.ndarray, occluded: np.ndarray, plan, params, device: Device
-) -> FrameGuide:
-    """Seeds for frame t from frame t-1's state, moved along the backward flow, on ``device``.
+def _guide(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
+           params, device: Device) -> FrameGuide:  # fmt: skip
+    """Seeds for frame t from frame t-1's state, on ``device``.
 
-    The state's fields and solutions are on ``device``; the flow and the occlusion
-    mask are uploaded once, and every level is moved there.
+    The fields move along the backward flow (PatchMatch refines them every
+    frame); each level's solution moves once from its anchor frame, along the
+    flow of ``followed`` (:func:`diva_numba.anchors.follow`). The state's fields and
+    solutions are on ``device``; the flows go up in one transfer and the
+    occlusion mask in another, and every level is moved there.
     """
     guide = FrameGuide(patchmatch_iterations=params.guided_patchmatch_iterations)
     style_shape = plan.style.shape[:2]
-    flow = to_device(backward, device)
-    occluded_by_level = _pooled_masks(to_device(occluded, device), max(state.fields_ab, default=1))
-    xp = array_module(flow)
+    levels = list(followed)
+    flows = to_device(np.stack([backward] + [followed[lv][0] for lv in levels]), device)
+    occluded_by_level = anchors.pooled_masks(
+        to_device(occluded, device), max(state.fields_ab, default=1)
+    )
+    xp = array_module(flows)
     for level, previous in state.fields_ab.items():
         seeded, invalid = pull_field(
-            previous, flow, source_shape=vgg.level_shape(*style_shape, level)
+            previous, flows[0], source_shape=vgg.level_shape(*style_shape, level)
         )
         guide.fields_ab[level] = seeded
         guide.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
-    for level, solution in state.deconv_ab.items():
-        guide.deconv_ab[level] = _pull_map(solution, flow)
+    for slot, level in enumerate(levels, start=1):
+        guide.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
     return guide
-
-
-def _pooled_masks(mask, levels: int) -> dict:
-    """A pixel mask at feature levels 1..``levels``: a cell is set if any pixel under it is.
-
-    Level 1 is the pixel grid; each further level pools 2x2 windows (ceil, as the
-    network's pools), on the mask's device.
-    """
-    xp = array_module(mask)
-    pooled = {1: mask}
-    for level in range(2, levels + 1):
-        height, width = mask.shape
-        padded = xp.zeros((height + height % 2, width + width % 2), dtype=mask.dtype)
-        padded[:height, :width] = mask
-        mask = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).max(axis=(1, 3))
-        pooled[level] = mask
-    return pooled
-
-
-def _pull_map(feature_map, flow):
-    """Nearest-neighbour warp of a (C, H, W) map by a pixel-level backward flow.
-
-    Each position takes the value where its content was, ``round(p + f(p))``
-    clamped into the map, the flow sampled at its nearest cell and scaled to the
-    map: the positions are :func:`pull_field` of the identity field, so solutions
-    move exactly as the fields do, and the gather runs on the map's device.
-    """
-    _, height, width = feature_map.shape
-    xp = array_module(feature_map)
-    rows, columns = xp.meshgrid(
-        xp.arange(height, dtype=xp.int32), xp.arange(width, dtype=xp.int32), indexing="ij"
-    )
-    identity = xp.ascontiguousarray(xp.stack([rows, columns], axis=-1))
-    positions, _ = pull_field(identity, flow, source_shape=(height, width))
-    return xp.ascontiguousarray(feature_map[:, positions[..., 0], positions[..., 1]])
 
 
 def _temporal_guide(

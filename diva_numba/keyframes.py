@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from diva_numba.errors import InputError
-from diva_numba.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.flow import compose, flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import load_image, resize
 from diva_numba.poisson import PoissonParams, blend
 
@@ -276,11 +276,6 @@ def propagate_all(keys: KeyframeSet, frames: np.ndarray, first: int, start: int,
             previous = propagation
 
 
-def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """The flow ``x -> x + first(x) + second(x + first(x))``: ``first``, then ``second``."""
-    return (first + warp_image(second, first)).astype(np.float32)
-
-
 @dataclass
 class KeyPictures:
     """The keyframes' picture of one frame, painting by painting.
@@ -389,7 +384,6 @@ __all__ = [
     "KeyframeParams",
     "KeyframeSet",
     "Propagation",
-    "compose",
     "finish",
     "parse_key",
     "step_flows",

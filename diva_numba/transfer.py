@@ -75,15 +75,22 @@ class TransferParams:
         by less than this share of the warm start's loss: the budget goes
         where the frame is new (BENCHMARKS.md, "Frame budget").
     new_content_share : float
-        Only a seeded frame with at least this share of new (occluded or
-        disoccluded) pixels runs the deconvolutions; the others keep the
-        previous solutions moved along the flow, without evaluating the
-        objective, but see ``deconvolve_every`` (BENCHMARKS.md, "Frame budget").
-    deconvolve_every : int
-        Every this many frames a seeded frame deconvolves whatever it shows:
-        solutions moved frame after frame gather resampling error, and left
-        alone they drift (an 18-frame pan: Lab to the ideal 0 -> 5.8 without,
-        under 1.6 with 2 iterations every other frame).
+        Each level's deconvolution solution belongs to an *anchor*, the last
+        frame that solved it; a seeded frame moves it once from there along the
+        composed optical flow and keeps it, without evaluating the objective,
+        until at least this share of the frame is new to the anchor (occluded,
+        or come into the picture since). Then that level deconvolves,
+        warm-started, and the frame becomes its anchor. Applies to levels 3
+        and 2 (BENCHMARKS.md, "Frame budget").
+    deep_content_share : float
+        The same share for levels 5 and 4, whose sub-networks cost three
+        quarters of a deconvolution and see most of the frame through their
+        receptive fields: solving them again on new content changed no
+        measured quality, so they wait until most of the frame is new.
+    deconvolve_new_only : bool
+        A level solved again on a seeded frame is solved only in boxes around
+        the content new to its anchor (and the sub-network's receptive field
+        around them); the rest keeps the moved solution (:mod:`diva_numba.regions`).
     cut_threshold : float
         Colour-histogram distance (0..1) between a frame and the previous one
         above which the frame starts a new shot: a full analogy, as frame 0.
@@ -127,7 +134,8 @@ class TransferParams:
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
     guided_lbfgs_min_decrease: float = 0.05
     new_content_share: float = 0.3
-    deconvolve_every: int = 2
+    deep_content_share: float = 0.6
+    deconvolve_new_only: bool = True
     cut_threshold: float = 0.35
     temporal_weight: float = 1.0
     refresh_b_every: int = 0
@@ -142,8 +150,8 @@ class TransferParams:
     def __post_init__(self):
         if self.temporal_weight < 0:
             raise ValueError("temporal_weight must be >= 0")
-        if self.deconvolve_every < 1:
-            raise ValueError("deconvolve_every must be >= 1")
+        if not (0.0 <= self.new_content_share <= 1.0 and 0.0 <= self.deep_content_share <= 1.0):
+            raise ValueError("new_content_share and deep_content_share must be in [0, 1]")
         if self.work_size < 32:
             raise ValueError("work_size must be at least 32")
         if self.size is not None and self.size < 32:
@@ -172,6 +180,10 @@ class TransferParams:
             "guided_lbfgs_iterations": GUIDED_LBFGS_BY_DEVICE[kind],
         }
         return cls(**{**defaults, **changes})
+
+    def new_content_threshold(self, level: int) -> float:
+        """Share of new pixels at which a seeded frame solves ``level`` (5..2) again."""
+        return self.deep_content_share if level >= 4 else self.new_content_share
 
     def fingerprint(self) -> dict:
         """The parameters that decide the frames' content, as plain JSON values."""

@@ -17,7 +17,7 @@ import json
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,13 @@ class FrameState:
 
     The frames are host arrays; the fields and deconvolution solutions live on the
     run's device while the frame loop runs, and are host arrays when loaded or saved.
+
+    Each level's solution in ``deconv_ab`` is that of its *anchor*, the last frame
+    that solved it, in that frame's geometry: each later frame moves it once, along
+    ``anchor_flows[level]`` (frame t to the anchor, the backward flows composed),
+    so that rounding never piles up from frame to frame. ``anchor_new[level]``
+    marks the pixels of frame t the anchor does not show (occluded on the way, or
+    come into the picture). A level missing from both is anchored on frame t.
     """
 
     index: int
@@ -45,6 +52,14 @@ class FrameState:
     output_frame: np.ndarray
     fields_ab: dict[int, object]
     deconv_ab: dict[int, object]
+    anchor_flows: dict[int, np.ndarray] = field(default_factory=dict)
+    anchor_new: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def anchor(self, level: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(anchor flow, new pixels)`` of ``level``'s solution; None if anchored here."""
+        if level not in self.anchor_flows:
+            return None
+        return self.anchor_flows[level], self.anchor_new[level]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -54,6 +69,8 @@ class FrameState:
         }
         arrays.update({f"field_ab_{lv}": to_host(v) for lv, v in self.fields_ab.items()})
         arrays.update({f"deconv_ab_{lv}": to_host(v) for lv, v in self.deconv_ab.items()})
+        arrays.update({f"anchor_flow_{lv}": v for lv, v in self.anchor_flows.items()})
+        arrays.update({f"anchor_new_{lv}": v for lv, v in self.anchor_new.items()})
         return arrays
 
     @classmethod
@@ -69,6 +86,8 @@ class FrameState:
             output_frame=arrays["output_frame"],
             fields_ab=levels("field_ab_"),
             deconv_ab=levels("deconv_ab_"),
+            anchor_flows=levels("anchor_flow_"),
+            anchor_new=levels("anchor_new_"),
         )
 
 

@@ -11,14 +11,14 @@ from inputs import random_quadratic
 from skimage import data
 
 import diva_numba.frames as frame_loop
-from diva_numba import AnalogyParams, TransferParams, transfer_video
+from diva_numba import AnalogyParams, TransferParams, anchors, transfer_video
 from diva_numba.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
 from diva_numba.network import SubNetwork
 
 PARAMS = TransferParams.for_device(
     "cpu", work_size=64,
     analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3, patchmatch_iterations=2),
-    guided_lbfgs_iterations=3, guided_patchmatch_iterations=1, deconvolve_every=100,
+    guided_lbfgs_iterations=3, guided_patchmatch_iterations=1,
 )  # fmt: skip
 
 
@@ -46,20 +46,27 @@ def test_shot_cuts_are_told_from_motion():
     assert frame_loop.starts_shot(pan[-1], other, PARAMS.cut_threshold)
 
 
-def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS):
-    """Run a clip; per frame the L-BFGS evaluations and whether it was seeded."""
+def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS, solved_levels=None):
+    """Run a clip; per frame the L-BFGS evaluations and whether it was seeded.
+
+    ``solved_levels`` (the last list given) collects, per frame, the levels whose
+    objective was evaluated.
+    """
     tmp_path.mkdir(exist_ok=True)
     write_clip(tmp_path / "clip.mp4", np.stack(frames), fps=Fraction(24), crf=4)
     cv2.imwrite(str(tmp_path / "style.png"), cv2.applyColorMap(frames[0][:, :, 1], 2))
     evaluations, seeded = [], []
+    solved_levels = [] if solved_levels is None else solved_levels
     real_loss, real_analogy = SubNetwork.loss_and_gradient, frame_loop.analogy
 
     def loss_and_gradient(self, x, target):
         evaluations[-1] += 1
+        solved_levels[-1].add(self.end_level)
         return real_loss(self, x, target)
 
     def analogy(*args, guide=None, **kwargs):
         evaluations.append(0)
+        solved_levels.append(set())
         seeded.append(guide is not None)
         return real_analogy(*args, guide=guide, **kwargs)
 
@@ -96,9 +103,58 @@ def test_only_frames_with_new_content_deconvolve(tmp_path, tiny_model, monkeypat
     assert min(evaluations[1:]) > 0
 
 
-def test_moved_solutions_are_solved_again_every_few_frames(tmp_path, tiny_model, monkeypatch):
-    """However little is new, every ``deconvolve_every``-th frame deconvolves (no drift)."""
-    still = pan_frames(1, width=64, height=48)[0]
-    periodic = dataclasses.replace(PARAMS, deconvolve_every=2)
-    evaluations, _ = run_counting(tmp_path, [still] * 5, tiny_model, monkeypatch, periodic)
-    assert [count > 0 for count in evaluations] == [True, False, True, False, True]
+def test_new_content_piles_up_until_the_solutions_are_solved_again(
+    tmp_path, tiny_model, monkeypatch
+):
+    """A slow pan shows a row more each frame (6-7 % occluded, under the threshold): the
+    share new to the anchor grows until it crosses ``new_content_share``; that frame
+    deconvolves and becomes the anchor."""
+    pan = list(pan_frames(9, width=64, height=48, step=(1, 0)))
+    params = dataclasses.replace(PARAMS, new_content_share=0.1)
+    levels = []
+    evaluations, _ = run_counting(tmp_path, pan, tiny_model, monkeypatch, params, levels)
+    solved = [index for index, count in enumerate(evaluations) if count > 0]
+    assert solved[0] == 0 and len(solved) >= 2, evaluations
+    # Not every frame: the anchor's new share restarts from nothing after each solve.
+    assert all(later - earlier >= 2 for earlier, later in zip(solved, solved[1:], strict=False)), (
+        evaluations
+    )
+    # Levels 5 and 4 wait for most of the frame to be new (deep_content_share).
+    assert levels[0] == {2, 3, 4, 5} and set().union(*levels[1:]) == {2, 3}
+
+
+def test_solutions_move_once_from_their_anchor():
+    """A sub-cell motion moved frame by frame rounds away; composed, it adds up."""
+    height, width = 16, 24
+    solution = np.arange(height * width, dtype=np.float32).reshape(1, height, width)
+    step = np.zeros((height, width, 2), np.float32)
+    step[..., 0] = -0.4  # content moves right by 0.4 px a frame
+    still = np.zeros((height, width), np.uint8)
+    anchor, stepwise = None, solution
+    for _ in range(5):
+        anchor = anchors.follow(anchor, step, still)
+        stepwise = anchors.move(stepwise, step)
+    flow, new = anchor
+    np.testing.assert_allclose(flow[..., 0], -2.0, atol=1e-5)
+    np.testing.assert_array_equal(stepwise, solution)  # round(0.4) = 0, five times over
+    np.testing.assert_array_equal(anchors.move(solution, flow)[0, :, 2:], solution[0, :, :-2])
+    # The left columns came into the picture since the anchor.
+    assert new[:, :2].all() and not new[:, 3:].any()
+
+
+def test_a_map_solved_in_boxes_carries_the_rest_without_rounding_error():
+    """Re-anchored every frame with a box solved, a 0.4 px a frame pan still adds up outside
+    the box: the rounding error of each move becomes the next anchor's flow."""
+    height, width = 16, 24
+    solution = np.arange(height * width, dtype=np.float32).reshape(1, height, width)
+    step = np.zeros((height, width, 2), np.float32)
+    step[..., 0] = -0.4
+    still = np.zeros((height, width), np.uint8)
+    anchor, current = None, solution
+    for _ in range(5):
+        flow, _ = anchors.follow(anchor, step, still)
+        current = anchors.move(current, flow)
+        anchor = anchors.reanchor(flow, (height, width), [(0, 4, 0, 4)])  # a box solved
+        assert not anchor[1].any()
+    # Outside the box and the columns come in: the content moved 2 px in all.
+    np.testing.assert_array_equal(current[0, 4:, 2:], solution[0, 4:, :-2])

@@ -19,12 +19,12 @@ from diva_numba import Interrupted, TransferParams, transfer_video
 from diva_numba.cli import cli
 from diva_numba.compositing import lab_chroma, preserve_colour
 from diva_numba.deep_analogy import AnalogyParams
+from diva_numba.flow import compose
 from diva_numba.imageio import load_image, save_image
 from diva_numba.keyframes import (
     Keyframe,
     KeyframeParams,
     KeyframeSet,
-    compose,
     parse_key,
     propagate_all,
 )
