@@ -4,7 +4,9 @@
         [--configs 5:0:0 0:0:0 5:0.05:0 default] [--cases pan disocclusion cut]
 
 Each config is ``GUIDED_LBFGS_ITERS:MIN_DECREASE:NEW_CONTENT_SHARE`` (a seeded frame
-deconvolves only with at least that share of new pixels), or ``default``. The cases:
+deconvolves only with at least that share of new pixels), ``default``, or
+``NAME=VALUE[,NAME=VALUE...]`` of :class:`~diva_numba.TransferParams` fields (numbers,
+``true``/``false``), e.g. ``new_content_share=0.1,deconvolve_new_only=false``. The cases:
 
 * ``pan``: a pan over a photo whose frame 0 is painted (the style image): the
   ideal output of every frame is the painting moved along the motion, so the
@@ -70,7 +72,14 @@ CASES = {"pan": pan_case, "disocclusion": disocclusion_case, "cut": cut_case}
 
 def run(case: str, config: str, args, scratch: Path) -> dict:
     changes = {}
-    if config != "default":
+    if "=" in config:
+        for item in config.split(","):
+            name, value = item.split("=")
+            if value in ("true", "false"):
+                changes[name] = value == "true"
+            else:
+                changes[name] = int(value) if value.isdigit() else float(value)
+    elif config != "default":
         iterations, decrease, share = (config.split(":") + ["0", "0"])[:3]
         changes = {
             "guided_lbfgs_iterations": int(iterations),
