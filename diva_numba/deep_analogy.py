@@ -84,6 +84,8 @@ class AnalogyParams:
         this share of the starting loss (0: run every iteration).
     seed : int
         Seeds every PatchMatch random draw; same seed and device, same result.
+    cuda_graphs : bool
+        On a GPU, replay each deconvolution evaluation as one CUDA graph (CPU: ignored).
 
     Notes
     -----
@@ -102,6 +104,7 @@ class AnalogyParams:
     lbfgs_history: int = 4
     lbfgs_min_decrease: float = 0.0
     seed: int = 0
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         if len(self.alphas) != 4 or not all(0.0 <= a <= 1.0 for a in self.alphas):
@@ -483,7 +486,9 @@ def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, obje
             source_shape=vgg.level_shape(*style_shape, low),
         )
         initial = vote(style_features[low], low_nnf, patch_size=params.patch_size(low))
-    result = deconvolve(network, target, initial, params=lbfgs_params)
+    result = deconvolve(
+        network, target, initial, params=lbfgs_params, cuda_graph=params.cuda_graphs
+    )
     if profile is not None:
         height, width = initial.shape[1:]
         profile.add_deconvolution_flops(level, result.evaluations * network.flops(height, width))
