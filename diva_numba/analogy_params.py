@@ -52,6 +52,8 @@ class AnalogyParams:
         this share of the starting loss (0: run every iteration).
     seed : int
         Seeds every PatchMatch random draw; same seed and device, same result.
+    cuda_graphs : bool
+        On a GPU, replay each deconvolution evaluation as one CUDA graph (CPU: ignored).
 
     Notes
     -----
@@ -70,6 +72,7 @@ class AnalogyParams:
     lbfgs_history: int = 4
     lbfgs_min_decrease: float = 0.0
     seed: int = 0
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         if len(self.alphas) != 4 or not all(0.0 <= a <= 1.0 for a in self.alphas):

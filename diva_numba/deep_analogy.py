@@ -402,12 +402,18 @@ def _reconstruct(model: AnalogyModel, level: int, style_features: dict[int, obje
         )
         initial = vote(style_features[low], low_nnf, patch_size=params.patch_size(low))
     if warm_start is None or boxes is None:
-        results = [deconvolve(network, target, initial, params=lbfgs_params)]
+        results = [
+            deconvolve(network, target, initial, params=lbfgs_params, cuda_graph=params.cuda_graphs)
+        ]
         solution = results[0].x
     else:
         solution = array_module(initial).array(initial, copy=True)
+        # A box is a few evaluations on a shape of its own: a graph would not repay its
+        # capture (two eager passes), so boxes launch eagerly.
         results = deconvolve_boxes(
-            lambda net, goal, start: deconvolve(net, goal, start, params=lbfgs_params),
+            lambda net, goal, start: deconvolve(
+                net, goal, start, params=lbfgs_params, cuda_graph=False
+            ),
             network, target, solution, boxes,
         )  # fmt: skip
     for result in results:

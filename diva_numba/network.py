@@ -26,7 +26,9 @@ backwards, col2im gates the gradient through the ReLU and, after a pool, through
 pool too). The fused kernels compute exactly what the separate ones would, so the
 results are bitwise those of bias-ReLU-pool-im2col run one by one. A
 loss-and-gradient evaluation of ``n`` convs and ``p`` pools is ``2 n`` GEMMs and
-``2 n + p + 1`` Numba launches.
+``2 n + p + 1`` Numba launches; on a GPU, :func:`deconvolve` replays them as one CUDA
+graph per workspace, its input copied into the workspace first
+(:mod:`diva_numba.network_graphs`): two launches per evaluation.
 
 Level ``0`` is the preprocessed image, level ``L`` (1..5) the output of
 ``reluL_1``. The optimiser evaluates the same sub-network on the same shape about a
@@ -42,12 +44,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from diva_numba.cuda_graphs import LaunchQueue, ReplayCheck, array_queue
 from diva_numba.device import array_module
 from diva_numba.kernels import activations, im2col, squared_error
 from diva_numba.kernels.targets import is_cuda_array, kernel_array
 from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
 from diva_numba.models import vgg
 from diva_numba.network_buffers import ConvWeights, Workspace, load_convs
+from diva_numba.network_graphs import graphed_loss_and_gradient
 
 #: All feature levels, finest first.
 FEATURE_LEVELS: tuple[int, ...] = tuple(range(1, len(vgg.FEATURE_LAYERS) + 1))
@@ -90,6 +94,10 @@ class SubNetwork:
         self._parameters: dict[tuple[bool, str], list[tuple[object, object]]] = {}
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
         self._max_workspaces = max_workspaces
+        #: Why CUDA graphs are off for this network ("" while they may be used).
+        self.graph_problem = ""
+        #: The latest first replay's comparison with the eager evaluation, if any.
+        self.graph_check: ReplayCheck | None = None
 
     def __repr__(self) -> str:
         return (
@@ -173,8 +181,8 @@ class SubNetwork:
                     f"{self.end_level}"
                 )
         x, workspace = self._prepare(x)
-        self._forward(x, workspace)
         xp = array_module(x)
+        self._forward(kernel_array(x), workspace, array_queue(xp))
         parameters = self._device_parameters(x)
         maps = []
         for level in levels:
@@ -187,7 +195,7 @@ class SubNetwork:
             maps.append(out)
         return tuple(maps)
 
-    def loss_and_gradient(self, x, target):
+    def loss_and_gradient(self, x, target, *, cuda_graph: bool = False, target_key=None):
         """Deconvolution loss ``sum((forward(x) - target)**2)`` and its gradient in ``x``.
 
         The loss is the plain sum of squares (no 1/2): the gradient is
@@ -198,6 +206,16 @@ class SubNetwork:
         ----------
         x : float32 or float64 array, shape (C, H, W), NumPy or CuPy
         target : array, shape :meth:`output_shape`, same dtype and device
+        cuda_graph : bool, default False
+            On a GPU, replay the evaluation as the workspace's CUDA graph (captured and
+            checked against an eager run on first use; eager launches if that fails,
+            with a notice, and from then on for this network: :attr:`graph_problem`).
+            Ignored on the CPU.
+        target_key : object, optional
+            With ``cuda_graph``: a caller that evaluates one target again and again
+            passes one key for it, and the target is copied into the graph's buffer
+            only when the key changes (so the target must not change under one key).
+            Without a key it is copied at every call.
 
         Returns
         -------
@@ -213,22 +231,21 @@ class SubNetwork:
                 f"target must be {x.dtype} {workspace.output_shape}, "
                 f"got {target.dtype} {tuple(target.shape)}"
             )
-        self._forward(x, workspace)
-        channels = workspace.output_shape[0]
-        last = len(self._convs) - 1
-        # The last conv's bias and ReLU, the loss and its gradient: one kernel.
-        squared_error.relu_squared_error(
-            workspace.k_pre[last].reshape(channels, -1),
-            self._device_parameters(x)[last][2],
-            kernel_array(target).reshape(channels, -1),
-            grad_out=workspace.k_delta[last].reshape(channels, -1),
-            scalars=workspace.k_loss,
-            slot=0,
-            work=workspace.work,
-        )
-        input_gradient = self._backward(workspace)
+        if workspace.on_gpu and cuda_graph and not self.graph_problem:
+            return graphed_loss_and_gradient(self, workspace, x, target, target_key)
+        queue = array_queue(array_module(x))
+        self._evaluate(workspace, kernel_array(x), kernel_array(target), queue)
         loss = workspace.loss if workspace.on_gpu else float(workspace.loss[0])
-        return loss, input_gradient
+        return loss, workspace.input_gradient
+
+    @property
+    def graph_status(self) -> str:
+        """One line on this network's CUDA graphs: off, checked, or why they were given up."""
+        if self.graph_problem:
+            return f"CUDA graphs given up: {self.graph_problem}"
+        if self.graph_check is None:
+            return "no CUDA graph captured"
+        return f"CUDA graph in use; its first replay matched the eager pass ({self.graph_check})"
 
     # -- internals -----------------------------------------------------------------------
 
@@ -260,20 +277,41 @@ class SubNetwork:
             self._parameters[key] = parameters
         return self._parameters[key]
 
-    def _forward(self, x, workspace: Workspace) -> None:
-        """Every conv's GEMM output ``z`` (and the pools), bias and ReLU left to the readers."""
-        xp = array_module(x)
-        layer_input, input_bias = kernel_array(x), None
+    def _evaluate(self, workspace: Workspace, x, target, queue: LaunchQueue) -> None:
+        """Loss and input gradient of ``x`` into the workspace, queued on ``queue``.
+
+        ``x`` and ``target`` are kernel arrays (``targets.kernel_array``); a CUDA graph
+        captures exactly this sequence (:mod:`diva_numba.network_graphs`).
+        """
+        self._forward(x, workspace, queue)
+        channels = workspace.output_shape[0]
+        last = len(self._convs) - 1
+        # The last conv's bias and ReLU, the loss and its gradient: one kernel.
+        squared_error.relu_squared_error(
+            workspace.k_pre[last].reshape(channels, -1),
+            self._device_parameters(x)[last][2],
+            target.reshape(channels, -1),
+            grad_out=workspace.k_delta[last].reshape(channels, -1),
+            scalars=workspace.k_loss,
+            slot=0,
+            work=workspace.work,
+            stream=queue.stream,
+        )
+        self._backward(workspace, queue)
+
+    def _forward(self, x, workspace: Workspace, queue: LaunchQueue) -> None:
+        """Every conv's GEMM output ``z`` (and the pools), bias and ReLU left to the readers.
+
+        ``x`` is a kernel array; everything is queued on ``queue``.
+        """
+        layer_input, input_bias = x, None
         for index, (weight, _, bias) in enumerate(self._device_parameters(x)):
             # relu(z + b) of the previous conv, unfolded for this one (plain for the input
             # and after a pool, whose output is already a ReLU's).
-            im2col.im2col(layer_input, out=workspace.k_columns[index], bias=input_bias)
-            pre = workspace.pre[index]
-            xp.matmul(
-                weight,
-                workspace.columns[index],
-                out=pre.reshape(weight.shape[0], pre.shape[1] * pre.shape[2]),
+            im2col.im2col(
+                layer_input, out=workspace.k_columns[index], bias=input_bias, stream=queue.stream
             )
+            queue.matmul(weight, workspace.columns[index], workspace.pre_2d[index])
             if workspace.pooled[index] is None:
                 layer_input, input_bias = workspace.k_pre[index], bias
             else:
@@ -282,24 +320,23 @@ class SubNetwork:
                     bias=bias,
                     out=workspace.k_pooled[index],
                     argmax=workspace.k_argmax[index],
+                    stream=queue.stream,
                 )
                 layer_input, input_bias = workspace.k_pooled[index], None
 
-    def _backward(self, workspace: Workspace):
+    def _backward(self, workspace: Workspace, queue: LaunchQueue) -> None:
         """Gradient with respect to the input, from ``workspace.delta[-1]`` (that of the last z)."""
         parameters = self._device_parameters(workspace.input_gradient)
-        xp = array_module(workspace.input_gradient)
+        stream = queue.stream
         for index in reversed(range(len(parameters))):
             weight = parameters[index][0]
-            out_channels, height, width = workspace.pre[index].shape
+            height, width = workspace.pre[index].shape[1:]
             columns = workspace.k_columns[index]
-            xp.matmul(
-                weight.T,
-                workspace.delta[index].reshape(out_channels, height * width),
-                out=workspace.columns[index],
+            queue.matmul(
+                weight, workspace.delta_2d[index], workspace.columns[index], transpose_a=True
             )
             if index == 0:
-                im2col.col2im(columns, height, width, out=workspace.k_input_gradient)
+                im2col.col2im(columns, height, width, out=workspace.k_input_gradient, stream=stream)
                 continue
             below = index - 1
             bias = parameters[below][2]
@@ -311,6 +348,7 @@ class SubNetwork:
                     out=workspace.k_delta[below],
                     pre_activation=workspace.k_pre[below],
                     bias=bias,
+                    stream=stream,
                 )
             else:
                 im2col.col2im_unpool(
@@ -319,8 +357,8 @@ class SubNetwork:
                     workspace.k_pre[below],
                     bias,
                     out=workspace.k_delta[below],
+                    stream=stream,
                 )
-        return workspace.input_gradient
 
 
 def deconvolve(
@@ -329,6 +367,7 @@ def deconvolve(
     initial,
     *,
     params: LBFGSParams = LBFGSParams(),  # noqa: B008 (frozen, so sharing it is safe)
+    cuda_graph: bool = True,
 ) -> LBFGSResult:
     """Find ``R`` with ``network.forward(R)`` close to ``target`` (least squares, L-BFGS).
 
@@ -344,14 +383,19 @@ def deconvolve(
         The defaults are the official code's: history 4, 100 iterations, stop when
         ``|g|^2 < 1e-8 max(|R|^2, 1)`` with ``g`` the gradient of
         ``sum((forward(R) - target)**2)``.
+    cuda_graph : bool, default True
+        On a GPU, each evaluation replays the workspace's CUDA graph
+        (:meth:`SubNetwork.loss_and_gradient`); ignored on the CPU. ``target`` must not
+        change during the call.
 
     Returns
     -------
     LBFGSResult
         ``result.x`` is ``R``, shaped like ``initial``.
     """
+    key = object()  # this call's target, copied into a graph's buffer once
     return minimize_lbfgs(
-        lambda x: network.loss_and_gradient(x, target),
+        lambda x: network.loss_and_gradient(x, target, cuda_graph=cuda_graph, target_key=key),
         initial,
         params=params,
     )

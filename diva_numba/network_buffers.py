@@ -80,7 +80,9 @@ class Workspace:
     Each buffer is kept twice over the same memory: as the array module's array (what
     the GEMMs take) and as :func:`~diva_numba.kernels.targets.kernel_array` of it (what
     the kernels are launched with, wrapped once here rather than at every launch).
-    Per-layer views (columns, gradients) are cut once too.
+    Per-layer views (columns, gradients, the GEMMs' 2-D shapes) are cut once too. On a
+    GPU the buffers never move, so a CUDA graph of a pass over them stays valid as
+    long as the workspace lives (:attr:`graph`).
     """
 
     def __init__(self, convs: tuple[Conv, ...], input_shape: tuple[int, int, int], like):
@@ -137,6 +139,13 @@ class Workspace:
                 ),
             )
 
+        #: The GEMMs' views: per conv, ``z`` as ``(O, H W)`` and its gradient likewise.
+        self.pre_2d = [z.reshape(z.shape[0], z.shape[1] * z.shape[2]) for z in self.pre]
+        self.delta_2d = [
+            d.reshape(z.shape[0], z.shape[1] * z.shape[2])
+            for d, z in zip(self.delta, self.pre, strict=True)
+        ]
+
         kernel = kernel_array
         self.k_pre = [kernel(z) for z in self.pre]
         self.k_pooled = [None if p is None else kernel(p) for p in self.pooled]
@@ -148,6 +157,9 @@ class Workspace:
         self.k_input_gradient = kernel(self.input_gradient)
         self.k_loss = kernel(self.loss)
         self.work = ReductionWork(like) if self.on_gpu else None
+        #: The CUDA graph of this workspace's pass with its input buffers
+        #: (``network_graphs.GraphSlot``), made on the first graphed evaluation.
+        self.graph = None
 
     @property
     def output_shape(self) -> tuple[int, int, int]:

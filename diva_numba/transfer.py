@@ -190,6 +190,9 @@ class TransferParams:
         data = dataclasses.asdict(self)
         data.pop("crf")
         data.pop("chroma")
+        # How the GPU launches the deconvolution, not what it computes: a run resumes
+        # with graphs on or off alike.
+        data["analogy"].pop("cuda_graphs")
         return json.loads(json.dumps(data))
 
 

@@ -266,7 +266,7 @@ def relu_backward(grad, activation):
     return grad
 
 
-def maxpool_forward(values, *, bias=None, out=None, argmax=None):
+def maxpool_forward(values, *, bias=None, out=None, argmax=None, stream=0):
     """2x2 stride-2 max-pool with ceil rounding, recording where each maximum was.
 
     Parameters
@@ -278,6 +278,9 @@ def maxpool_forward(values, *, bias=None, out=None, argmax=None):
         function give, without writing the activation.
     out : array, shape (C, (H + 1) // 2, (W + 1) // 2), same dtype and device, optional
     argmax : int32 array, same shape as ``out``, same device, optional
+    stream : Numba stream or 0, optional
+        The CUDA stream the launch is queued on (0: the default stream); ignored on
+        the CPU.
 
     Returns
     -------
@@ -295,9 +298,9 @@ def maxpool_forward(values, *, bias=None, out=None, argmax=None):
             argmax = device_empty(shape, np.int32, like=values)
         grid, block = launch_2d(shape[0], shape[1] * shape[2])
         if bias is None:
-            _maxpool_forward_kernel[grid, block](values, out, argmax)
+            _maxpool_forward_kernel[grid, block, stream](values, out, argmax)
         else:
-            _maxpool_relu_forward_kernel[grid, block](values, bias, out, argmax)
+            _maxpool_relu_forward_kernel[grid, block, stream](values, bias, out, argmax)
     else:
         if out is None:
             out = np.empty(shape, dtype=values.dtype)

@@ -283,46 +283,48 @@ def _col2im_unpool_kernel(cols, argmax, pre_activation, bias, image):
         image[channel, y, x] = value
 
 
-def im2col_cuda(image, *, out=None, bias=None):
-    """CUDA twin of :func:`im2col` (CuPy or Numba device arrays)."""
+def im2col_cuda(image, *, out=None, bias=None, stream=0):
+    """CUDA twin of :func:`im2col` (CuPy or Numba device arrays), queued on ``stream``."""
     channels, height, width = image.shape
     if out is None:
         out = device_empty((channels * TAPS, height * width), image.dtype, like=image)
     grid, block = launch_2d(out.shape[0], out.shape[1])
     if bias is None:
-        _im2col_kernel[grid, block](image, out)
+        _im2col_kernel[grid, block, stream](image, out)
     else:
-        _im2col_relu_kernel[grid, block](image, bias, out)
+        _im2col_relu_kernel[grid, block, stream](image, bias, out)
     return out
 
 
-def col2im_cuda(cols, height: int, width: int, *, out=None, pre_activation=None, bias=None):
-    """CUDA twin of :func:`col2im` (CuPy or Numba device arrays)."""
+def col2im_cuda(
+    cols, height: int, width: int, *, out=None, pre_activation=None, bias=None, stream=0
+):
+    """CUDA twin of :func:`col2im` (CuPy or Numba device arrays), queued on ``stream``."""
     channels = cols.shape[0] // TAPS
     if out is None:
         out = device_empty((channels, height, width), cols.dtype, like=cols)
     grid, block = launch_2d(channels, height * width)
     if _through_relu(pre_activation, bias):
-        _col2im_relu_kernel[grid, block](cols, pre_activation, bias, out)
+        _col2im_relu_kernel[grid, block, stream](cols, pre_activation, bias, out)
     else:
-        _col2im_kernel[grid, block](cols, out)
+        _col2im_kernel[grid, block, stream](cols, out)
     return out
 
 
-def col2im_unpool_cuda(cols, argmax, pre_activation, bias, *, out=None):
-    """CUDA twin of :func:`col2im_unpool`."""
+def col2im_unpool_cuda(cols, argmax, pre_activation, bias, *, out=None, stream=0):
+    """CUDA twin of :func:`col2im_unpool`, queued on ``stream``."""
     channels, height, width = pre_activation.shape
     if out is None:
         out = device_empty((channels, height, width), cols.dtype, like=cols)
     grid, block = launch_2d(channels, height * width)
-    _col2im_unpool_kernel[grid, block](cols, argmax, pre_activation, bias, out)
+    _col2im_unpool_kernel[grid, block, stream](cols, argmax, pre_activation, bias, out)
     return out
 
 
 # --- dispatch -------------------------------------------------------------------------
 
 
-def im2col(image, *, out=None, bias=None):
+def im2col(image, *, out=None, bias=None, stream=0):
     """Unfold the 3x3 neighbourhoods (padding 1) of a feature map into columns.
 
     Parameters
@@ -334,6 +336,9 @@ def im2col(image, *, out=None, bias=None):
         When given, unfolds ``relu(image + bias[c])`` instead (``image`` being a
         conv's GEMM output): bitwise :func:`~diva_numba.kernels.activations.relu_forward`
         then this function, without writing the activation.
+    stream : Numba stream or 0, optional
+        The CUDA stream the launch is queued on (0: the default stream); ignored on
+        the CPU.
 
     Returns
     -------
@@ -342,11 +347,11 @@ def im2col(image, *, out=None, bias=None):
         zero where that position lies outside the map.
     """
     if is_cuda_array(image):
-        return im2col_cuda(image, out=out, bias=bias)
+        return im2col_cuda(image, out=out, bias=bias, stream=stream)
     return im2col_cpu(image, out=out, bias=bias)
 
 
-def col2im(cols, height: int, width: int, *, out=None, pre_activation=None, bias=None):
+def col2im(cols, height: int, width: int, *, out=None, pre_activation=None, bias=None, stream=0):
     """Fold columns back onto the map, summing overlapping taps (adjoint of :func:`im2col`).
 
     Parameters
@@ -361,6 +366,8 @@ def col2im(cols, height: int, width: int, *, out=None, pre_activation=None, bias
         the gradient with respect to ``pre_activation``: zero where that ReLU is
         closed (bitwise this function then
         :func:`~diva_numba.kernels.activations.relu_backward`).
+    stream : Numba stream or 0, optional
+        As for :func:`im2col`.
 
     Returns
     -------
@@ -369,11 +376,13 @@ def col2im(cols, height: int, width: int, *, out=None, pre_activation=None, bias
         output pixels ``p`` whose tap ``(ky, kx)`` reads ``(y, x)``.
     """
     if is_cuda_array(cols):
-        return col2im_cuda(cols, height, width, out=out, pre_activation=pre_activation, bias=bias)
+        return col2im_cuda(
+            cols, height, width, out=out, pre_activation=pre_activation, bias=bias, stream=stream
+        )
     return col2im_cpu(cols, height, width, out=out, pre_activation=pre_activation, bias=bias)
 
 
-def col2im_unpool(cols, argmax, pre_activation, bias, *, out=None):
+def col2im_unpool(cols, argmax, pre_activation, bias, *, out=None, stream=0):
     """:func:`col2im` of a pooled map, carried back through the pool and the ReLU before it.
 
     The backward pass of ``conv(maxpool(relu(z + b)))`` with respect to ``z`` in one
@@ -393,11 +402,13 @@ def col2im_unpool(cols, argmax, pre_activation, bias, *, out=None):
     bias : array, shape (C,), same dtype and device
     out : array, shape (C, H, W), optional
         Overwritten in full; allocated when omitted.
+    stream : Numba stream or 0, optional
+        As for :func:`im2col`.
 
     Returns
     -------
     array, shape (C, H, W): the gradient with respect to ``pre_activation``.
     """
     if is_cuda_array(cols):
-        return col2im_unpool_cuda(cols, argmax, pre_activation, bias, out=out)
+        return col2im_unpool_cuda(cols, argmax, pre_activation, bias, out=out, stream=stream)
     return col2im_unpool_cpu(cols, argmax, pre_activation, bias, out=out)

@@ -116,7 +116,7 @@ def squared_error(output, target, *, grad_out, scalars, slot: int, work=None) ->
 
 
 def relu_squared_error(
-    pre_activation, bias, target, *, grad_out, scalars, slot: int, work=None
+    pre_activation, bias, target, *, grad_out, scalars, slot: int, work=None, stream=0
 ) -> None:
     """:func:`squared_error` of ``relu(pre_activation + bias[c])``, gradient through the ReLU.
 
@@ -134,11 +134,14 @@ def relu_squared_error(
     scalars : float64 array, shape (k,), same device
     slot : int
     work : ReductionWork, optional
+    stream : Numba stream or 0, optional
+        The CUDA stream the launch is queued on (0: the default stream); ignored on
+        the CPU. ``work`` must not serve another stream at the same time.
     """
     if is_cuda_array(pre_activation):
         work = work_for(work, pre_activation, 1)
         blocks, threads = reduction_grid(pre_activation.size)
-        _relu_squared_error_kernel[blocks, threads](
+        _relu_squared_error_kernel[blocks, threads, stream](
             pre_activation, bias, target, grad_out, work.partials, work.counter, scalars, slot
         )
     else:

@@ -1,6 +1,7 @@
 """Element-wise vector updates of the optimiser: copies, steps, scaled additions.
 
-Coefficients are float64, given by the host as launch arguments (:func:`combine`) or
+:func:`copy` is a plain copy (what a CUDA graph's fixed input buffers are loaded
+with). Coefficients are float64, given by the host as launch arguments (:func:`combine`) or
 read on the device from slots of the scalar register that the reductions write
 (:func:`add_scaled`, :func:`scale`; :mod:`diva_numba.kernels.reductions`), so an
 update never waits for a scalar to reach the host. Each element is computed in
@@ -21,6 +22,12 @@ def ratio(scalars, plus, minus, over):
 
 
 # --- CPU ------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _copy_cpu(out, a):
+    for index in prange(out.size):
+        out[index] = a[index]
 
 
 @njit(parallel=True, cache=True)
@@ -47,6 +54,13 @@ def _scale_cpu(y, scalars, numerator, denominator):
 
 
 @cuda.jit(cache=True)
+def _copy_kernel(out, a):
+    index = cuda.grid(1)
+    if index < out.size:
+        out[index] = a[index]
+
+
+@cuda.jit(cache=True)
 def _combine_kernel(out, a, b, alpha, beta):
     index = cuda.grid(1)
     if index < out.size:
@@ -68,6 +82,28 @@ def _scale_kernel(y, scalars, numerator, denominator):
 
 
 # --- dispatch -------------------------------------------------------------------------
+
+
+def copy(out, a, *, stream=0) -> None:
+    """``out = a``, element for element (bitwise, NaN and infinities included).
+
+    :func:`combine` with ``alpha=1, beta=0`` would turn an infinity into NaN
+    (``0 * inf``); this is a copy.
+
+    Parameters
+    ----------
+    out, a : arrays, shape (n,), same dtype and device
+    stream : Numba stream or 0, optional
+        The CUDA stream the launch is queued on (0: the default stream); ignored on
+        the CPU.
+    """
+    if out.shape != a.shape or out.dtype != a.dtype:
+        raise ValueError(f"copy of {a.dtype} {a.shape} into {out.dtype} {out.shape}")
+    if is_cuda_array(out):
+        grid, block = launch_1d(out.size)
+        _copy_kernel[grid, block, stream](out, a)
+    else:
+        _copy_cpu(out, a)
 
 
 def combine(out, a, b, *, alpha: float, beta: float) -> None:

@@ -144,6 +144,7 @@ def _exercise_vector_ops(rng):
     for dtype in (np.float32, np.float64):
         a, b, out = (gpu(rng.standard_normal(10).astype(dtype)) for _ in range(3))
         vector_ops.combine(out, a, b, alpha=1.0, beta=-1.0)
+        vector_ops.copy(out, a)
         vector_ops.add_scaled(out, a, scalars, plus=0, minus=1, over=2)
         vector_ops.scale(out, scalars, numerator=0, denominator=1)
 

@@ -18,6 +18,13 @@ instead of passing unnoticed:
 * A CuPy function or array method the stand-in lacks raises ``AttributeError``
   naming it: add it here (only what real CuPy has, with CuPy's semantics).
 
+While a stream captures a CUDA graph (:mod:`standin_capture`), the stand-in is as
+strict as CUDA: a transfer, an allocation, a synchronisation, or any CuPy computation
+(which the stand-in would run at once, outside the graph) raises
+:class:`CaptureViolation` and invalidates the capture; ``cupy.matmul`` on the capturing
+stream raises CuPy's own ``NotImplementedError`` (CuPy refuses cuBLAS during capture).
+Views (reshape, slicing, transposes) do no device work and stay allowed.
+
 Kernel launches go through :func:`standin_launcher.install_launcher` (re-exported
 here).
 """
@@ -32,6 +39,14 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+from standin_state import (  # noqa: F401 (re-exported: the stand-in's one entry point)
+    CAPTURE,
+    CaptureViolation,
+    owner_of,
+    refuse_while_capturing,
+    register_buffer,
+    root_buffer,
+)
 
 # --------------------------------------------------------------------------- counting
 
@@ -82,11 +97,14 @@ class Counters:
         the package line that asked for them.
     upload_bytes, download_bytes : int
     launches : Counter of kernel name -> count
+        Launches run; a CUDA graph's replay counts once, as ``GRAPH_LAUNCH``.
     synchronizations : int
         ``Stream.synchronize``/``deviceSynchronize`` calls.
     numba_device_arrays : int
         Kernel arguments that were Numba (simulator) device arrays rather than CuPy
         ones: the CuPy pipeline should have none.
+    recorded : Counter of kernel name -> count
+        Launches (and cuBLAS products, as ``"cublas_gemm"``) recorded into CUDA graphs.
     """
 
     uploads: collections.Counter = field(default_factory=collections.Counter)
@@ -96,6 +114,7 @@ class Counters:
     launches: collections.Counter = field(default_factory=collections.Counter)
     synchronizations: int = 0
     numba_device_arrays: int = 0
+    recorded: collections.Counter = field(default_factory=collections.Counter)
 
     def reset(self) -> None:
         self.__init__()
@@ -109,6 +128,7 @@ class Counters:
             collections.Counter(self.launches),
             self.synchronizations,
             self.numba_device_arrays,
+            collections.Counter(self.recorded),
         )
 
     def since(self, earlier: Counters) -> Counters:
@@ -121,6 +141,7 @@ class Counters:
             self.launches - earlier.launches,
             self.synchronizations - earlier.synchronizations,
             self.numba_device_arrays - earlier.numba_device_arrays,
+            self.recorded - earlier.recorded,
         )
 
     @property
@@ -140,12 +161,18 @@ class Counters:
         return sum(self.launches.values())
 
     def upload(self, nbytes: int) -> None:
+        refuse_while_capturing("a host->device copy")
         self.uploads[_call_site()] += 1
         self.upload_bytes += int(nbytes)
 
     def download(self, nbytes: int) -> None:
+        refuse_while_capturing("a device->host copy")
         self.downloads[_call_site()] += 1
         self.download_bytes += int(nbytes)
+
+
+#: The name a CUDA graph's replay is counted under in :attr:`Counters.launches`.
+GRAPH_LAUNCH = "cuda_graph_launch"
 
 
 #: The counters the stand-in module of this process reports to (see :func:`make_module`).
@@ -233,6 +260,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
 
     def __init__(self, array: np.ndarray):
         self._a = array
+        register_buffer(array)
 
     # --- what CuPy refuses, or does only with a hidden copy
     def __array__(self, dtype=None, copy=None):
@@ -412,6 +440,30 @@ class ndarray:  # noqa: N801 (CuPy's name)
     def __invert__(self):
         return ndarray(~self._a)
 
+
+def _refusing_while_capturing(method, name: str):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        refuse_while_capturing(f"ndarray.{name}")
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+#: ndarray methods that do device work (a CuPy kernel, or an allocation): refused while
+#: a stream captures, since the stand-in would run them at once.
+_DEVICE_WORK = (
+    "copy", "astype", "flatten", "fill", "__setitem__", "sum", "min", "max", "mean", "any",
+    "all", "argmin", "argmax", "__neg__", "__pos__", "__abs__", "__invert__",
+    "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rfloordiv__", "__rpow__",
+    "__rmatmul__", "__rand__", "__ror__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
+    "__ior__", "__iand__", "__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__",
+    "__mod__", "__pow__", "__matmul__", "__and__", "__or__", "__xor__", "__lt__", "__le__",
+    "__gt__", "__ge__", "__eq__", "__ne__",
+)  # fmt: skip
+for _name in _DEVICE_WORK:
+    setattr(ndarray, _name, _refusing_while_capturing(getattr(ndarray, _name), _name))
+del _name
 
 # The module's functions and the launcher live in modules of their own; importing them from
 # here keeps one entry point.

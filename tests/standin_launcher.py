@@ -15,7 +15,12 @@ and block indices, shared and local memory), and it differs in two ways:
   another in the calling thread, which is one legal schedule of a kernel without
   barriers (the stock simulator starts an OS thread per CUDA thread, about 50x
   slower); a kernel with barriers runs a block's threads as OS threads meeting at
-  a barrier, like the stock simulator, but without its busy polling.
+  a barrier, like the stock simulator, but without its busy polling;
+* *streams*: the stream of ``kernel[grid, block, stream]`` is kept (the stock simulator
+  drops it). While a stream captures a CUDA graph (:mod:`standin_capture`), a launch on
+  it is recorded, not run, and a launch on any other stream raises, as it would escape
+  the graph. :func:`install_launcher` also puts the capture's other stand-ins in place:
+  ``numba.cuda.external_stream`` and the libcublas of ``diva_numba.cublas_capture``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import threading
 import types
 
 import numpy as np
+import standin_capture
 from cupy_standin import COUNTERS, Counters, HiddenTransfer, ndarray
+from standin_state import CAPTURE, refuse_while_capturing
 
 # --------------------------------------------------------------------------- the launcher
 
@@ -193,15 +200,50 @@ def _kernel_argument(value, name: str, counters: Counters):
 
 def _run_kernel(kernel, args, counters: Counters):
     from numba.cuda.errors import normalize_kernel_dimensions
-    from numba.cuda.simulator import kernel as simulator
-    from numba.cuda.simulator.kernelapi import Dim3, FakeCUDAModule, swapped_cuda_module
 
     function = kernel.fn
     name = function.__name__
-    counters.launches[name] += 1
     grid_dim, block_dim = normalize_kernel_dimensions(kernel.grid_dim, kernel.block_dim)
     arguments = [_kernel_argument(value, name, counters) for value in args]
-    fake_cuda = FakeCUDAModule(grid_dim, block_dim, kernel.dynshared_size)
+    stream = standin_capture.stream_pointer(getattr(kernel, "stream", 0))
+    capturing = CAPTURE.stream
+    if capturing is not None and stream == capturing.ptr:
+        capturing.record(
+            _RecordedLaunch(function, grid_dim, block_dim, kernel.dynshared_size, arguments)
+        )
+        counters.recorded[name] += 1
+        return
+    refuse_while_capturing(f"kernel {name} launched on stream {stream:#x}")
+    counters.launches[name] += 1
+    _execute(function, grid_dim, block_dim, kernel.dynshared_size, arguments)
+
+
+class _RecordedLaunch:
+    """A launch in a CUDA graph: its arrays held by address (standin_capture.DeviceView)."""
+
+    def __init__(self, function, grid_dim, block_dim, dynshared_size, arguments):
+        self.function, self.grid_dim, self.block_dim = function, grid_dim, block_dim
+        self.dynshared_size = dynshared_size
+        self.arguments = [
+            standin_capture.DeviceView(value) if isinstance(value, np.ndarray) else value
+            for value in arguments
+        ]
+
+    def replay(self):
+        what = f"kernel {self.function.__name__}"
+        arguments = [
+            value.resolve(what) if isinstance(value, standin_capture.DeviceView) else value
+            for value in self.arguments
+        ]
+        _execute(self.function, self.grid_dim, self.block_dim, self.dynshared_size, arguments)
+
+
+def _execute(function, grid_dim, block_dim, dynshared_size, arguments):
+    """Run a kernel's threads (see the module's notes on scheduling)."""
+    from numba.cuda.simulator import kernel as simulator
+    from numba.cuda.simulator.kernelapi import Dim3, FakeCUDAModule, swapped_cuda_module
+
+    fake_cuda = FakeCUDAModule(grid_dim, block_dim, dynshared_size)
     block_x, block_y, _ = block_dim
     thread_indices = [
         (Dim3(*index), index[0] + block_x * (index[1] + block_y * index[2]))
@@ -224,17 +266,36 @@ def _run_kernel(kernel, args, counters: Counters):
 
 
 def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
-    """Route every simulated kernel launch through the lean launcher, counting it."""
+    """Route every simulated kernel launch through the lean launcher, counting it.
+
+    Also: launches keep their stream, ``numba.cuda.external_stream`` and the libcublas
+    of ``diva_numba.cublas_capture`` are the stand-ins of :mod:`standin_capture`, no
+    stream captures, and ``diva_numba.cuda_graphs`` makes its capture streams afresh.
+    """
+    from numba import cuda
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
-    stock_call = FakeCUDAKernel.__call__
+    from diva_numba import cublas_capture, cuda_graphs
+
+    stock_call, stock_getitem = FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__
 
     def call(self, *args):
         if self._device:  # a device function called from a running kernel
             return stock_call(self, *args)
         return _run_kernel(self, args, counters)
 
+    def getitem(self, configuration):
+        stock_getitem(self, configuration)
+        self.stream = configuration[2] if len(configuration) > 2 else 0
+        return self
+
     monkeypatch.setattr(FakeCUDAKernel, "__call__", call)
+    monkeypatch.setattr(FakeCUDAKernel, "__getitem__", getitem)
+    monkeypatch.setattr(cuda, "external_stream", standin_capture.external_stream, raising=False)
+    monkeypatch.setattr(cublas_capture, "load_cublas", standin_capture.FakeCublas)
+    monkeypatch.setattr(cuda_graphs, "_captures", {})
+    monkeypatch.setattr(CAPTURE, "stream", None)
+    monkeypatch.setattr(CAPTURE, "current", [])
     return counters
 
 

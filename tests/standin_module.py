@@ -6,7 +6,9 @@ import functools
 import types
 
 import numpy as np
+import standin_capture
 from cupy_standin import COUNTERS, _host, _wrap, ndarray
+from standin_state import CAPTURE, refuse_while_capturing
 
 # --------------------------------------------------------------------------- the module
 
@@ -24,6 +26,7 @@ def asarray(a, dtype=None, order=None, *, blocking=False):
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
     if isinstance(obj, ndarray):
+        refuse_while_capturing("cupy.array (an allocation and a copy)")
         return ndarray(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
     host = np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin)
     COUNTERS.upload(host.nbytes)
@@ -39,16 +42,20 @@ def asnumpy(a, stream=None, order="C", out=None, blocking=True):
 def ascontiguousarray(a, dtype=None):
     if not isinstance(a, ndarray):
         return ascontiguousarray(asarray(a), dtype)
+    if not a._a.flags.c_contiguous or (dtype is not None and np.dtype(dtype) != a.dtype):
+        refuse_while_capturing("cupy.ascontiguousarray (an allocation and a copy)")
     return ndarray(np.ascontiguousarray(a._a, dtype=dtype))
 
 
 def _copy(a, order="K"):
+    refuse_while_capturing("cupy.copy (an allocation and a copy)")
     return ndarray(np.array(_host(a, "cupy.copy"), copy=True, order=order))
 
 
 def _allocator(function):
     @functools.wraps(function)
     def allocate(*args, **kwargs):
+        refuse_while_capturing(f"cupy.{function.__name__.lstrip('_')} (an allocation)")
         return ndarray(function(*args, **kwargs))
 
     return allocate
@@ -72,6 +79,13 @@ def _generic(name):
 
     @functools.wraps(function)
     def call(*args, **kwargs):
+        if name == "matmul" and CAPTURE.stream is not None:
+            if standin_capture.current_stream() is CAPTURE.stream:
+                # CuPy's cublas.setStream refuses a capturing stream (CuPy 11 and later).
+                raise NotImplementedError(
+                    "calling cuBLAS API during stream capture is currently unsupported"
+                )
+        refuse_while_capturing(f"cupy.{name}")
         args = tuple(_host(value, f"cupy.{name}") for value in args)
         out = kwargs.pop("out", None)
         kwargs = {key: _host(value, f"cupy.{name}") for key, value in kwargs.items()}
@@ -98,11 +112,6 @@ DTYPES = (
     "bool_", "int8", "int16", "int32", "int64", "intp", "uint8", "uint16", "uint32",
     "uint64", "float16", "float32", "float64", "dtype",
 )  # fmt: skip
-
-
-class _Stream:
-    def synchronize(self):
-        COUNTERS.synchronizations += 1
 
 
 class _MemoryPool:
@@ -135,12 +144,12 @@ def make_module(description: str = "simulated GPU") -> types.ModuleType:
         setattr(module, name, _generic(name))
     for name in DTYPES:
         setattr(module, name, getattr(np, name))
-    stream = _Stream()
     memory_pool, pinned_pool = _MemoryPool(), _MemoryPool()
     module.get_default_memory_pool = lambda: memory_pool
     module.get_default_pinned_memory_pool = lambda: pinned_pool
 
     def synchronize():
+        refuse_while_capturing("cupy.cuda.runtime.deviceSynchronize")
         COUNTERS.synchronizations += 1
 
     runtime = types.SimpleNamespace(
@@ -156,7 +165,9 @@ def make_module(description: str = "simulated GPU") -> types.ModuleType:
     )
     module.cuda = types.SimpleNamespace(
         runtime=runtime,
-        get_current_stream=lambda: stream,
+        Stream=standin_capture.Stream,
+        get_current_stream=standin_capture.current_stream,
+        graph=types.SimpleNamespace(Graph=standin_capture.Graph),
         Device=lambda device_id=0: types.SimpleNamespace(id=device_id, synchronize=synchronize),
     )
 

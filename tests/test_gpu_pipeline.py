@@ -175,6 +175,27 @@ def test_subnetwork_forward_and_gradient_match_cpu(cp, rng, matmul_calls, start,
     assert_mostly_close(to_host(grad), expected_grad)
 
 
+@pytest.mark.parametrize(("start", "end"), DECONVOLUTIONS)
+def test_the_deconvolution_cuda_graph_matches_the_eager_pass(cp, rng, start, end):
+    """Captured on this GPU, checked at its first replay, then replayed at new inputs."""
+    network = SubNetwork(vgg_weights(rng, CHANNELS), start, end)
+    height, width = (29, 35) if start > 0 else (58, 70)
+    shape = network.output_shape(height, width)
+    target = cp.asarray(np.abs(rng.standard_normal(shape)).astype(np.float32))
+    key = object()
+    for _ in range(3):  # the capture, then two replays
+        x = cp.asarray(level_input(rng, network, height, width))
+        loss, grad = network.loss_and_gradient(x, target, cuda_graph=True, target_key=key)
+        loss, grad = as_float(loss), to_host(grad)  # the eager call reuses the buffers
+        assert network.graph_problem == "", network.graph_status
+        eager_loss, eager_grad = network.loss_and_gradient(x, target)
+        eager_grad = to_host(eager_grad)
+        assert loss == pytest.approx(as_float(eager_loss), rel=1e-4)
+        scale = float(np.abs(eager_grad).max())
+        np.testing.assert_allclose(grad, eager_grad, rtol=1e-4, atol=1e-4 * scale)
+    assert network.graph_check.passed, network.graph_status
+
+
 def test_subnetwork_in_float64_agrees_tightly(cp, rng):
     network = SubNetwork(vgg_weights(rng, CHANNELS, dtype=np.float64), 1, 3)
     x = level_input(rng, network, 23, 31, dtype=np.float64)

@@ -11,12 +11,14 @@
 #
 # Steps, each time-boxed with `timeout` and recorded whatever its outcome (a failure does
 # not stop the check): 1 the machine (env.txt), 2 the offline install and the model,
-# 3 `diva-numba info`, 4 the GPU tests (junit XML), 5 `diva-numba bench --device cuda`,
-# 6 bench_pipeline.py analogy (448 px pair) and video (480 px, 12 frames), 7 SUMMARY.md.
-# The whole run stays within GPU_CHECK_BUDGET seconds (default 465, under 8 minutes):
-# every step gets at most its own cap and never eats the minimum that the later steps
-# are owed. $OUT receives text only (8 files); the model, the pip cache and the video
-# live in a scratch folder under /tmp.
+# 3 `diva-numba info`, 4 the GPU tests (junit XML), 4b the deconvolution's CUDA graphs
+# (tools/cuda_graph_check.py: whether each level's graph was used, its first replay
+# against the eager pass, an evaluation's time both ways), 5 `diva-numba bench --device
+# cuda`, 6 bench_pipeline.py analogy (448 px pair) and video (480 px, 12 frames),
+# 7 SUMMARY.md. The whole run stays within GPU_CHECK_BUDGET seconds (default 465, under
+# 8 minutes): every step gets at most its own cap and never eats the minimum that the
+# later steps are owed. $OUT receives text only (9 files); the model, the pip cache and
+# the video live in a scratch folder under /tmp.
 #
 # Environment: OUT, WHEELS, PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_STEPS
 # (default "1 2 3 4 5 6"; e.g. "2 4" for the install and the tests alone), ANALOGY_ITERS
@@ -228,8 +230,8 @@ numba_cuda_smoke() {
 export -f machine_report numba_cuda_smoke section try
 # shellcheck disable=SC2090
 export cuda_smoke scratch
-run_step "1 machine" 90 290 "$OUT/env.txt" both bash -c machine_report
-run_step "1b numba CUDA smoke" 90 270 "$OUT/env.txt" both bash -c numba_cuda_smoke
+run_step "1 machine" 90 320 "$OUT/env.txt" both bash -c machine_report
+run_step "1b numba CUDA smoke" 90 300 "$OUT/env.txt" both bash -c numba_cuda_smoke
 if [ -f "$scratch/cuda_home" ]; then
     export CUDA_HOME=/usr/local/cuda
     say "using CUDA_HOME=$CUDA_HOME (Numba found no CUDA toolkit without it)"
@@ -289,7 +291,7 @@ print("imports ok: diva_numba", diva_numba.__version__, "from", diva_numba.__fil
     return "$status"
 }
 export -f install_offline
-run_step "2 install + model" 90 240 "$OUT/env.txt" both bash -c install_offline
+run_step "2 install + model" 90 270 "$OUT/env.txt" both bash -c install_offline
 if [ -f "$scratch/pythonpath" ]; then
     PYTHONPATH="$(cat "$scratch/pythonpath")${PYTHONPATH:+:$PYTHONPATH}"
     export PYTHONPATH
@@ -297,7 +299,7 @@ fi
 
 # --- 3. diva-numba info --------------------------------------------------------------------
 
-run_step "3 diva-numba info" 45 225 "$OUT/info.txt" both "$PY" -P -m diva_numba info
+run_step "3 diva-numba info" 45 255 "$OUT/info.txt" both "$PY" -P -m diva_numba info
 
 # --- 4. the GPU tests ----------------------------------------------------------------------
 
@@ -313,9 +315,17 @@ timeout_option=()
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
     timeout_option=(--timeout=120) # one hung test fails alone instead of eating the step
 fi
-run_step "4 GPU tests" 170 135 "$scratch/pytest.txt" both \
+run_step "4 GPU tests" 170 165 "$scratch/pytest.txt" both \
     env DIVA_TEST_GPU=1 "$PY" -P -m pytest -q -rfEs -p no:cacheprovider "${test_paths[@]}" \
     "${marker[@]}" "${timeout_option[@]}" --junitxml="$OUT/pytest-gpu.xml" -o junit_family=xunit2
+
+# --- 4b. the deconvolution's CUDA graphs ---------------------------------------------------
+
+# Whether each level's graph was captured and used, and how its first replay compared with
+# the eager pass (a fallback's warning goes to the same file).
+run_step "4b CUDA graphs" 45 135 "$OUT/cuda-graphs.txt" both \
+    "$PY" -P tools/cuda_graph_check.py --size 224
+fail_last_step_unless "$OUT/cuda-graphs.txt" '^level [0-9]' "no result"
 
 # --- 5. kernel benchmarks ------------------------------------------------------------------
 
@@ -378,6 +388,12 @@ grep_or_none() { grep -E "$@" 2>/dev/null || echo "(none found)"; }
     grep_or_none -E '^(FAILED|ERROR) ' "$scratch/pytest.txt" | head -40
     grep -E '^SKIPPED ' "$scratch/pytest.txt" | head -10
     grep -E '(passed|failed|error|skipped|no tests ran).* in [0-9.]+s' "$scratch/pytest.txt" | tail -1
+    echo '```'
+
+    section "CUDA graphs of the deconvolution (cuda-graphs.txt)"
+    echo '```'
+    grep_or_none -E '^(level [0-9]|CUDA graphs|no usable GPU|WARNING|Error:|Traceback)' \
+        "$OUT/cuda-graphs.txt"
     echo '```'
 
     section "kernel bench (bench-cuda.md)"

@@ -406,7 +406,9 @@ def _deconvolution_cases(sizes: _Sizes) -> list[_Case]:
     """One loss-and-gradient call of each deconvolution sub-network (what L-BFGS repeats).
 
     Random He-initialised weights at VGG-19's widths (divided for ``small``): the
-    time of dense GEMMs does not depend on the weights' values.
+    time of dense GEMMs does not depend on the weights' values. Called as
+    ``deconvolve`` calls it: on a GPU its CUDA graph is replayed (captured in the
+    warm-up call), the input copied in and the target loaded once.
     """
     from diva_numba.network import SubNetwork
 
@@ -416,8 +418,8 @@ def _deconvolution_cases(sizes: _Sizes) -> list[_Case]:
     def step_call(backend, rng, network, input_shape):
         x = backend.upload(_features(rng, input_shape))
         target_shape = network.output_shape(*input_shape[1:])
-        target = _normal(backend, rng, target_shape)
-        return lambda: network.loss_and_gradient(x, target)
+        target, key = _normal(backend, rng, target_shape), object()
+        return lambda: network.loss_and_gradient(x, target, cuda_graph=True, target_key=key)
 
     cases = []
     for image in (sizes.small_image, sizes.image):

@@ -1,11 +1,37 @@
-"""Shared set-up of the CUDA-simulator tests: blocks shrunk so that tiny inputs span several."""
+"""Shared set-up of the CUDA-simulator tests: small blocks, and the stand-in GPU device.
 
+Blocks are shrunk so that tiny inputs span several. The ``gpu`` fixture is a CUDA
+:class:`~diva_numba.device.Device` whose CuPy is the stand-in of tests/cupy_standin.py
+(with its launcher, streams, graphs and libcublas), with the counters of what it does.
+"""
+
+import sys
+
+import cupy_standin
 import pytest
 
-from diva_numba.kernels import targets
+from diva_numba.device import Device
+from diva_numba.kernels import reductions, targets
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(targets, "BLOCK_2D", [4, 2])
     monkeypatch.setattr(targets, "BLOCK_1D", [8])
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A CUDA device whose CuPy is the stand-in; the counters of what it does."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy_standin.make_module("simulated GPU"))
+    counters = cupy_standin.install_launcher(monkeypatch)
+    # Two partial sums per reduction (a grid-stride loop over the rest): the two-pass
+    # reductions keep their shape and each simulated launch starts 24 threads, not n.
+    monkeypatch.setattr(reductions, "MAX_PARTIALS", 2)
+    counters.reset()
+    return Device("cuda", "simulated GPU"), counters
+
+
+@pytest.fixture
+def cpu():
+    return Device("cpu", "CPU")

@@ -28,8 +28,10 @@ from diva_numba.models import vgg
 
 pytestmark = pytest.mark.cudasim
 
-#: Levels 0 -> 2 and 1 -> 3 must stay within this per L-BFGS iteration; the deeper
-#: sub-networks need two launches per conv, so they cannot (17 and 21).
+#: Levels 0 -> 2 and 1 -> 3 stay within this per L-BFGS iteration even launched one by
+#: one; the deeper sub-networks need two launches per conv, so eagerly they cannot (17
+#: and 21). With each evaluation replayed as a CUDA graph every level makes 4
+#: (tests/cuda/test_cuda_pipeline.py).
 ITERATION_BUDGET = 15
 EVALUATION_START, EVALUATION_END, GEMM = "evaluation start", "evaluation end", "GEMM"
 
