@@ -127,6 +127,12 @@ def stylise_frames(
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )
     exemplar_cache = ExemplarCache()
+    # A seeded frame's matches come from the photo flow between frames; the appearance
+    # alignment's noise, different from frame to frame, would make them wander: it runs
+    # on a shot's first frame only (docs/DESIGN.md section 10).
+    seeded_synthesis = dataclasses.replace(
+        params.synthesis, alignment=dataclasses.replace(params.synthesis.alignment, rounds=0)
+    )
     with BackgroundWriter() as writer:
         for index, frame in _output_frames(clip_path, plan, first_todo):
             writer.check()
@@ -154,6 +160,7 @@ def stylise_frames(
                 writer.submit(_frame_writer(work, state, None, finished))
             else:
                 temporal, solutions, state_anchors = None, None, {}
+                synthesis = params.synthesis
                 analogy_frame = (
                     work_frame if finisher is None else finisher.analogy_input(index, work_frame)
                 )
@@ -183,13 +190,14 @@ def stylise_frames(
                     solutions, state_anchors = anchors.settle(
                         followed, guide, state.deconv_ab, result.deconvolutions
                     )
+                    synthesis = seeded_synthesis
                 if refresh_b:
                     latent_b = {**result.latent_b, 0: result.b}
                 with result.profile.stage("synthesis"):
                     output = synthesize(
                         frame, plan.style_full, result.level_fields[1][0], latent_b[0],
                         exemplar_work_shape=plan.style.shape[:2], device=device,
-                        params=params.synthesis, temporal=temporal, cache=exemplar_cache,
+                        params=synthesis, temporal=temporal, cache=exemplar_cache,
                     ).image  # fmt: skip
                 profile = result.profile
                 state = FrameState(

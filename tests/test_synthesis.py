@@ -6,6 +6,7 @@ import pytest
 from skimage import data
 
 from diva_numba import resolve_device
+from diva_numba.alignment import AlignmentParams
 from diva_numba.bench.truth import deformed_pair, field_error, identity_error
 from diva_numba.imageio import resize
 from diva_numba.kernels.nnf_resample import upsample_field
@@ -98,35 +99,61 @@ def test_parameters_are_checked():
 # -- the real model ----------------------------------------------------------------------
 
 
+def painted_copy_fields(model_path, photo, work):
+    """The fields at ``photo``'s size against a painted, deformed copy: nearest, unaligned, default.
+
+    Returns the pair and the field errors (median px, share within 3 px) of the
+    identity, the working-size field upsampled nearest, the synthesis without
+    the appearance alignment and the default synthesis.
+    """
+    from diva_numba import AnalogyModel, AnalogyParams, analogy
+
+    pair = deformed_pair(photo)
+    a, bp = resize(pair.a, *work), resize(pair.bp, *work)
+    result = analogy(AnalogyModel(model_path, CPU), a, bp, params=AnalogyParams(lbfgs_iterations=3))
+    nearest = upsample_field(result.nnf_ab, target_shape=photo.shape[:2],
+                             source_shape=photo.shape[:2])  # fmt: skip
+    options = {"exemplar_work_shape": work, "device": CPU}
+    unaligned = synthesize(pair.a, pair.bp, result.nnf_ab, result.b, **options,
+                           params=SynthesisParams(alignment=AlignmentParams(rounds=0)))  # fmt: skip
+    synthesis = synthesize(pair.a, pair.bp, result.nnf_ab, result.b, **options)
+    assert synthesis.image.shape == pair.a.shape
+    errors = {
+        "identity": identity_error(pair),
+        "nearest": field_error(nearest, pair),
+        "unaligned": field_error(unaligned.field, pair),
+        "synthesis": field_error(synthesis.field, pair),
+    }
+    print("; ".join(f"{name} {m:.2f} px {share:.0%}" for name, (m, share) in errors.items()))
+    return errors
+
+
 @pytest.mark.model
 @pytest.mark.slow
 def test_fields_at_full_resolution_on_a_painted_deformed_copy(model_path):
     """A photo against a painted, smoothly deformed copy: the field at the photo's own size.
 
     Measured (docs/DESIGN.md section 10), 225 x 150 photo, working size 112:
-    identity 6.96 px median; the working-size field upsampled nearest 4.96 px
-    (25% within 3 px); the synthesis 4.82 px (27%). The aim of 2 px and 70%
-    is not reached: the working-size field is off by 2-3 working pixels even
-    where A is textured, a bias the pixel-level search cannot see across the
-    painting's change of look.
+    identity 6.96 px median (12% within 3 px); the working-size field upsampled
+    nearest 4.96 px (25%); the synthesis without the appearance alignment 4.82
+    px (27%), with it 2.80 px (55%). At this size the flow has less texture to
+    go by than at the photo's own 451 x 300 (next test).
     """
-    from diva_numba import AnalogyModel, AnalogyParams, analogy
-
     photo = cv2.resize(data.chelsea(), (225, 150), interpolation=cv2.INTER_AREA)
-    pair = deformed_pair(photo)
-    work = (75, 112)
-    a, bp = resize(pair.a, *work), resize(pair.bp, *work)
-    model = AnalogyModel(model_path, CPU)
-    result = analogy(model, a, bp, params=AnalogyParams(lbfgs_iterations=3))
-    nearest = upsample_field(result.nnf_ab, target_shape=photo.shape[:2],
-                             source_shape=photo.shape[:2])  # fmt: skip
-    synthesis = synthesize(pair.a, pair.bp, result.nnf_ab, result.b, exemplar_work_shape=work,
-                           device=CPU)  # fmt: skip
-    base_median, _ = identity_error(pair)
-    nearest_median, nearest_share = field_error(nearest, pair)
-    median, share = field_error(synthesis.field, pair)
-    print(f"identity {base_median:.2f}; nearest {nearest_median:.2f} px {nearest_share:.0%}; "
-          f"synthesis {median:.2f} px {share:.0%}")  # fmt: skip
-    assert synthesis.image.shape == pair.a.shape
-    assert median < 0.75 * base_median
-    assert median <= nearest_median + 0.25 and share >= nearest_share - 0.03
+    errors = painted_copy_fields(model_path, photo, (75, 112))
+    median, share = errors["synthesis"]
+    assert median <= 3.0 and share >= 0.5
+    assert median < 0.7 * errors["unaligned"][0] and median < 0.5 * errors["identity"][0]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_aim_of_two_pixels_is_met_at_the_photo_size(model_path):
+    """The aim of issue 11: at 451 x 300 from a 224 px working size, median <= 2 px, >= 70% <= 3 px.
+
+    Measured: identity 9.50 px (6%), nearest 5.48 px (25%), without the
+    alignment 5.16 px (27%), with it 1.72 px (73%).
+    """
+    errors = painted_copy_fields(model_path, data.chelsea(), (149, 224))
+    median, share = errors["synthesis"]
+    assert median <= 2.0 and share >= 0.70

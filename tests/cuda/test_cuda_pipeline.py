@@ -38,6 +38,7 @@ from numba import cuda
 from numba.core import config
 
 import diva_numba.workdir as workdir
+from diva_numba.alignment import AlignmentParams
 from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.imageio import load_image
 from diva_numba.kernels import lbfgs_ops
@@ -45,6 +46,7 @@ from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
 from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import vgg
 from diva_numba.network import SubNetwork, deconvolve
+from diva_numba.synthesis import SynthesisParams, synthesize
 from diva_numba.transfer import TransferParams, transfer_video
 
 pytestmark = [
@@ -82,9 +84,15 @@ PATCHMATCH_LAUNCHES_PER_CALL = 1
 #: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
 #: per-evaluation reads not counted. Uploads: the frame's features and flow, and one
 #: packed upload of the synthesis' maps per level (the style's stay on the device);
-#: downloads: the working-size A' and field, the synthesised frame, the state.
+#: downloads: the working-size A' and field, the synthesised frame, the state. A seeded
+#: frame skips the appearance alignment; the first frame of a shot pays its round trip
+#: (below).
 UPLOADS_PER_FRAME = 8
 DOWNLOADS_PER_FRAME = 4
+#: The appearance alignment (diva_numba/alignment.py) runs on the host, once per
+#: synthesis: the positions go down, the aligned positions and the search mask go up.
+ALIGNMENT_UPLOADS = 2
+ALIGNMENT_DOWNLOADS = 1
 
 #: Share of a level's field positions where the CPU and the GPU may pick different
 #: matches (candidates within float32 rounding of each other).
@@ -341,6 +349,44 @@ def test_analogy_on_the_gpu_matches_the_cpu(gpu, cpu, tiny_model):
     assert differing.mean() <= FIELD_MISMATCH_SHARE
     differing = np.abs(result.b.astype(int) - expected.b).max(axis=-1) > 0
     assert differing.mean() <= FIELD_MISMATCH_SHARE
+
+
+# --- the synthesis ----------------------------------------------------------------------------
+
+
+def test_the_aligned_synthesis_on_the_gpu_matches_the_cpu(gpu, cpu):
+    """Two levels, the alignment at the second: same field as the CPU's, its transfers counted.
+
+    B' is A moved by 3 px in another look (blurred, channels reversed) and the working
+    field is the identity: the guides (A against itself at the working size) cannot see
+    the move, the alignment finds it.
+    """
+    device, counters = gpu
+    image = photo()
+    a = np.ascontiguousarray(image[100:148, 200:264])
+    bp = np.ascontiguousarray(cv2.GaussianBlur(image[103:151, 203:267], (3, 3), 0)[..., ::-1])
+    work_field = np.stack(np.indices((24, 32)), axis=-1).astype(np.int32)
+    latent = cv2.resize(a, (32, 24), interpolation=cv2.INTER_AREA)
+    options = {"exemplar_work_shape": (24, 32)}
+    expected = synthesize(a, bp, work_field, latent, device=cpu, **options)
+    used = {}
+    for rounds in (0, AlignmentParams().rounds):
+        params = SynthesisParams(alignment=AlignmentParams(rounds=rounds))
+        with cupy_standin.counting(counters) as used[rounds]:
+            result = synthesize(a, bp, work_field, latent, device=device, params=params,
+                                **options)  # fmt: skip
+    aligned, plain = used[AlignmentParams().rounds], used[0]
+    report(
+        "synthesis 48x64 from 24x32 on the simulated GPU",
+        {"uploads": dict(aligned.uploads), "downloads": dict(aligned.downloads)},
+    )
+    differing = (host(result.field) != expected.field).any(axis=-1)
+    assert differing.mean() <= FIELD_MISMATCH_SHARE
+    truth = np.stack(np.indices(a.shape[:2]), axis=-1) - 3
+    assert (host(result.field) == truth).all(axis=-1)[4:-4, 4:-4].mean() > 0.9
+    assert aligned.upload_count - plain.upload_count <= ALIGNMENT_UPLOADS
+    assert aligned.download_count - plain.download_count <= ALIGNMENT_DOWNLOADS
+    assert aligned.numba_device_arrays == 0
 
 
 # --- the video --------------------------------------------------------------------------------
