@@ -260,7 +260,10 @@ def test_lbfgs_budgets(gpu, cpu, tiny_model, rng, level, monkeypatch):
     assert eager.losses == result.losses
     np.testing.assert_array_equal(host(result.x), host(eager.x))
     assert (result.iterations, result.evaluations) == (reference.iterations, reference.evaluations)
-    np.testing.assert_allclose(host(result.x), reference.x, rtol=1e-4, atol=1e-5)
+    # Ten iterations amplify the reductions' rounding: to a share of the map's largest value.
+    np.testing.assert_allclose(
+        host(result.x), reference.x, atol=SOLUTION_RTOL * float(np.abs(reference.x).max())
+    )
 
 
 def test_patchmatch_launches_per_round(gpu, rng):
