@@ -186,7 +186,9 @@ def stylise_frames(
                         model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
                         guide=guide,
                     )  # fmt: skip
-                    temporal = _temporal_guide(state.output_frame, backward, occluded, params)
+                    temporal = _temporal_guide(
+                        state, backward, occluded, params, plan.style_full.shape[:2]
+                    )
                     solutions, state_anchors = anchors.settle(
                         followed, guide, state.deconv_ab, result.deconvolutions
                     )
@@ -194,11 +196,12 @@ def stylise_frames(
                 if refresh_b:
                     latent_b = {**result.latent_b, 0: result.b}
                 with result.profile.stage("synthesis"):
-                    output = synthesize(
+                    synthesized = synthesize(
                         frame, plan.style_full, result.level_fields[1][0], latent_b[0],
                         exemplar_work_shape=plan.style.shape[:2], device=device,
                         params=synthesis, temporal=temporal, cache=exemplar_cache,
-                    ).image  # fmt: skip
+                    )  # fmt: skip
+                output = synthesized.image
                 profile = result.profile
                 state = FrameState(
                     index=index,
@@ -208,6 +211,7 @@ def stylise_frames(
                     deconv_ab=dict(result.deconvolutions) if solutions is None else solutions,
                     anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
                     anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
+                    output_field=synthesized.field,
                 )
                 finished = output if finisher is None else finisher(index, frame, output)
                 writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
@@ -241,6 +245,7 @@ def _state_on_device(state: FrameState, device: Device) -> FrameState:
         state,
         fields_ab={lv: to_device(v, device) for lv, v in state.fields_ab.items()},
         deconv_ab={lv: to_device(v, device) for lv, v in state.deconv_ab.items()},
+        output_field=None if state.output_field is None else to_device(state.output_field, device),
     )
 
 
@@ -253,6 +258,8 @@ def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None,
     frame needs.
     """
     arrays = {("field", lv): v for lv, v in state.fields_ab.items()}
+    if state.output_field is not None:
+        arrays["output_field"] = state.output_field
     arrays.update({("deconv", lv): v for lv, v in state.deconv_ab.items()})
     arrays.update({("latent", lv): v for lv, v in (latent_b or {}).items()})
     host = _download(arrays)
@@ -260,6 +267,7 @@ def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None,
         state,
         fields_ab={lv: host["field", lv] for lv in state.fields_ab},
         deconv_ab={lv: host["deconv", lv] for lv in state.deconv_ab},
+        output_field=host.get("output_field"),
     )
     host_latent_b = None if latent_b is None else {lv: host["latent", lv] for lv in latent_b}
 
@@ -330,18 +338,27 @@ def _guide(state: FrameState, backward: np.ndarray, followed: dict, occluded: np
 
 
 def _temporal_guide(
-    previous_output: np.ndarray, backward: np.ndarray, occluded: np.ndarray, params
+    state: FrameState, backward: np.ndarray, occluded: np.ndarray, params, exemplar_shape
 ) -> TemporalGuide | None:
-    """Guide (c) of the synthesis: the previous output moved into this frame, at the output size.
+    """Guide (c) of the synthesis: the previous output and its field moved into this frame.
 
     The flow and the occlusion mask come from the working size: a DIS flow at
     the output size costs far more and moves the guide by less than a pixel.
+    The previous output's field (into the exemplar at its own size) moves with
+    its content (:func:`~diva_numba.kernels.nnf_resample.pull_field`, on the
+    field's device) and seeds the synthesis where the flow is trusted.
     """
     if params.temporal_weight == 0:
         return None
+    previous_output = state.output_frame
     height, width = previous_output.shape[:2]
     scale = np.array([width / backward.shape[1], height / backward.shape[0]], np.float32)
     flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR) * scale
     reliable = 1.0 - occluded.astype(np.float32)
     reliability = cv2.resize(reliable, (width, height), interpolation=cv2.INTER_LINEAR)
-    return TemporalGuide(warp_image(previous_output, flow), reliability, params.temporal_weight)
+    field = None
+    if state.output_field is not None:
+        field, _ = pull_field(state.output_field, flow, source_shape=exemplar_shape)
+    return TemporalGuide(
+        warp_image(previous_output, flow), reliability, params.temporal_weight, field
+    )

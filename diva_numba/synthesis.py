@@ -58,6 +58,7 @@ from diva_numba.kernels.field_prior import (
 from diva_numba.kernels.field_smoothing import FieldPriorParams, smooth_field
 from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
 from diva_numba.kernels.voting import vote
+from diva_numba.temporal_guide import TemporalGuide, carried_positions, unreliable_pixels
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class SynthesisParams:
         and these levels cost most.
     fine_patch_size, fine_iterations, fine_jumps
         Patch side, rounds and propagation distances at the fine levels.
+    fine_search : {"unreliable", "everywhere"}
+        Where the fine levels search on a video frame with a temporal guide:
+        only the pixels the previous output does not vouch for (occluded in
+        the flow, and a patch around them; elsewhere the previous field,
+        carried along the flow, stands), or every pixel. Measured on a painted
+        pan at 400 x 240 from 96: warping error 0.43 against 0.46, and the
+        fine levels' cost where little is occluded.
     search_radius : int
         First random-search radius (pixels of the level); the field is close
         already, so the search stays local.
@@ -120,6 +128,7 @@ class SynthesisParams:
     fine_patch_size: int = 3
     fine_iterations: int = 1
     fine_jumps: tuple[int, ...] = (1,)
+    fine_search: str = "unreliable"
     search_radius: int = 2
     structure_weight: float = 1.0
     stroke_weight: float = 0.0
@@ -135,29 +144,12 @@ class SynthesisParams:
         for name in ("structure_weight", "stroke_weight", "prior_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.fine_search not in ("everywhere", "unreliable"):
+            raise ValueError("fine_search must be 'everywhere' or 'unreliable'")
         if self.max_step <= 1:
             raise ValueError("max_step must be above 1")
         if self.prior_period <= 0:
             raise ValueError("prior_period must be positive")
-
-
-@dataclass
-class TemporalGuide:
-    """Guide (c) of a video frame: the previous output moved along the flow.
-
-    Attributes
-    ----------
-    previous : uint8 array (H, W, 3)
-        The previous frame's output warped into this frame, at the output size.
-    reliability : float32 array (H, W)
-        1 where the flow is trusted, 0 where the pixel was occluded.
-    weight : float
-        The guide's weight (``--temporal-weight``).
-    """
-
-    previous: np.ndarray
-    reliability: np.ndarray
-    weight: float
 
 
 @dataclass
@@ -269,6 +261,11 @@ def synthesize(
         jumps = params.fine_jumps if fine else params.jumps
         images = _LevelImages.make(structure, exemplar, latent, temporal, shape, exemplar_shape,
                                    sizes[0], device, cache)  # fmt: skip
+        if images.previous is not None and temporal.field is not None:
+            positions = carried_positions(
+                to_device(temporal.field, device), images.reliability, positions,
+                exemplar_shape, exemplar.shape[:2],
+            )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
         searched = None  # where the search may move a match (None: everywhere)
         if level == align_level:
@@ -286,6 +283,10 @@ def synthesize(
             weights = match_distinctiveness(*source, *target, field_k, patch_size=patch)
             positions, _ = smooth_field(positions, weights, images.structure, params=params.prior)
             field_k = round_positions(positions, exemplar_shape)
+        if fine and params.fine_search == "unreliable" and images.previous is not None:
+            # The previous output vouches for these matches already (it steered them at
+            # the coarser levels); a fine level touches up only what it does not show.
+            searched = unreliable_pixels(temporal.reliability, shape, patch)
         prior = positions if params.prior_weight > 0 else None
         if iterations and images.has_guides(params):
             source, target = images.guides(field_k, patch, params, prior=prior, cache=cache)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diva_numba.alignment import AlignmentParams
 from diva_numba.deep_analogy import AnalogyParams, load_model
 from diva_numba.device import Device, device_kind, resolve_device, within_memory
 from diva_numba.errors import Interrupted, OutputError
@@ -50,6 +51,13 @@ WORK_SIZE_BY_DEVICE = {"cuda": 480, "cpu": 192}
 GUIDED_LBFGS_BY_DEVICE = {"cuda": 20, "cpu": 2}
 
 
+#: The synthesis of video frames: no appearance alignment. Run on a shot's first frame
+#: only, it makes that frame jump against the next (warping error 1.00 -> 2.00 on a
+#: clip with disocclusions, a painted pan's Lab distance to its ideal 0.63 -> 1.15);
+#: run on every frame, its noise from frame to frame drifts (docs/DESIGN.md section 10).
+VIDEO_SYNTHESIS = SynthesisParams(alignment=AlignmentParams(rounds=0))
+
+
 @dataclass(frozen=True)
 class TransferParams:
     """How a video is processed.
@@ -65,7 +73,8 @@ class TransferParams:
         Long side of the output, made even; None keeps the clip's own size.
     synthesis : SynthesisParams
         The guided full-resolution synthesis from the working size to the
-        output's (:mod:`diva_numba.synthesis`).
+        output's (:mod:`diva_numba.synthesis`); :data:`VIDEO_SYNTHESIS` by
+        default, without the appearance alignment.
     guided_patchmatch_iterations : int
         PatchMatch rounds per level on frames seeded from the previous one.
     guided_lbfgs_iterations : int
@@ -129,7 +138,7 @@ class TransferParams:
     analogy: AnalogyParams = field(default_factory=lambda: AnalogyParams.for_device("cpu"))
     work_size: int = WORK_SIZE_BY_DEVICE["cpu"]
     size: int | None = None
-    synthesis: SynthesisParams = field(default_factory=SynthesisParams)
+    synthesis: SynthesisParams = field(default_factory=lambda: VIDEO_SYNTHESIS)
     guided_patchmatch_iterations: int = 3
     guided_lbfgs_iterations: int = GUIDED_LBFGS_BY_DEVICE["cpu"]
     guided_lbfgs_min_decrease: float = 0.05

@@ -45,6 +45,8 @@ class FrameState:
     so that rounding never piles up from frame to frame. ``anchor_new[level]``
     marks the pixels of frame t the anchor does not show (occluded on the way, or
     come into the picture). A level missing from both is anchored on frame t.
+    ``output_field`` is the synthesis' field of frame t's output (into the style
+    image at its own size), which seeds frame t+1's.
     """
 
     index: int
@@ -54,6 +56,7 @@ class FrameState:
     deconv_ab: dict[int, object]
     anchor_flows: dict[int, np.ndarray] = field(default_factory=dict)
     anchor_new: dict[int, np.ndarray] = field(default_factory=dict)
+    output_field: object | None = None
 
     def anchor(self, level: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(anchor flow, new pixels)`` of ``level``'s solution; None if anchored here."""
@@ -71,6 +74,8 @@ class FrameState:
         arrays.update({f"deconv_ab_{lv}": to_host(v) for lv, v in self.deconv_ab.items()})
         arrays.update({f"anchor_flow_{lv}": v for lv, v in self.anchor_flows.items()})
         arrays.update({f"anchor_new_{lv}": v for lv, v in self.anchor_new.items()})
+        if self.output_field is not None:
+            arrays["output_field"] = to_host(self.output_field)
         return arrays
 
     @classmethod
@@ -88,6 +93,7 @@ class FrameState:
             deconv_ab=levels("deconv_ab_"),
             anchor_flows=levels("anchor_flow_"),
             anchor_new=levels("anchor_new_"),
+            output_field=arrays.get("output_field"),
         )
 
 

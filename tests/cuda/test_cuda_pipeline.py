@@ -82,12 +82,12 @@ PATCHMATCH_LAUNCHES_PER_ROUND = 5
 #: Kernel launches of a PatchMatch call besides its rounds (the start).
 PATCHMATCH_LAUNCHES_PER_CALL = 1
 #: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
-#: per-evaluation reads not counted. Uploads: the frame's features and flow, and one
-#: packed upload of the synthesis' maps per level (the style's stay on the device);
-#: downloads: the working-size A' and field, the synthesised frame, the state. A seeded
-#: frame skips the appearance alignment; the first frame of a shot pays its round trip
-#: (below).
-UPLOADS_PER_FRAME = 8
+#: per-evaluation reads not counted. Uploads: the frame's features and flow, one packed
+#: upload of the synthesis' maps per level (the style's stay on the device), and the flow
+#: at the output size that carries the previous output's field; downloads: the
+#: working-size A' and field, the synthesised frame, the state. A seeded frame skips the
+#: appearance alignment; the first frame of a shot pays its round trip (below).
+UPLOADS_PER_FRAME = 9
 DOWNLOADS_PER_FRAME = 4
 #: The appearance alignment (diva_numba/alignment.py) runs on the host, once per
 #: synthesis: the positions go down, the aligned positions and the search mask go up.
