@@ -25,7 +25,7 @@ import numpy as np
 
 from diva_numba.device import array_module
 from diva_numba.flow import carry_mask, compose, outside
-from diva_numba.kernels.nnf_resample import pull_field
+from diva_numba.kernels.nnf_resample import nearest_cells, pull_field
 from diva_numba.models import vgg
 from diva_numba.regions import changed_boxes
 
@@ -117,8 +117,8 @@ def reanchor(flow: np.ndarray, map_shape: tuple[int, int], solved) -> tuple:
     height, width = flow.shape[:2]
     map_height, map_width = map_shape
     positions, _ = pull_field(_identity(np, map_height, map_width), flow, source_shape=map_shape)
-    rows = _nearest_cells(map_height, height)
-    columns = _nearest_cells(map_width, width)
+    rows = nearest_cells(map_height, height)
+    columns = nearest_cells(map_width, width)
     sampled = flow[rows[:, None], columns[None, :]]  # the flow each cell moved by
     # Where each cell's content sits, in map cells, less where the cell is.
     error_y = positions[..., 0] - (
@@ -132,18 +132,13 @@ def reanchor(flow: np.ndarray, map_shape: tuple[int, int], solved) -> tuple:
     for top, bottom, left, right in solved:
         error_y[top:bottom, left:right] = 0
         error_x[top:bottom, left:right] = 0
-    pixel_rows = _nearest_cells(height, map_height)
-    pixel_columns = _nearest_cells(width, map_width)
+    pixel_rows = nearest_cells(height, map_height)
+    pixel_columns = nearest_cells(width, map_width)
     cell = (pixel_rows[:, None], pixel_columns[None, :])
     residual = np.stack(
         [-error_x[cell] * width / map_width, -error_y[cell] * height / map_height], axis=-1
     ).astype(np.float32)
     return residual, np.zeros((height, width), np.uint8)
-
-
-def _nearest_cells(size: int, cell_count: int) -> np.ndarray:
-    """For each position of a ``size``-long axis, its nearest of ``cell_count`` cells."""
-    return ((2 * np.arange(size) + 1) * cell_count) // (2 * size)
 
 
 def _identity(xp, height: int, width: int):

@@ -20,6 +20,7 @@ import numpy as np
 
 from diva_numba.device import array_module
 from diva_numba.imageio import resize
+from diva_numba.kernels.nnf_resample import nearest_cells
 
 
 @dataclass
@@ -57,8 +58,8 @@ def carried_positions(field, reliability, positions, exemplar_shape, exemplar_fu
     """
     xp = array_module(positions)
     (height, width), (out_height, out_width) = positions.shape[:2], field.shape[:2]
-    rows = ((2 * xp.arange(height) + 1) * out_height) // (2 * height)
-    columns = ((2 * xp.arange(width) + 1) * out_width) // (2 * width)
+    rows = nearest_cells(height, out_height, xp)
+    columns = nearest_cells(width, out_width, xp)
     sampled = field[rows[:, None], columns[None, :]].astype(xp.float32)
     carried = xp.stack(
         [

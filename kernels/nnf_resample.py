@@ -37,6 +37,13 @@ from numba import cuda
 from diva_numba.kernels import targets
 from diva_numba.kernels.targets import clamp_index, shared
 
+
+def nearest_cells(size: int, count: int, xp=np):
+    """For each of ``size`` positions of an axis, its nearest of ``count`` cells over the
+    same extent (the *nearest cell* convention above), as an ``xp`` integer array."""
+    return ((2 * xp.arange(size) + 1) * count) // (2 * size)
+
+
 # --------------------------------------------------------------------------- shared maths
 
 
