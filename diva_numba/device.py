@@ -402,8 +402,10 @@ __all__ = [
     "is_out_of_memory",
     "release_gpu_memory",
     "resolve_device",
+    "download_together",
     "to_device",
     "to_host",
+    "upload_together",
     "within_memory",
 ]
 
@@ -435,3 +437,58 @@ def to_device(array, device: Device):
 
         return cupy.asarray(array)
     return to_host(array)
+
+
+#: Byte alignment of each array packed by :func:`upload_together` (any element type).
+_PACK_ALIGNMENT = 16
+
+
+def upload_together(arrays: dict, device: Device) -> dict:
+    """The host ``arrays`` on ``device``, in one host->device transfer.
+
+    On a GPU they travel packed in one byte buffer and come back as views of
+    it (each starting on a 16-byte boundary); on the CPU they are the arrays
+    themselves, with no copy.
+    """
+    if not device.is_cuda:
+        return {key: to_host(value) for key, value in arrays.items()}
+    import cupy
+
+    host = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
+    offsets, total = {}, 0
+    for key, value in host.items():
+        offsets[key] = total
+        total += -(-value.nbytes // _PACK_ALIGNMENT) * _PACK_ALIGNMENT
+    packed = np.zeros(total, np.uint8)
+    for key, value in host.items():
+        packed[offsets[key] : offsets[key] + value.nbytes] = value.reshape(-1).view(np.uint8)
+    on_device = cupy.asarray(packed)
+    return {
+        key: on_device[offsets[key] : offsets[key] + value.nbytes]
+        .view(value.dtype)
+        .reshape(value.shape)
+        for key, value in host.items()
+    }
+
+
+def download_together(arrays: dict) -> dict:
+    """Host copies of ``arrays``: the device arrays in one device->host transfer.
+
+    Host arrays are copied too, so that the caller may hand the result to
+    another thread while the originals are reused.
+    """
+    on_device = [key for key, value in arrays.items() if is_cuda_array(value)]
+    copies = {key: np.array(value) for key, value in arrays.items() if key not in on_device}
+    if on_device:
+        xp = array_module(arrays[on_device[0]])
+        packed = xp.concatenate(
+            [xp.ascontiguousarray(arrays[key]).reshape(-1).view(xp.uint8) for key in on_device]
+        )
+        host = to_host(packed)
+        offset = 0
+        for key in on_device:
+            value = arrays[key]
+            nbytes = value.size * value.dtype.itemsize
+            copies[key] = host[offset : offset + nbytes].view(value.dtype).reshape(value.shape)
+            offset += nbytes
+    return copies

@@ -41,7 +41,7 @@ import numpy as np
 from diva_numba import anchors
 from diva_numba.chunks import colour_signature
 from diva_numba.deep_analogy import AnalogyModel, FrameGuide, analogy
-from diva_numba.device import Device, array_module, is_cuda_array, to_device, to_host
+from diva_numba.device import Device, array_module, download_together, to_device
 from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
@@ -186,9 +186,11 @@ def stylise_frames(
                         model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
                         guide=guide,
                     )  # fmt: skip
-                    temporal = _temporal_guide(
-                        state, backward, occluded, params, plan.style_full.shape[:2]
-                    )
+                    # The guide is made at the output size: part of the full-resolution stage.
+                    with result.profile.stage("synthesis"):
+                        temporal = _temporal_guide(
+                            state, backward, occluded, params, plan.style_full.shape[:2]
+                        )
                     solutions, state_anchors = anchors.settle(
                         followed, guide, state.deconv_ab, result.deconvolutions
                     )
@@ -262,7 +264,7 @@ def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None,
         arrays["output_field"] = state.output_field
     arrays.update({("deconv", lv): v for lv, v in state.deconv_ab.items()})
     arrays.update({("latent", lv): v for lv, v in (latent_b or {}).items()})
-    host = _download(arrays)
+    host = download_together(arrays)
     host_state = dataclasses.replace(
         state,
         fields_ab={lv: host["field", lv] for lv in state.fields_ab},
@@ -278,29 +280,6 @@ def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None,
         work.save_state(host_state)
 
     return write
-
-
-def _download(arrays: dict) -> dict:
-    """Host copies of ``arrays``: the device arrays in one device->host transfer.
-
-    Host arrays are copied too, so that the background writer never reads an
-    array the next frame may reuse.
-    """
-    on_device = [key for key, value in arrays.items() if is_cuda_array(value)]
-    copies = {key: np.array(value) for key, value in arrays.items() if key not in on_device}
-    if on_device:
-        xp = array_module(arrays[on_device[0]])
-        packed = xp.concatenate(
-            [xp.ascontiguousarray(arrays[key]).reshape(-1).view(xp.uint8) for key in on_device]
-        )
-        host = to_host(packed)
-        offset = 0
-        for key in on_device:
-            value = arrays[key]
-            nbytes = value.size * value.dtype.itemsize
-            copies[key] = host[offset : offset + nbytes].view(value.dtype).reshape(value.shape)
-            offset += nbytes
-    return copies
 
 
 def _output_frames(clip_path: Path, plan, first: int) -> Iterator:

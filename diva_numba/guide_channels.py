@@ -19,16 +19,22 @@ from diva_numba.device import array_module
 
 
 def halves(blocks: list, xp) -> tuple:
-    """``blocks`` stacked into one (C, H, W) map, zero-padded to even C, split in two halves."""
+    """``blocks`` as the kernel's two (C, H, W) maps: stacked, zero-padded to even C, split.
+
+    Each half is a view of a channel-last (H, W, C) array, the layout the CPU
+    kernels read, so that they use it without a copy.
+    """
     channels = sum(block.shape[0] for block in blocks)
     height, width = blocks[0].shape[1:]
-    stacked = xp.zeros((channels + channels % 2, height, width), dtype=xp.float32)
+    half = (channels + 1) // 2
+    stacked = [xp.zeros((height, width, half), dtype=xp.float32) for _ in range(2)]
     start = 0
     for block in blocks:
-        stacked[start : start + block.shape[0]] = block
+        for channel in range(block.shape[0]):
+            which, slot = divmod(start + channel, half)
+            stacked[which][:, :, slot] = block[channel]
         start += block.shape[0]
-    half = stacked.shape[0] // 2
-    return stacked[:half], stacked[half:]
+    return tuple(part.transpose(2, 0, 1) for part in stacked)
 
 
 def ssd_source(source, weight: float, pixel_weight) -> list:

@@ -83,14 +83,8 @@ def changed_boxes(
     height, width = new.shape
     factor = pooling_factor(layers)
     margin = receptive_radius(layers)
-    tile = math.ceil(tile / factor) * factor
-    rows, columns = math.ceil(height / tile), math.ceil(width / tile)
-    padded = np.zeros((rows * tile, columns * tile), dtype=bool)
-    padded[:height, :width] = new
-    marked = padded.reshape(rows, tile, columns, tile).any(axis=(1, 3))
     boxes = []
-    for top, bottom, left, right in _rectangles(marked):
-        keep = (top * tile, min(bottom * tile, height), left * tile, min(right * tile, width))
+    for keep in marked_boxes(new, tile=math.ceil(tile / factor) * factor):
         solve = (
             max(0, (keep[0] - margin) // factor * factor),
             min(height, keep[1] + margin),
@@ -101,6 +95,25 @@ def changed_boxes(
     if sum(box.solve_area for box in boxes) > max_share * height * width:
         return None
     return boxes
+
+
+def marked_boxes(mask: np.ndarray, *, tile: int) -> list[tuple[int, int, int, int]]:
+    """Rectangles ``(top, bottom, left, right)`` in pixels over the tiles that hold a mark.
+
+    The map is cut into ``tile`` x ``tile`` tiles from its top left corner; tiles
+    holding a nonzero of ``mask`` are merged into rectangles (runs along each
+    row of tiles, stacked where the runs match). The rectangles do not overlap,
+    and their union covers every mark.
+    """
+    height, width = mask.shape
+    rows, columns = math.ceil(height / tile), math.ceil(width / tile)
+    padded = np.zeros((rows * tile, columns * tile), dtype=bool)
+    padded[:height, :width] = mask
+    marked = padded.reshape(rows, tile, columns, tile).any(axis=(1, 3))
+    return [
+        (top * tile, min(bottom * tile, height), left * tile, min(right * tile, width))
+        for top, bottom, left, right in _rectangles(marked)
+    ]
 
 
 def deconvolve_boxes(deconvolve, network, target, solution, boxes: list[Box]):

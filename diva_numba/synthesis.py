@@ -48,17 +48,18 @@ import numpy as np
 
 from diva_numba.alignment import AlignmentParams, aligned_positions, alignment_level
 from diva_numba.device import Device, array_module, to_device, to_host
-from diva_numba.guide_channels import halves, pull_source, pull_target, ssd_source, ssd_target
 from diva_numba.imageio import resize
 from diva_numba.kernels.field_prior import (
+    carry_positions,
     match_distinctiveness,
     round_positions,
     upsample_positions,
 )
 from diva_numba.kernels.field_smoothing import FieldPriorParams, smooth_field
-from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
+from diva_numba.kernels.patchmatch import PatchMatchParams
 from diva_numba.kernels.voting import vote
-from diva_numba.temporal_guide import TemporalGuide, carried_positions, unreliable_pixels
+from diva_numba.level_guides import ExemplarCache, LevelImages, level_reliability, search_level
+from diva_numba.temporal_guide import TRUSTED, TemporalGuide, unreliable_pixels
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,18 @@ class SynthesisParams:
     fine_search : {"unreliable", "everywhere"}
         Where the fine levels search on a video frame with a temporal guide:
         only the pixels the previous output does not vouch for (occluded in
-        the flow, and a patch around them; elsewhere the previous field,
+        the flow, and the patch radius around them; elsewhere the previous field,
         carried along the flow, stands), or every pixel. Measured on a painted
         pan at 400 x 240 from 96: warping error 0.43 against 0.46, and the
         fine levels' cost where little is occluded.
+    coarse_search : {"unreliable", "everywhere"}
+        The same at the other levels, on a frame whose previous field was
+        carried: each level starts from that field where the flow is trusted,
+        and the next level starts from it again there, so a search of those
+        pixels changes nothing but their untrusted neighbours (measured on a
+        painted pan and a disocclusion, 512 x 288 from 128: the same Lab and
+        warping error to two decimals), and costs most of the frame: at 1080p
+        from 256, 1.5 s of a seeded frame's synthesis, 0.2 s without.
     search_radius : int
         First random-search radius (pixels of the level); the field is close
         already, so the search stays local.
@@ -129,6 +138,7 @@ class SynthesisParams:
     fine_iterations: int = 1
     fine_jumps: tuple[int, ...] = (1,)
     fine_search: str = "unreliable"
+    coarse_search: str = "unreliable"
     search_radius: int = 2
     structure_weight: float = 1.0
     stroke_weight: float = 0.0
@@ -144,8 +154,9 @@ class SynthesisParams:
         for name in ("structure_weight", "stroke_weight", "prior_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.fine_search not in ("everywhere", "unreliable"):
-            raise ValueError("fine_search must be 'everywhere' or 'unreliable'")
+        for name in ("fine_search", "coarse_search"):
+            if getattr(self, name) not in ("everywhere", "unreliable"):
+                raise ValueError(f"{name} must be 'everywhere' or 'unreliable'")
         if self.max_step <= 1:
             raise ValueError("max_step must be above 1")
         if self.prior_period <= 0:
@@ -247,6 +258,7 @@ def synthesize(
     field_k = None
     align_level = alignment_level(sizes, exemplar_sizes, fine_from=params.fine_from,
                                   params=params.alignment)  # fmt: skip
+    work_structure = resize(structure, *sizes[0])
     for level, (shape, exemplar_shape) in enumerate(zip(sizes, exemplar_sizes, strict=True)):
         if level:
             positions = upsample_positions(
@@ -259,15 +271,18 @@ def synthesize(
         patch = params.fine_patch_size if fine else params.patch_size
         iterations = params.fine_iterations if fine else params.iterations
         jumps = params.fine_jumps if fine else params.jumps
-        images = _LevelImages.make(structure, exemplar, latent, temporal, shape, exemplar_shape,
-                                   sizes[0], device, cache)  # fmt: skip
-        if images.previous is not None and temporal.field is not None:
-            positions = carried_positions(
-                to_device(temporal.field, device), images.reliability, positions,
-                exemplar_shape, exemplar.shape[:2],
+        reliability, searched = _video_level(temporal, shape, patch, fine, params)
+        images = LevelImages.make(
+            structure, exemplar, latent, temporal, shape, exemplar_shape, work_structure,
+            device, cache, reliability=reliability, searched=searched, with_structure=params.fit,
+        )  # fmt: skip
+        if images.has("previous") and temporal.field is not None:
+            positions = carry_positions(
+                positions, to_device(temporal.field, device),
+                images.frame["reliability"] >= TRUSTED,
+                source_shape=exemplar_shape, field_source_shape=exemplar.shape[:2],
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
-        searched = None  # where the search may move a match (None: everywhere)
         if level == align_level:
             aligned, accepted = aligned_positions(
                 resize(structure, *shape), resize(exemplar, *exemplar_shape), to_host(positions),
@@ -277,29 +292,47 @@ def synthesize(
             field_k = round_positions(positions, exemplar_shape)
             # The aligned matches are not searched: the guides would pull them back. A
             # previous output, where there is one, must still steer every match.
-            searched = (~accepted).view(np.uint8) if images.previous is None else None
+            if not images.has("previous"):
+                searched = (~accepted).view(np.uint8)
         if params.fit and images.has_guides(params):
-            source, target = images.guides(field_k, patch, params, prior=None, cache=cache)
+            source = images.source_guides(field_k, patch, params, prior=None)
+            target = images.target_guides(params, pull=False, cache=cache)
             weights = match_distinctiveness(*source, *target, field_k, patch_size=patch)
-            positions, _ = smooth_field(positions, weights, images.structure, params=params.prior)
+            structure_map = images.map("structure")
+            positions, _ = smooth_field(positions, weights, structure_map, params=params.prior)
             field_k = round_positions(positions, exemplar_shape)
-        if fine and params.fine_search == "unreliable" and images.previous is not None:
-            # The previous output vouches for these matches already (it steered them at
-            # the coarser levels); a fine level touches up only what it does not show.
-            searched = unreliable_pixels(temporal.reliability, shape, patch)
-        prior = positions if params.prior_weight > 0 else None
         if iterations and images.has_guides(params):
-            source, target = images.guides(field_k, patch, params, prior=prior, cache=cache)
-            field_k, _ = patchmatch(
-                *source, *target, init_field=field_k,
-                params=PatchMatchParams(
-                    patch_size=patch, iterations=iterations, search_radius=params.search_radius,
-                    seed=(params.seed * 1_000_003 + level) & 0xFFFFFFFF, jumps=jumps,
-                ), refine_mask=searched,
+            search = PatchMatchParams(
+                patch_size=patch, iterations=iterations, search_radius=params.search_radius,
+                seed=(params.seed * 1_000_003 + level) & 0xFFFFFFFF, jumps=jumps,
             )  # fmt: skip
+            prior = positions if params.prior_weight > 0 else None
+            field_k = search_level(images, field_k, prior, searched=searched, params=params,
+                                   search=search, cache=cache)  # fmt: skip
             positions = field_k.astype(xp.float32)
     image = _pixels(vote(images.exemplar, field_k, patch_size=patch))
     return Synthesis(image=image, field=field_k, levels=sizes)
+
+
+def _video_level(temporal, shape, patch_size: int, fine: bool, params: SynthesisParams):
+    """A video frame's reliability at a level (host (H, W)) and the pixels it searches
+    (uint8 (H, W); None: all), or ``(None, None)`` without a temporal guide.
+
+    The previous output vouches for the matches where the flow is trusted: a
+    fine level starts there from the previous output's field or from the
+    coarser level's, which the previous output steered; a coarse level from the
+    previous output's field where it was carried, and the next level starts
+    from it again. Such a level touches up only the rest.
+    """
+    if temporal is None or temporal.weight == 0:
+        return None, None
+    reliability = level_reliability(temporal, shape)
+    if fine:
+        unreliable_only = params.fine_search == "unreliable"
+    else:
+        unreliable_only = params.coarse_search == "unreliable" and temporal.field is not None
+    searched = unreliable_pixels(reliability, patch_size) if unreliable_only else None
+    return reliability, searched
 
 
 def _exemplar_sizes(work_shape, final_shape, count: int) -> list[tuple[int, int]]:
@@ -313,143 +346,6 @@ def _exemplar_sizes(work_shape, final_shape, count: int) -> list[tuple[int, int]
         )
         for k in range(count)
     ]
-
-
-@dataclass
-class _LevelImages:
-    """One level's images as float32 (3, H, W) maps on the device, 0..1.
-
-    ``structure_guide`` is A at the working size brought to the level: the
-    latent B exists only at the working size, and A compared with it must
-    carry no finer detail than it does.
-    """
-
-    structure: object
-    structure_guide: object
-    exemplar: object
-    latent: object | None
-    previous: object | None
-    reliability: object | None
-    temporal_weight: float
-
-    @classmethod
-    def make(cls, structure, exemplar, latent, temporal, shape, exemplar_shape, work_shape,
-             device, cache):  # fmt: skip
-        """The level's maps; the frame's go up to the device in one transfer."""
-        host = {"structure": _chw(resize(structure, *shape))}
-        if latent is not None:
-            host["structure_guide"] = _chw(resize(resize(structure, *work_shape), *shape))
-        use_temporal = temporal is not None and temporal.weight > 0
-        if use_temporal:
-            host["previous"] = _chw(resize(temporal.previous, *shape))
-            reliability = temporal.reliability.astype(np.float32)[:, :, None]
-            host["reliability"] = resize(reliability, *shape).reshape(1, *shape)
-        maps = _upload_together(host, device)
-        return cls(
-            structure=maps["structure"],
-            structure_guide=maps.get("structure_guide"),
-            exemplar=cache.get(exemplar, exemplar_shape, device),
-            latent=None if latent is None else cache.get(latent, exemplar_shape, device),
-            previous=maps.get("previous"),
-            reliability=maps["reliability"][0] if use_temporal else None,
-            temporal_weight=temporal.weight if use_temporal else 0.0,
-        )
-
-    def has_guides(self, params: SynthesisParams) -> bool:
-        """True when some image guide compares A with B' (the pull alone decides nothing)."""
-        return (
-            (self.latent is not None and params.structure_weight > 0)
-            or params.stroke_weight > 0
-            or self.previous is not None
-        )
-
-    def guides(self, field_k, patch_size: int, params: SynthesisParams, *, prior, cache):
-        """The source and target pairs ``((A, A'), (B, B'))`` of the guided patch distance.
-
-        The target side depends on the exemplar alone: it is made once per level
-        and kept in ``cache``.
-        """
-        xp = array_module(self.structure)
-        use_structure = self.latent is not None and params.structure_weight > 0
-        use_stroke = params.stroke_weight > 0
-        use_temporal = self.previous is not None
-        source = []
-        if use_structure:
-            source += ssd_source(self.structure_guide, params.structure_weight, None)
-        if use_stroke:
-            a_prime = vote(self.exemplar, field_k, patch_size=patch_size)
-            source += ssd_source(a_prime, params.stroke_weight, None)
-        if use_temporal:
-            source += ssd_source(self.previous, self.temporal_weight, self.reliability)
-        if prior is not None:
-            source += pull_source(prior, params.prior_weight, params.prior_period)
-
-        def make_target():
-            target = []
-            if use_structure:
-                target += ssd_target(self.latent)
-            if use_stroke:
-                target += ssd_target(self.exemplar)
-            if use_temporal:
-                target += ssd_target(self.exemplar)
-            if prior is not None:
-                target += pull_target(self.exemplar.shape[1:], params.prior_period, xp)
-            return halves(target, xp)
-
-        key = ("targets", use_structure, use_stroke, use_temporal, prior is not None,
-               params.prior_period)  # fmt: skip
-        images = (self.exemplar, self.latent)
-        return halves(source, xp), cache.memo(key, self.exemplar.shape[1:], images, make_target)
-
-
-class ExemplarCache:
-    """The exemplar's (and the latent image's) levels as device maps, made once.
-
-    Entries are keyed by the image object and the level's size; an image that
-    is no longer passed (B refreshed) drops out at the next call.
-    """
-
-    def __init__(self):
-        self._maps: dict[tuple[int, tuple[int, int]], tuple[np.ndarray, object]] = {}
-        self._memos: dict[tuple, tuple[tuple, object]] = {}
-
-    def get(self, image: np.ndarray, shape: tuple[int, int], device: Device):
-        key = (id(image), tuple(shape))
-        held = self._maps.get(key)
-        if held is None or held[0] is not image:
-            held = (image, to_device(_chw(resize(image, *shape)), device))
-            self._maps[key] = held
-        return held[1]
-
-    def memo(self, key, shape, images, make):
-        """``make()``, kept while ``images`` (the objects it was made from) stay the same."""
-        full_key = (key, tuple(shape), tuple(id(image) for image in images))
-        held = self._memos.get(full_key)
-        if held is None or any(a is not b for a, b in zip(held[0], images, strict=True)):
-            held = (images, make())
-            self._memos[full_key] = held
-        return held[1]
-
-    def keep_only(self, *images) -> None:
-        """Forget every entry but those of ``images``."""
-        keep = {id(image) for image in images if image is not None}
-        self._maps = {key: held for key, held in self._maps.items() if key[0] in keep}
-        live = {id(held[1]) for held in self._maps.values()} | {id(None)}
-        self._memos = {key: held for key, held in self._memos.items() if set(key[2]) <= live}
-
-
-def _upload_together(host: dict[str, np.ndarray], device: Device) -> dict:
-    """The (C, H, W) float32 maps of ``host`` on ``device`` in one transfer, as views."""
-    packed = to_device(np.concatenate(list(host.values()), axis=0), device)
-    maps, start = {}, 0
-    for name, value in host.items():
-        maps[name] = packed[start : start + value.shape[0]]
-        start += value.shape[0]
-    return maps
-
-
-def _chw(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
 
 
 def _pixels(chw) -> np.ndarray:

@@ -36,6 +36,7 @@ from diva_numba.kernels.field_smoothing import (
     smooth_field_cpu,
     smooth_field_cuda,
 )
+from diva_numba.kernels.nnf_resample import nearest_cell
 from diva_numba.kernels.patch_distance import (
     CPU_FASTMATH,
     channel_last_copies,
@@ -49,6 +50,7 @@ from diva_numba.kernels.targets import clamp_index, shared, smaller, zero_like
 
 __all__ = [
     "FieldPriorParams",
+    "carry_positions",
     "match_distinctiveness",
     "match_distinctiveness_cpu",
     "match_distinctiveness_cuda",
@@ -130,6 +132,23 @@ def _upsample_pixel(positions, new_height, old_height, new_width, old_width, out
 
 
 @shared
+def _carry_pixel(positions, field, trusted, new_height, old_height, new_width, old_width, y, x):
+    """Where trusted, the match of the nearest pixel of ``field``'s grid, moved from B's
+    size ``old`` to ``new`` (pixel centres aligned, as in :func:`_upsample_pixel`)."""
+    if trusted[y, x] == 0:
+        return
+    field_y = nearest_cell(y, positions.shape[0], field.shape[0])
+    field_x = nearest_cell(x, positions.shape[1], field.shape[1])
+    half = np.float32(0.5)
+    positions[y, x, 0] = (
+        np.float32(field[field_y, field_x, 0]) + half
+    ) * new_height / old_height - half
+    positions[y, x, 1] = (
+        np.float32(field[field_y, field_x, 1]) + half
+    ) * new_width / old_width - half
+
+
+@shared
 def _rounded_index(value, size):
     """``floor(value + 0.5)`` clamped into ``[0, size - 1]``; NaN gives 0."""
     if not value >= zero_like(value):
@@ -168,6 +187,14 @@ def _upsample_rows(positions, scales, out):
 
 
 @numba.njit(parallel=True, cache=True)
+def _carry_rows(positions, field, trusted, scales):
+    for row in numba.prange(positions.shape[0]):
+        y = np.int64(row)  # prange indices are unsigned
+        for x in range(positions.shape[1]):
+            _carry_pixel(positions, field, trusted, *scales, y, x)
+
+
+@numba.njit(parallel=True, cache=True)
 def _round_rows(positions, source_height, source_width, out):
     for row in numba.prange(out.shape[0]):
         y = np.int64(row)  # prange indices are unsigned
@@ -190,6 +217,13 @@ def _upsample_kernel(positions, new_height, old_height, new_width, old_width, ou
     x, y = cuda.grid(2)
     if y < out.shape[0] and x < out.shape[1]:
         _upsample_pixel(positions, new_height, old_height, new_width, old_width, out, y, x)
+
+
+@cuda.jit(cache=True)
+def _carry_kernel(positions, field, trusted, new_height, old_height, new_width, old_width):
+    x, y = cuda.grid(2)
+    if y < positions.shape[0] and x < positions.shape[1]:
+        _carry_pixel(positions, field, trusted, new_height, old_height, new_width, old_width, y, x)
 
 
 @cuda.jit(cache=True)
@@ -331,6 +365,47 @@ def upsample_positions_cuda(positions, *, target_shape, source_shape, coarse_sou
     grid, block = targets.launch_2d(shape[0], shape[1])
     _upsample_kernel[grid, block](positions, *scales, out)
     return out
+
+
+def carry_positions(positions, field, trusted, *, source_shape, field_source_shape):
+    """Replace ``positions`` where ``trusted`` with the matches of an integer field on a
+    finer grid (in place).
+
+    Level pixel ``p`` takes the match of ``field``'s nearest pixel (the nearest-
+    cell convention of :func:`~diva_numba.kernels.nnf_resample.nearest_cells`),
+    a position in B at ``field_source_shape``, moved to B at ``source_shape``
+    with pixel centres aligned (``(u + 0.5) * Hb / Hbf - 0.5`` per axis). A video
+    frame's synthesis starts every level from the previous output's field this
+    way where the flow is trusted.
+
+    Parameters
+    ----------
+    positions : float32 array, shape (H, W, 2)
+        Positions in B at ``source_shape``; updated in place.
+    field : int32 array, shape (Hf, Wf, 2)
+        Matches in B at ``field_source_shape``.
+    trusted : bool or uint8 array, shape (H, W)
+        Where ``field`` replaces ``positions``.
+    source_shape, field_source_shape : (int, int)
+
+    Returns
+    -------
+    positions
+    """
+    height, width = check_positions(positions)
+    check_field(field, (*field.shape[:2], 2), "field")
+    if tuple(trusted.shape) != (height, width):
+        raise ValueError(f"trusted must be {(height, width)}, got {tuple(trusted.shape)}")
+    new_height, new_width = _check_shape(source_shape, "source_shape")
+    old_height, old_width = _check_shape(field_source_shape, "field_source_shape")
+    scales = tuple(np.float32(n) for n in (new_height, old_height, new_width, old_width))
+    mask = trusted.view(np.uint8) if trusted.dtype == np.bool_ else trusted
+    if targets.is_cuda_array(positions):
+        grid, block = targets.launch_2d(height, width)
+        _carry_kernel[grid, block](positions, field, mask, *scales)
+    else:
+        _carry_rows(positions, field, mask, scales)
+    return positions
 
 
 def round_positions(positions, source_shape):

@@ -48,7 +48,7 @@ def nearest_cells(size: int, count: int, xp=np):
 
 
 @shared
-def _nearest_cell(position, size, cell_count):
+def nearest_cell(position, size, cell_count):
     return ((2 * position + 1) * cell_count) // (2 * size)
 
 
@@ -62,8 +62,8 @@ def _scaled_offset(offset, new_size, old_size):
 @shared
 def _upsampled_match(field, y, x, height, width, source_height, source_width):
     old_height, old_width = field.shape[0], field.shape[1]
-    parent_y = _nearest_cell(y, height, old_height)
-    parent_x = _nearest_cell(x, width, old_width)
+    parent_y = nearest_cell(y, height, old_height)
+    parent_x = nearest_cell(x, width, old_width)
     match_y = y + _scaled_offset(field[parent_y, parent_x, 0] - parent_y, height, old_height)
     match_x = x + _scaled_offset(field[parent_y, parent_x, 1] - parent_x, width, old_width)
     return clamp_index(match_y, source_height), clamp_index(match_x, source_width)
@@ -86,8 +86,8 @@ def _rounded_inside(coordinate, size):
 def _follow_flow(y, x, flow, height, width):
     """Where (y, x) of a height x width grid moves under ``flow``: (y, x, inside)."""
     flow_height, flow_width = flow.shape[0], flow.shape[1]
-    cell_y = _nearest_cell(y, height, flow_height)
-    cell_x = _nearest_cell(x, width, flow_width)
+    cell_y = nearest_cell(y, height, flow_height)
+    cell_x = nearest_cell(x, width, flow_width)
     # y + dy * height / flow_height, arranged so that the product is exact in
     # float64: then a fused multiply-add (which the CUDA compiler may emit)
     # rounds exactly like a multiply and an add, and both targets agree.

@@ -26,6 +26,7 @@ are searched again).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numba
@@ -114,13 +115,17 @@ def iteration_key(seed, iteration):
 
 
 @shared
-def _start_pixel(maps, init_field, field, distance, y, x, radius):
+def _start_pixel(maps, init_field, field, distance, mask, score_frozen, y, x, radius):
     target = maps[2]
     qy = clamp_index(init_field[y, x, 0], target.shape[0])
     qx = clamp_index(init_field[y, x, 1], target.shape[1])
     field[y, x, 0] = qy
     field[y, x, 1] = qx
-    distance[y, x] = pair_distance(maps, y, x, qy, qx, radius)
+    if score_frozen or mask[y, x] != 0:
+        distance[y, x] = pair_distance(maps, y, x, qy, qx, radius)
+    else:
+        # Nothing compares a frozen pixel's own distance: neighbours read its match only.
+        distance[y, x] = np.float32(math.inf)
 
 
 @shared
@@ -192,12 +197,12 @@ def _search_pixel(maps, field, distance, mask, y, x, key, search_radius, radius)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
-def _start_rows(maps, init_field, field, distance, radius):
+def _start_rows(maps, init_field, field, distance, mask, score_frozen, radius):
     height, width = distance.shape
     for row in numba.prange(height):
         y = np.int64(row)  # prange indices are unsigned: -y would wrap around
         for x in range(width):
-            _start_pixel(maps, init_field, field, distance, y, x, radius)
+            _start_pixel(maps, init_field, field, distance, mask, score_frozen, y, x, radius)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=CPU_FASTMATH)
@@ -228,10 +233,13 @@ def _search_rows(maps, field, distance, mask, key, search_radius, radius):
 
 
 @cuda.jit(cache=True)
-def _start_kernel(a, a_prime, b, b_prime, init_field, field, distance, radius):
+def _start_kernel(a, a_prime, b, b_prime, init_field, field, distance, mask, score_frozen, radius):
     x, y = cuda.grid(2)
     if y < distance.shape[0] and x < distance.shape[1]:
-        _start_pixel((a, a_prime, b, b_prime), init_field, field, distance, y, x, radius)
+        _start_pixel(
+            (a, a_prime, b, b_prime), init_field, field, distance, mask, score_frozen, y, x,
+            radius,
+        )  # fmt: skip
 
 
 @cuda.jit(cache=True)
@@ -286,8 +294,8 @@ class _CpuTarget:
         return np.ones(shape, dtype=dtype)
 
     @staticmethod
-    def start(maps, init_field, field, distance, radius):
-        _start_rows(maps, init_field, field, distance, radius)
+    def start(maps, init_field, field, distance, mask, score_frozen, radius):
+        _start_rows(maps, init_field, field, distance, mask, score_frozen, radius)
 
     @staticmethod
     def propagate(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
@@ -321,9 +329,9 @@ class _CudaTarget:
         return targets.device_ones(shape, dtype, like=like)
 
     @staticmethod
-    def start(maps, init_field, field, distance, radius):
+    def start(maps, init_field, field, distance, mask, score_frozen, radius):
         grid, block = targets.launch_2d(*distance.shape)
-        _start_kernel[grid, block](*maps, init_field, field, distance, radius)
+        _start_kernel[grid, block](*maps, init_field, field, distance, mask, score_frozen, radius)
 
     @staticmethod
     def propagate(maps, field_in, distance_in, field_out, distance_out, mask, jump, radius):
@@ -344,8 +352,9 @@ _DEFAULT_PARAMS = PatchMatchParams()
 
 
 def patchmatch(
-    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None
-):
+    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None,
+    score_frozen=True,
+):  # fmt: skip
     """Nearest-neighbour field from the source pair (A, A') to the target pair (B, B').
 
     Parameters
@@ -363,6 +372,11 @@ def patchmatch(
     refine_mask : uint8 or bool array, shape (Ha, Wa), optional
         Nonzero where pixels are searched; elsewhere the (clamped) initial
         match is kept. Default: search everywhere.
+    score_frozen : bool
+        False leaves the distance of every pixel ``refine_mask`` freezes at
+        +inf instead of scoring its match: nothing reads it, and scoring costs
+        a patch distance per pixel of the whole map when few are searched (a
+        video frame at full resolution).
 
     Returns
     -------
@@ -379,26 +393,28 @@ def patchmatch(
     candidates score within rounding of each other.
     """
     if targets.is_cuda_array(a):
-        return patchmatch_cuda(
-            a, a_prime, b, b_prime, init_field=init_field, params=params, refine_mask=refine_mask
-        )
-    return patchmatch_cpu(
-        a, a_prime, b, b_prime, init_field=init_field, params=params, refine_mask=refine_mask
-    )
+        return patchmatch_cuda(a, a_prime, b, b_prime, init_field=init_field, params=params,
+                               refine_mask=refine_mask, score_frozen=score_frozen)  # fmt: skip
+    return patchmatch_cpu(a, a_prime, b, b_prime, init_field=init_field, params=params,
+                          refine_mask=refine_mask, score_frozen=score_frozen)  # fmt: skip
 
 
 def patchmatch_cpu(
-    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None
-):
+    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None,
+    score_frozen=True,
+):  # fmt: skip
     """CPU twin of :func:`patchmatch` (NumPy in, NumPy out)."""
-    return _run(_CpuTarget, (a, a_prime, b, b_prime), init_field, params, refine_mask)
+    return _run(_CpuTarget, (a, a_prime, b, b_prime), init_field, params, refine_mask,
+                score_frozen)  # fmt: skip
 
 
 def patchmatch_cuda(
-    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None
-):
+    a, a_prime, b, b_prime, *, init_field=None, params=_DEFAULT_PARAMS, refine_mask=None,
+    score_frozen=True,
+):  # fmt: skip
     """CUDA kernels of :func:`patchmatch` (GPU arrays in, same kind out)."""
-    return _run(_CudaTarget, (a, a_prime, b, b_prime), init_field, params, refine_mask)
+    return _run(_CudaTarget, (a, a_prime, b, b_prime), init_field, params, refine_mask,
+                score_frozen)  # fmt: skip
 
 
 def identity_field(source_shape, target_shape):
@@ -417,7 +433,7 @@ def identity_field(source_shape, target_shape):
     return field
 
 
-def _run(target, pairs, init_field, params, refine_mask):
+def _run(target, pairs, init_field, params, refine_mask, score_frozen):
     a, _, b, _ = pairs
     check_feature_pairs(*pairs)
     if not isinstance(params, PatchMatchParams):
@@ -446,7 +462,7 @@ def _run(target, pairs, init_field, params, refine_mask):
         mask = target.upload(refine_mask, like=a)
     field = target.empty((*source_shape, 2), np.int32, like=a)
     distance = target.empty(source_shape, np.float32, like=a)
-    target.start(maps, init_field, field, distance, radius)
+    target.start(maps, init_field, field, distance, mask, bool(score_frozen), radius)
 
     jumps = params.jumps if params.propagate else ()
     if params.iterations and jumps:

@@ -186,6 +186,12 @@ def _exercise_field_prior(rng):
     upsampled = field_prior.upsample_positions(
         smoothed, target_shape=(10, 12), source_shape=(9, 11), coarse_source_shape=(5, 6)
     )
+    # A video frame's levels: the previous output's field, carried where the flow is trusted.
+    carried = gpu(_random_field((20, 24), (18, 22), rng))
+    trusted = gpu(rng.random((10, 12))) >= 0.5
+    field_prior.carry_positions(
+        upsampled, carried, trusted, source_shape=(9, 11), field_source_shape=(18, 22)
+    )
     field_prior.round_positions(upsampled, (9, 11))
 
 

@@ -592,3 +592,18 @@ def round_positions(positions, source_shape):
     """
     rounded = np.floor(np.nan_to_num(positions.astype(np.float64), nan=0.0) + 0.5)
     return clamp_field(rounded, source_shape)
+
+
+def carry_positions(positions, field, trusted, source_shape, field_source_shape):
+    """Float64 copy of ``positions`` with, where ``trusted``, the match of ``field``'s nearest
+    pixel (nearest-cell convention) moved from ``field_source_shape`` to ``source_shape``."""
+    out = positions.astype(np.float64)
+    scale = np.array(source_shape, np.float64) / np.array(field_source_shape)
+    height, width = positions.shape[:2]
+    for y in range(height):
+        for x in range(width):
+            if trusted[y, x]:
+                fy = _nearest_cell(y, height, field.shape[0])
+                fx = _nearest_cell(x, width, field.shape[1])
+                out[y, x] = (field[fy, fx] + 0.5) * scale - 0.5
+    return out

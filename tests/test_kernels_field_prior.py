@@ -287,6 +287,40 @@ def test_round_positions_matches_reference(rng):
     assert result[0, 3, 0] == 0 and result[1, 0, 1] == 3 and result[1, 1, 1] == 0
 
 
+@pytest.mark.parametrize(
+    ("level_shape", "field_shape", "source_shape", "field_source_shape"),
+    [
+        ((5, 7), (5, 7), (4, 6), (8, 12)),
+        ((4, 6), (9, 13), (5, 5), (11, 9)),
+        ((1, 1), (3, 2), (2, 2), (2, 2)),
+    ],
+)
+def test_carry_positions_matches_reference(rng, level_shape, field_shape, source_shape,
+                                           field_source_shape):  # fmt: skip
+    positions = rng.uniform(-1, 9, (*level_shape, 2)).astype(np.float32)
+    field = rng.integers(0, 8, (*field_shape, 2)).astype(np.int32)
+    trusted = rng.random(level_shape) < 0.6
+    expected = naive.carry_positions(positions, field, trusted, source_shape, field_source_shape)
+
+    result = field_prior.carry_positions(positions, field, trusted, source_shape=source_shape,
+                                         field_source_shape=field_source_shape)  # fmt: skip
+
+    assert result is positions  # in place
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(result[~trusted], expected[~trusted].astype(np.float32))
+
+
+def test_carry_positions_bad_inputs_raise():
+    positions = np.zeros((3, 4, 2), np.float32)
+    field = np.zeros((6, 8, 2), np.int32)
+    shapes = {"source_shape": (3, 4), "field_source_shape": (6, 8)}
+    with pytest.raises(ValueError, match="trusted"):
+        field_prior.carry_positions(positions, field, np.ones((4, 3), bool), **shapes)
+    with pytest.raises(ValueError, match="field"):
+        field_prior.carry_positions(positions, field.astype(np.float32), np.ones((3, 4), bool),
+                                    **shapes)  # fmt: skip
+
+
 def test_upsample_and_round_bad_inputs_raise():
     positions = np.zeros((3, 3, 2), np.float32)
     shapes = {"target_shape": (6, 6), "source_shape": (6, 6), "coarse_source_shape": (3, 3)}

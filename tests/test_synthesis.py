@@ -89,11 +89,36 @@ def test_the_temporal_guide_steers_ambiguous_pixels(rng):
     assert distance(guided.image) < 0.5 * distance(plain.image)
 
 
+@pytest.mark.parametrize("coarse_search", ["unreliable", "everywhere"])
+def test_a_video_frame_keeps_the_matches_its_flow_vouches_for(rng, coarse_search):
+    """The previous field, carried along a trusted flow, stands; only the rest is searched."""
+    exemplar = textured(rng, 96, 128)
+    frame = textured(rng, 96, 128)
+    previous_field = np.clip(identity((96, 128)) + rng.integers(-2, 3, (96, 128, 2)), 0, 95)
+    previous_field = np.minimum(previous_field, [95, 127]).astype(np.int32)
+    reliability = np.ones((96, 128), np.float32)
+    reliability[40:60, 50:80] = 0
+    guide = TemporalGuide(frame, reliability, weight=1.0, field=previous_field)
+    params = SynthesisParams(coarse_search=coarse_search)
+
+    result = synthesize(frame, exemplar, identity((24, 32)), resize(exemplar, 24, 32),
+                        exemplar_work_shape=(24, 32), device=CPU, params=params,
+                        temporal=guide)  # fmt: skip
+
+    assert len(result.levels) == 3
+    vouched = np.ones((96, 128), bool)
+    vouched[40 - 3 : 60 + 3, 50 - 3 : 80 + 3] = False  # the occlusion grown by a patch
+    np.testing.assert_array_equal(result.field[vouched], previous_field[vouched])
+    assert (result.field[40:60, 50:80] != previous_field[40:60, 50:80]).any(axis=-1).mean() > 0.5
+
+
 def test_parameters_are_checked():
     with pytest.raises(ValueError):
         SynthesisParams(stroke_weight=-1)
     with pytest.raises(ValueError):
         SynthesisParams(max_step=1.0)
+    with pytest.raises(ValueError, match="coarse_search"):
+        SynthesisParams(coarse_search="sometimes")
 
 
 # -- the real model ----------------------------------------------------------------------

@@ -6,7 +6,9 @@
 Each config is ``GUIDED_LBFGS_ITERS:MIN_DECREASE:NEW_CONTENT_SHARE`` (a seeded frame
 deconvolves only with at least that share of new pixels), ``default``, or
 ``NAME=VALUE[,NAME=VALUE...]`` of :class:`~diva_numba.TransferParams` fields (numbers,
-``true``/``false``), e.g. ``new_content_share=0.1,deconvolve_new_only=false``. The cases:
+``true``/``false``, words; ``synthesis.NAME`` for the fields of
+:class:`~diva_numba.synthesis.SynthesisParams`), e.g.
+``new_content_share=0.1,deconvolve_new_only=false`` or ``synthesis.fine_from=2``. The cases:
 
 * ``pan``: a pan over a photo whose frame 0 is painted (the style image): the
   ideal output of every frame is the painting moved along the motion, so the
@@ -24,6 +26,7 @@ the comparison is of the seeded frames alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -70,15 +73,30 @@ def cut_case(count, width, height):
 CASES = {"pan": pan_case, "disocclusion": disocclusion_case, "cut": cut_case}
 
 
+def parse_value(text: str):
+    """A config value: ``true``/``false``, a number, or else the text itself."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def run(case: str, config: str, args, scratch: Path) -> dict:
-    changes = {}
+    changes, synthesis_changes = {}, {}
     if "=" in config:
         for item in config.split(","):
-            name, value = item.split("=")
-            if value in ("true", "false"):
-                changes[name] = value == "true"
+            name, text = item.split("=")
+            value = parse_value(text)
+            if name.startswith("synthesis."):
+                synthesis_changes[name.removeprefix("synthesis.")] = value
             else:
-                changes[name] = int(value) if value.isdigit() else float(value)
+                changes[name] = value
     elif config != "default":
         iterations, decrease, share = (config.split(":") + ["0", "0"])[:3]
         changes = {
@@ -97,6 +115,10 @@ def run(case: str, config: str, args, scratch: Path) -> dict:
         analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=5),
         **changes,
     )
+    if synthesis_changes:
+        params = dataclasses.replace(
+            params, synthesis=dataclasses.replace(params.synthesis, **synthesis_changes)
+        )
     seconds = {}
 
     def on_frame(report):

@@ -10,8 +10,9 @@ itself (a pair whose true correspondence is known) and against the coffee
 photo (a style pair), and prints for each L-BFGS iteration count: the time per
 stage and level, the deconvolution's achieved GFLOP/s, the median error of
 nnf_ab against the truth, and the colour distance of A' to B' (Lab mean and
-std). `video` runs the bundled example clip and prints seconds per frame for
-frame 0 and for the seeded frames, with the stage breakdown of a seeded frame.
+std). `video` runs the bundled example clip (or a pan of ``--clip-size``) and prints
+each frame's wall time and its full-resolution synthesis's share of it, their
+means over the seeded frames, and the stage breakdown of the last frame.
 `memory` writes clips of the same size but different lengths (a pan across a
 photo, with an audio track), runs `diva-numba transfer` on each in a fresh
 process, and prints a table of the peak resident memory (RSS) and the seconds
@@ -40,7 +41,7 @@ import numpy as np  # noqa: E402
 from skimage import data  # noqa: E402
 
 from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, Profile, analogy  # noqa: E402
-from diva_numba.device import resolve_device  # noqa: E402
+from diva_numba.device import device_kind, resolve_device  # noqa: E402
 from diva_numba.models.store import ensure_model  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent / "example"
@@ -112,9 +113,7 @@ def bench_analogy(args) -> None:
 
 
 def bench_video(args) -> None:
-    from click.testing import CliRunner
-
-    from diva_numba.cli import cli
+    from diva_numba import TransferParams, transfer_video
 
     out = Path(args.output)
     with tempfile.TemporaryDirectory(prefix="diva-video-") as scratch:
@@ -122,15 +121,29 @@ def bench_video(args) -> None:
         if args.clip_size is not None:
             clip = Path(scratch, "pan.mp4")
             write_pan_clip(clip, args.frames, *args.clip_size)
-        command = ["transfer", str(EXAMPLE / "style.png"), str(clip), "-o", str(out),
-                   "--overwrite", "--end", str(args.frames), "--work-size", str(args.work_size),
-                   "--device", args.device, "--profile"]  # fmt: skip
-        started = time.perf_counter()
-        result = CliRunner().invoke(cli, command)
-        print(result.output)
-        if result.exit_code != 0:
-            raise SystemExit(f"transfer failed with exit status {result.exit_code}")
-    print(f"{args.frames} frames in {time.perf_counter() - started:.1f} s")
+        params = TransferParams.for_device(device_kind(args.device), work_size=args.work_size)
+        reports, stamps = [], [time.perf_counter()]
+
+        def on_frame(report) -> None:
+            stamps.append(time.perf_counter())
+            reports.append(report)
+
+        transfer_video(EXAMPLE / "style.png", clip, out, params, device=args.device,
+                       end=args.frames, overwrite=True, on_frame=on_frame)  # fmt: skip
+        stamps.append(time.perf_counter())  # the encoder's tail after the last frame
+    # A frame's wall time runs from the previous frame's report to its own: decoding,
+    # the analogy, the synthesis and whatever the background writer takes from them.
+    walls = np.diff(stamps[:-1])
+    synthesis = [report.profile.total("synthesis") for report in reports]
+    print(f"{'frame':>5} {'wall s':>7} {'synthesis s':>11} {'share':>6}")
+    for report, wall, synth in zip(reports, walls, synthesis, strict=True):
+        print(f"{report.index:>5} {wall:7.2f} {synth:11.3f} {synth / wall:6.0%}")
+    later_wall, later_synth = float(np.mean(walls[1:])), float(np.mean(synthesis[1:]))
+    print(f"later frames: {later_wall:.2f} s/frame, synthesis {later_synth:.3f} s "
+          f"({later_synth / later_wall:.0%}); frame 0 {walls[0]:.1f} s; "
+          f"whole run {stamps[-1] - stamps[0]:.1f} s for {len(reports)} frames")  # fmt: skip
+    print("last frame's stages:")
+    print(reports[-1].profile.table())
 
 
 def pan_frames(count: int, width: int, height: int, step: int = 2) -> Iterator[np.ndarray]:

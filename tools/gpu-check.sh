@@ -409,13 +409,13 @@ grep_or_none() { grep -E "$@" 2>/dev/null || echo "(none found)"; }
 
     section "video, 480 px (video-cuda.txt)"
     echo '```'
-    grep_or_none -E '(^Error:|frames in [0-9.]+ s|^stage|^total|^deconvolution|^patchmatch|^features)' \
+    grep_or_none -E '(^Error:|^later frames|^stage|^total|^deconvolution|^patchmatch|^features|^synthesis)' \
         "$OUT/video-cuda.txt"
     echo '```'
 
     section "video, 480 px working size, 1920 x 1080 output (video-1080p-cuda.txt)"
     echo '```'
-    grep_or_none -E '(^Error:|frames in [0-9.]+ s|^stage|^total|^synthesis|^deconvolution)' \
+    grep_or_none -E '(^Error:|^later frames|^stage|^total|^synthesis|^deconvolution)' \
         "$OUT/video-1080p-cuda.txt"
     echo '```'
 

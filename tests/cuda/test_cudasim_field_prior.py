@@ -113,6 +113,21 @@ def test_upsample_positions_matches_cpu(rng, old_shape, new_shape, old_source, n
     np.testing.assert_allclose(to_host(result), expected, **FLOAT_TOLERANCE)
 
 
+def test_carry_positions_matches_cpu(rng):
+    positions = rng.uniform(-1, 6, (5, 6, 2)).astype(np.float32)
+    field = rng.integers(0, 9, (9, 11, 2)).astype(np.int32)
+    trusted = rng.random((5, 6)) < 0.5
+    shapes = {"source_shape": (5, 4), "field_source_shape": (9, 7)}
+
+    result = field_prior.carry_positions(
+        cuda.to_device(positions), cuda.to_device(field), cuda.to_device(trusted), **shapes
+    )
+
+    assert_on_device(result)
+    expected = field_prior.carry_positions(positions.copy(), field, trusted, **shapes)
+    np.testing.assert_allclose(to_host(result), expected, **FLOAT_TOLERANCE)
+
+
 def test_round_positions_matches_cpu(rng):
     positions = rng.uniform(-3, 10, (5, 6, 2)).astype(np.float32)
     positions[0, :3, 0] = [np.nan, np.inf, 0.49999997]

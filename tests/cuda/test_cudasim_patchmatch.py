@@ -74,7 +74,8 @@ def test_patchmatch_matches_cpu(rng):
     np.testing.assert_array_equal(to_host(distance), expected_distance)
 
 
-def test_patchmatch_with_start_and_mask_matches_cpu(rng):
+@pytest.mark.parametrize("score_frozen", [True, False])
+def test_patchmatch_with_start_and_mask_matches_cpu(rng, score_frozen):
     pairs = dyadic_pairs(rng, 3, (6, 7), (8, 5))
     init = random_field(rng, (6, 7), (8, 5), spill=3)
     mask = rng.random((6, 7)) < 0.6
@@ -83,11 +84,15 @@ def test_patchmatch_with_start_and_mask_matches_cpu(rng):
     )
 
     field, distance = patchmatch.patchmatch_cuda(
-        *(cuda.to_device(m) for m in pairs), init_field=init, refine_mask=mask, params=params
+        *(cuda.to_device(m) for m in pairs),
+        init_field=init,
+        refine_mask=mask,
+        params=params,
+        score_frozen=score_frozen,
     )
 
     expected_field, expected_distance = patchmatch.patchmatch_cpu(
-        *pairs, init_field=init, refine_mask=mask, params=params
+        *pairs, init_field=init, refine_mask=mask, params=params, score_frozen=score_frozen
     )
     np.testing.assert_array_equal(to_host(field), expected_field)
     np.testing.assert_array_equal(to_host(distance), expected_distance)
