@@ -115,11 +115,18 @@ def _lerp(low, high, fraction):
 @shared
 def _upsample_pixel(positions, new_height, old_height, new_width, old_width, out, y, x):
     """Bilinear position at target ``(y, x)``, moved to the new size of the matched image."""
-    coarse_height, coarse_width = positions.shape[0], positions.shape[1]
-    y0, fy = _coarse_coordinate(y, out.shape[0], coarse_height)
-    x0, fx = _coarse_coordinate(x, out.shape[1], coarse_width)
-    y1 = smaller(y0 + 1, coarse_height - 1)
-    x1 = smaller(x0 + 1, coarse_width - 1)
+    y0, fy = _coarse_coordinate(y, out.shape[0], positions.shape[0])
+    x0, fx = _coarse_coordinate(x, out.shape[1], positions.shape[1])
+    _upsample_at(positions, y0, fy, x0, fx, new_height, old_height, new_width, old_width, out, y, x)
+
+
+@shared
+def _upsample_at(
+    positions, y0, fy, x0, fx, new_height, old_height, new_width, old_width, out, y, x
+):
+    """:func:`_upsample_pixel` from the coarse cell and fractions of ``(y, x)``."""
+    y1 = smaller(y0 + 1, positions.shape[0] - 1)
+    x1 = smaller(x0 + 1, positions.shape[1] - 1)
     half = np.float32(0.5)
     for c in range(2):
         top = _lerp(positions[y0, x0, c], positions[y0, x1, c], fx)
@@ -135,10 +142,18 @@ def _upsample_pixel(positions, new_height, old_height, new_width, old_width, out
 def _carry_pixel(positions, field, trusted, new_height, old_height, new_width, old_width, y, x):
     """Where trusted, the match of the nearest pixel of ``field``'s grid, moved from B's
     size ``old`` to ``new`` (pixel centres aligned, as in :func:`_upsample_pixel`)."""
-    if trusted[y, x] == 0:
-        return
     field_y = nearest_cell(y, positions.shape[0], field.shape[0])
     field_x = nearest_cell(x, positions.shape[1], field.shape[1])
+    _carry_at(positions, field, trusted, field_y, field_x, new_height, old_height, new_width,
+              old_width, y, x)  # fmt: skip
+
+
+@shared
+def _carry_at(positions, field, trusted, field_y, field_x, new_height, old_height, new_width,
+              old_width, y, x):  # fmt: skip
+    """:func:`_carry_pixel` from the nearest pixel ``(field_y, field_x)``."""
+    if trusted[y, x] == 0:
+        return
     half = np.float32(0.5)
     positions[y, x, 0] = (
         np.float32(field[field_y, field_x, 0]) + half
@@ -178,20 +193,35 @@ def _distinctiveness_rows(maps, field, radius, step, out):
             out[y, x] = _distinctiveness_pixel(maps, field, y, x, radius, step)
 
 
+# The CPU twins find each column's coarse cell (or nearest pixel) once, not per pixel:
+# integer divisions are most of the per-pixel work, and the results are the same.
+
+
 @numba.njit(parallel=True, cache=True)
 def _upsample_rows(positions, scales, out):
-    for row in numba.prange(out.shape[0]):
+    height, width = out.shape[0], out.shape[1]
+    cells = np.empty(width, dtype=np.int64)
+    fractions = np.empty(width, dtype=np.float32)
+    for x in range(width):
+        cells[x], fractions[x] = _coarse_coordinate(x, width, positions.shape[1])
+    for row in numba.prange(height):
         y = np.int64(row)  # prange indices are unsigned
-        for x in range(out.shape[1]):
-            _upsample_pixel(positions, *scales, out, y, x)
+        y0, fy = _coarse_coordinate(y, height, positions.shape[0])
+        for x in range(width):
+            _upsample_at(positions, y0, fy, cells[x], fractions[x], *scales, out, y, x)
 
 
 @numba.njit(parallel=True, cache=True)
 def _carry_rows(positions, field, trusted, scales):
-    for row in numba.prange(positions.shape[0]):
+    height, width = positions.shape[0], positions.shape[1]
+    columns = np.empty(width, dtype=np.int64)
+    for x in range(width):
+        columns[x] = nearest_cell(x, width, field.shape[1])
+    for row in numba.prange(height):
         y = np.int64(row)  # prange indices are unsigned
-        for x in range(positions.shape[1]):
-            _carry_pixel(positions, field, trusted, *scales, y, x)
+        field_y = nearest_cell(y, height, field.shape[0])
+        for x in range(width):
+            _carry_at(positions, field, trusted, field_y, columns[x], *scales, y, x)
 
 
 @numba.njit(parallel=True, cache=True)

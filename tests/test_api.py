@@ -1,6 +1,7 @@
 """The public API: names, per-device defaults shared with the command line, import side effects."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -87,3 +88,14 @@ def test_runtime_defaults_take_effect_from_the_command_line_entry_point():
         "print(apply_runtime_defaults())"
     )
     assert "OPENBLAS_THREAD_TIMEOUT" in late
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's mallopt: Linux with glibc only",
+)
+def test_freed_memory_is_kept_unless_the_environment_says_otherwise(monkeypatch):
+    code = "from diva_numba.environment import keep_freed_memory; print(keep_freed_memory())"
+    assert python(code) == "True"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")  # the user's own choice
+    assert python(code) == "False"
