@@ -91,13 +91,19 @@ class SynthesisParams:
         pan at 400 x 240 from 96: warping error 0.43 against 0.46, and the
         fine levels' cost where little is occluded.
     coarse_search : {"unreliable", "everywhere"}
-        The same at the other levels, on a frame whose previous field was
-        carried: each level starts from that field where the flow is trusted,
-        and the next level starts from it again there, so a search of those
-        pixels changes nothing but their untrusted neighbours (measured on a
-        painted pan and a disocclusion, 512 x 288 from 128: the same Lab and
-        warping error to two decimals), and costs most of the frame: at 1080p
-        from 256, 1.5 s of a seeded frame's synthesis, 0.2 s without.
+        The same at the other levels that a finer level follows, on a frame
+        whose previous field was carried: each starts from that field where the
+        flow is trusted, and the next level starts from it again there, so a
+        search of those pixels changes nothing but their untrusted neighbours
+        (measured on a painted pan and a disocclusion, 512 x 288 from 128: the
+        same Lab and warping error to two decimals), and costs most of the
+        frame: at 1080p from 256, 1.5 s of a seeded frame's synthesis, 0.2 s
+        without. A coarse *last* level (an output under three times the
+        working size) searches everywhere: there the carried field, moved by
+        whole pixels, would stand still under motion slower than a pixel a
+        frame (a pan of 0.3 x 0.45 px, 256 x 144 at 256: Lab to the ideal 6.9
+        against 4.8), though it flickers less on faster motion (warping error
+        0.50 against 0.85 on a disocclusion).
     search_radius : int
         First random-search radius (pixels of the level); the field is close
         already, so the search stays local.
@@ -272,7 +278,8 @@ def synthesize(
         patch = params.fine_patch_size if fine else params.patch_size
         iterations = params.fine_iterations if fine else params.iterations
         jumps = params.fine_jumps if fine else params.jumps
-        reliability, searched = _video_level(temporal, shape, patch, fine, params)
+        last = level == len(sizes) - 1
+        reliability, searched = _video_level(temporal, shape, patch, fine, last, params)
         images = LevelImages.make(
             structure, exemplar, latent, temporal, shape, exemplar_shape, work_structure,
             device, cache, reliability=reliability, searched=searched, with_structure=params.fit,
@@ -315,15 +322,18 @@ def synthesize(
     return Synthesis(image=image, field=field_k, levels=sizes)
 
 
-def _video_level(temporal, shape, patch_size: int, fine: bool, params: SynthesisParams):
+def _video_level(temporal, shape, patch_size: int, fine: bool, last: bool,
+                 params: SynthesisParams):  # fmt: skip
     """A video frame's reliability at a level (host (H, W)) and the pixels it searches
     (uint8 (H, W); None: all), or ``(None, None)`` without a temporal guide.
 
     The previous output vouches for the matches where the flow is trusted: a
     fine level starts there from the previous output's field or from the
-    coarser level's, which the previous output steered; a coarse level from the
-    previous output's field where it was carried, and the next level starts
-    from it again. Such a level touches up only the rest.
+    coarser level's, which the previous output steered, and touches up only
+    the rest. A coarse level starts from the previous output's field where it
+    was carried; when a finer level follows, that level starts from it again
+    there, so the coarse level too need search only the rest. A coarse last
+    level searches everywhere (``coarse_search``).
     """
     if temporal is None or temporal.weight == 0:
         return None, None
@@ -331,7 +341,9 @@ def _video_level(temporal, shape, patch_size: int, fine: bool, params: Synthesis
     if fine:
         unreliable_only = params.fine_search == "unreliable"
     else:
-        unreliable_only = params.coarse_search == "unreliable" and temporal.field is not None
+        unreliable_only = (
+            params.coarse_search == "unreliable" and temporal.field is not None and not last
+        )
     searched = unreliable_pixels(reliability, patch_size) if unreliable_only else None
     return reliability, searched
 

@@ -13,6 +13,7 @@ deconvolves only with at least that share of new pixels), ``default``, or
 * ``pan``: a pan over a photo whose frame 0 is painted (the style image): the
   ideal output of every frame is the painting moved along the motion, so the
   mean CIE Lab distance to it measures quality (over the pixels frame 0 shows);
+* ``slow-pan``: the same at 0.3 x 0.45 px a frame, under a pixel;
 * ``disocclusion``: a foreground cut-out moving across a panning background,
   uncovering new background every frame;
 * ``cut``: the pan, then a pan over another photo from the middle frame on.
@@ -45,9 +46,14 @@ from diva_numba.imageio import load_image, save_image  # noqa: E402
 from diva_numba.metrics import warp_error  # noqa: E402
 
 
-def pan_case(count, width, height):
-    pan = painted_pan(data.chelsea(), count=count, width=width, height=height, step=(1.0, 3.0))
+def pan_case(count, width, height, step=(1.0, 3.0)):
+    pan = painted_pan(data.chelsea(), count=count, width=width, height=height, step=step)
     return pan.frames, pan.painting, pan
+
+
+def slow_pan_case(count, width, height):
+    # Under a pixel a frame: a field moved by whole pixels each frame would stick.
+    return pan_case(count, width, height, step=(0.3, 0.45))
 
 
 def disocclusion_case(count, width, height):
@@ -70,7 +76,12 @@ def cut_case(count, width, height):
     return first + second.frames, paint(first[0]), None
 
 
-CASES = {"pan": pan_case, "disocclusion": disocclusion_case, "cut": cut_case}
+CASES = {
+    "pan": pan_case,
+    "slow-pan": slow_pan_case,
+    "disocclusion": disocclusion_case,
+    "cut": cut_case,
+}
 
 
 def parse_value(text: str):
