@@ -172,11 +172,12 @@ def search_level(images: LevelImages, field_k, prior, *, searched, params, searc
     searched : uint8 host array (H, W) or None
         Where a match may move (None: everywhere); the device copy the level's
         images carry is used if they have one (:meth:`LevelImages.make`). When
-        it marks under
-        :data:`MAX_BOX_SHARE` of the level, only tiles holding a mark are
-        searched, each grown by a margin of frozen pixels (the patch radius and
-        the longest jump), so that its searched pixels see what they would see
-        in the whole level.
+        its boxes cover under :data:`MAX_BOX_SHARE` of the level, only they are
+        searched: the tiles holding a mark, merged into rectangles, each grown
+        by a margin of frozen pixels (the patch radius and the longest jump) so
+        that every searched pixel's patch and propagation stay inside its box.
+        Boxes are searched one after the other; where two abut, the second sees
+        the first's result.
     params : SynthesisParams
     search : PatchMatchParams
     cache : ExemplarCache
