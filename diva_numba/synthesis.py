@@ -30,6 +30,11 @@ nothing is ever resampled twice (docs/DESIGN.md section 10). At every level:
    look: one appearance domain, so colours compare), (b) the current A'
    against B' (coherent strokes), (c) for video the previous output moved
    along the flow, and a robust pull towards the level's starting positions.
+   On a video frame each level starts from the previous output's field where
+   the flow is trusted (:mod:`~diva_numba.temporal_guide`) and searches only
+   the rest, in boxes around it (:func:`~diva_numba.level_guides.search_level`),
+   but for a coarse last level, which searches everywhere: a seeded frame's
+   synthesis costs what is new in it, not the output's size.
 4. The field is upsampled smoothly (bilinear in the positions, scaled to
    B''s resolution at the next level).
 
