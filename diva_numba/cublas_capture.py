@@ -139,7 +139,7 @@ class StreamGemm:
     Notes
     -----
     The handle lives as long as the process (destroying it at exit could outlive the
-    CUDA context); one is made per device (``diva_numba.cuda_graphs``). Products run
+    CUDA context); one is made per device (``diva_numba.launch_graphs``). Products run
     in the default math mode: no TF32, as CuPy's ``matmul`` without ``CUPY_TF32``.
     """
 

@@ -44,10 +44,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from diva_numba.cuda_graphs import LaunchQueue, ReplayCheck, array_queue
 from diva_numba.device import array_module
 from diva_numba.kernels import activations, im2col, squared_error
 from diva_numba.kernels.targets import is_cuda_array, kernel_array
+from diva_numba.launch_graphs import LaunchQueue, ReplayCheck, array_queue
 from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
 from diva_numba.models import vgg
 from diva_numba.network_buffers import ConvWeights, Workspace, load_convs

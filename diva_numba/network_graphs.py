@@ -4,7 +4,7 @@ See docs/DESIGN.md section 2 ("Launches and the CUDA graph").
 
 :meth:`SubNetwork.loss_and_gradient <diva_numba.network.SubNetwork.loss_and_gradient>`
 with ``cuda_graph=True`` on a GPU comes here. A workspace's pass always reads and writes
-the same buffers, so it is captured once (:mod:`diva_numba.cuda_graphs`) and replayed:
+the same buffers, so it is captured once (:mod:`diva_numba.launch_graphs`) and replayed:
 
 * the input and the target change between calls, so the graph reads them from buffers
   of its own, the workspace's :class:`GraphSlot`, into which each call copies the input
@@ -12,7 +12,7 @@ the same buffers, so it is captured once (:mod:`diva_numba.cuda_graphs`) and rep
 * on first use the pass runs eagerly (the reference, and every kernel compiled and
   loaded), then once more with the capture's own cuBLAS handle, is captured and
   replayed, and the replay is compared with the reference
-  (:func:`~diva_numba.cuda_graphs.compare_replay`);
+  (:func:`~diva_numba.launch_graphs.compare_replay`);
 * when the capture or the first replay raises (a GPU, driver or library that refuses
   it) or the replay differs from the reference, the network gives graphs up (its
   ``graph_problem`` says why, and one notice says so); its evaluations then launch
@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 
-from diva_numba.cuda_graphs import array_queue, compare_replay, graph_capture
 from diva_numba.device import array_module, error_line
 from diva_numba.kernels import vector_ops
 from diva_numba.kernels.targets import device_empty, kernel_array
+from diva_numba.launch_graphs import array_queue, compare_replay, graph_capture
 
 
 class GraphSlot:

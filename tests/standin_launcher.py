@@ -270,12 +270,12 @@ def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
 
     Also: launches keep their stream, ``numba.cuda.external_stream`` and the libcublas
     of ``diva_numba.cublas_capture`` are the stand-ins of :mod:`standin_capture`, no
-    stream captures, and ``diva_numba.cuda_graphs`` makes its capture streams afresh.
+    stream captures, and ``diva_numba.launch_graphs`` makes its capture streams afresh.
     """
     from numba import cuda
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
-    from diva_numba import cublas_capture, cuda_graphs
+    from diva_numba import cublas_capture, launch_graphs
 
     stock_call, stock_getitem = FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__
 
@@ -293,7 +293,7 @@ def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
     monkeypatch.setattr(FakeCUDAKernel, "__getitem__", getitem)
     monkeypatch.setattr(cuda, "external_stream", standin_capture.external_stream, raising=False)
     monkeypatch.setattr(cublas_capture, "load_cublas", standin_capture.FakeCublas)
-    monkeypatch.setattr(cuda_graphs, "_captures", {})
+    monkeypatch.setattr(launch_graphs, "_captures", {})
     monkeypatch.setattr(CAPTURE, "stream", None)
     monkeypatch.setattr(CAPTURE, "current", [])
     return counters

@@ -21,7 +21,7 @@ import standin_capture
 from numba import cuda
 from numba.core import config
 
-from diva_numba import cublas_capture, cuda_graphs, deep_analogy, features, network_graphs
+from diva_numba import cublas_capture, deep_analogy, features, launch_graphs, network_graphs
 from diva_numba import network as network_module
 from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.kernels import vector_ops
@@ -224,7 +224,7 @@ def test_a_replay_that_differs_from_the_eager_pass_turns_graphs_off(gpu, rng, mo
     monkeypatch.setattr(features, "_notices_given", set())
     caplog.set_level(logging.WARNING, logger="diva_numba")
     network, initial, target, x0, t = _network_and_inputs(rng, 1, 3)
-    real_capture = cuda_graphs.GraphCapture.capture
+    real_capture = launch_graphs.GraphCapture.capture
 
     def corrupted_capture(self, enqueue):
         """A graph that gets the gradient wrong: it ends by copying the input over it."""
@@ -237,7 +237,7 @@ def test_a_replay_that_differs_from_the_eager_pass_turns_graphs_off(gpu, rng, mo
 
         return real_capture(self, wrong)
 
-    monkeypatch.setattr(cuda_graphs.GraphCapture, "capture", corrupted_capture)
+    monkeypatch.setattr(launch_graphs.GraphCapture, "capture", corrupted_capture)
     result = deconvolve(network, t, x0, params=PARAMS)
     eager = deconvolve(network, t, x0, params=PARAMS, cuda_graph=False)
 
