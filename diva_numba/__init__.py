@@ -7,6 +7,9 @@ The public API (see the README's "Python API" section and docs/DESIGN.md):
 * :func:`analogy_files` - the image analogy from files into a directory, as
   ``diva-numba analogy`` does; :func:`analogy` on arrays, with
   :class:`AnalogyModel` and :class:`AnalogyParams`;
+* :func:`stylise` - neural style (Gatys et al.) for one image, as ``diva-numba
+  stylise`` makes it, with :class:`NeuralStyleParams`; the same params make
+  :func:`transfer_video` use that method, with Ruder et al.'s temporal loss;
 * :func:`resolve_device` and :class:`Device`;
 * the errors: :class:`DivaError` and its kinds, each with the exit status the
   command line uses.
@@ -37,6 +40,8 @@ _EXPORTS = {
     "TransferResult": "transfer",
     "transfer_video": "transfer",
     "FrameReport": "frames",
+    "NeuralStyleParams": "neural_params",
+    "stylise": "neural_style",
     "Device": "device",
     "resolve_device": "device",
     "DivaError": "errors",

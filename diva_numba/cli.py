@@ -69,9 +69,10 @@ def _register_subcommands() -> None:
     from diva_numba.cli_bench import bench
     from diva_numba.cli_metrics import metrics
     from diva_numba.cli_models import models
+    from diva_numba.cli_neural import stylise
     from diva_numba.cli_transfer import transfer
 
-    for command in (analogy, transfer, bench, metrics, models):
+    for command in (analogy, transfer, stylise, bench, metrics, models):
         cli.add_command(command)
 
 

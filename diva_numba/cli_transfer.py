@@ -16,16 +16,26 @@ from diva_numba.cli_common import (
     default_of,
     device_option,
 )
+from diva_numba.cli_neural import MethodCommand, neural_options, neural_params, refuse_other_method
 from diva_numba.keyframes import Keyframe, parse_key
+from diva_numba.neural_params import NEURAL_WORK_SIZE_BY_DEVICE
 from diva_numba.scale_out import ScaleOut
 from diva_numba.transfer import GUIDED_LBFGS_BY_DEVICE, WORK_SIZE_BY_DEVICE, TransferParams
 
 PREVIEW_ROWS = 4
 
 
-@click.command()
+@click.command(cls=MethodCommand)
 @click.argument("style", type=INPUT_IMAGE)
 @click.argument("clip", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--method",
+    type=click.Choice(["analogy", "neural-style"]),
+    default="analogy",
+    show_default=True,
+    help="analogy: Deep Image Analogy, for a style image of similar content; neural-style: "
+    "Gatys' Gram matrices with Ruder's temporal loss, for any painting.",
+)
 @click.option(
     "-o",
     "--output",
@@ -41,8 +51,9 @@ PREVIEW_ROWS = 4
 @click.option(
     "--work-size",
     type=click.IntRange(32, 4096),
-    help="Long side of the frames the deep analogy works on, made even "
-    f"[default: {by_device(WORK_SIZE_BY_DEVICE)}, never above the output's].",
+    help="Long side of the frames the method works on, made even [default: analogy "
+    f"{by_device(WORK_SIZE_BY_DEVICE)}; neural-style {by_device(NEURAL_WORK_SIZE_BY_DEVICE)}; "
+    "never above the output's].",
 )
 @click.option(
     "--start",
@@ -76,7 +87,8 @@ PREVIEW_ROWS = 4
 @click.option(
     "--independent",
     is_flag=True,
-    help="Process every frame as a separate image analogy (no temporal coherence).",
+    help="Process every frame on its own, without temporal coherence (a separate image "
+    "analogy, or per-frame neural style).",
 )
 @click.option(
     "--work-dir",
@@ -164,9 +176,10 @@ PREVIEW_ROWS = 4
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @analogy_options
+@neural_options(video=True)
 @device_option
 @as_user_errors
-def transfer(style, clip, output, device, **options):
+def transfer(style, clip, output, device, method, **options):
     """Give every frame of CLIP the look of the STYLE image, without flicker.
 
     Frame 0 is a full image analogy; later frames are seeded from the previous
@@ -174,18 +187,29 @@ def transfer(style, clip, output, device, **options):
     timing (a constant rate, or each frame's own time for a variable rate) and
     audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.
+
+    With --method neural-style every frame is optimised (Gatys et al.) from the
+    previous output moved along the optical flow, held to it by a temporal loss
+    where the flow is trusted (Ruder et al.): for paintings that share nothing
+    with the footage.
     """
     from diva_numba.transfer import transfer_video
 
+    refuse_other_method(click.get_current_context(), method)
     preview = _Preview(output) if options["preview"] else None
     scale_out = _scale_out(options)
     if scale_out is not None and preview is not None:
         raise click.UsageError("--preview works in one process only; leave out --workers")
+    if method == "neural-style":
+        params = neural_params(device, options, independent=options["independent"],
+                               crf=options["crf"], chroma=options["chroma"])  # fmt: skip
+    else:
+        params = _transfer_params(device, options)
     result = transfer_video(
         style,
         clip,
         output,
-        _transfer_params(device, options),
+        params,
         device=device,
         model=options["model_path"],
         start=options["start"],

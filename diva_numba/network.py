@@ -324,8 +324,13 @@ class SubNetwork:
                 )
                 layer_input, input_bias = workspace.k_pooled[index], None
 
-    def _backward(self, workspace: Workspace, queue: LaunchQueue) -> None:
-        """Gradient with respect to the input, from ``workspace.delta[-1]`` (that of the last z)."""
+    def _backward(self, workspace: Workspace, queue: LaunchQueue, inject=None) -> None:
+        """Gradient with respect to the input, from ``workspace.delta[-1]`` (that of the last z).
+
+        ``inject(index)``, if given, is called once the gradient with respect to conv
+        ``index``'s z is in ``workspace.delta[index]`` and before it flows further down:
+        a loss on several layers adds its own terms there (:mod:`diva_numba.neural_loss`).
+        """
         parameters = self._device_parameters(workspace.input_gradient)
         stream = queue.stream
         for index in reversed(range(len(parameters))):
@@ -359,6 +364,8 @@ class SubNetwork:
                     out=workspace.k_delta[below],
                     stream=stream,
                 )
+            if inject is not None:
+                inject(below)
 
 
 def deconvolve(

@@ -24,11 +24,12 @@ from pathlib import Path
 
 from diva_numba.deep_analogy import load_model
 from diva_numba.device import Device, resolve_device, within_memory
-from diva_numba.errors import Interrupted, OutputError
+from diva_numba.errors import InputError, Interrupted, OutputError
 from diva_numba.finishing import FinishSpec
 from diva_numba.frames import FrameReport, stylise_frames
 from diva_numba.imageio import load_image
 from diva_numba.keyframes import Keyframe, check_keys
+from diva_numba.neural_params import NeuralStyleParams
 from diva_numba.outputs import check_free_space, check_target, refuse_inputs
 from diva_numba.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.profile import Profile
@@ -151,8 +152,11 @@ def transfer_video(
     output : path-like
         The video to write (``.mp4``, ``.m4v``, ``.mov`` or ``.mkv``): H.264 with
         the clip's frame timing and audio. It appears only when complete.
-    params : TransferParams, optional
-        Default: :meth:`TransferParams.for_device` of the device used.
+    params : TransferParams or NeuralStyleParams, optional
+        Default: :meth:`TransferParams.for_device` of the device used (the deep
+        analogy). :class:`~diva_numba.neural_params.NeuralStyleParams` runs the
+        neural-style method instead (:mod:`diva_numba.neural_video`; without
+        ``keys`` and ``scale_out``).
     device : Device or {"auto", "cuda", "cpu"}, default "auto"
     model : path-like, optional
         ONNX feature model; default: the VGG-19 model, fetched on first use.
@@ -210,6 +214,12 @@ def transfer_video(
     >>> params = TransferParams.for_device("cpu", temporal_weight=0.5)
     >>> transfer_video("style.png", "clip.mp4", "out.mp4", params)  # doctest: +SKIP
     """
+    if isinstance(params, NeuralStyleParams):  # the other method, in a module of its own
+        return _neural_transfer(style, clip, output, params, scale_out=scale_out, keys=keys,
+                                device=device, model=model, start=start, end=end,
+                                work_dir=work_dir, resume=resume, overwrite=overwrite,
+                                keep_frames=keep_frames, on_frame=on_frame, progress=progress,
+                                cpu_fallback=cpu_fallback, mask=mask)  # fmt: skip
     style, clip, output = Path(style), Path(clip), Path(output)
     device = device if isinstance(device, Device) else resolve_device(device)
     params = params or TransferParams.for_device(device)
@@ -291,6 +301,15 @@ def transfer_video(
         ) from None
     shutil.rmtree(work_dir, ignore_errors=True)
     return TransferResult(output, total, plan.width, plan.height, counter.last_profile)
+
+
+def _neural_transfer(*args, scale_out, keys, **kwargs) -> TransferResult:
+    """:func:`transfer_video` with :class:`NeuralStyleParams` (:mod:`diva_numba.neural_video`)."""
+    from diva_numba.neural_video import neural_transfer_video
+
+    if scale_out is not None or keys:
+        raise InputError("keyframes and workers belong to the analogy; not with neural style")
+    return neural_transfer_video(*args, **kwargs)
 
 
 class _FrameCounter:
