@@ -607,3 +607,49 @@ def carry_positions(positions, field, trusted, source_shape, field_source_shape)
                 fx = _nearest_cell(x, width, field.shape[1])
                 out[y, x] = (field[fy, fx] + 0.5) * scale - 0.5
     return out
+
+
+# --- neural style (neural_loss.py) -----------------------------------------------------
+
+
+def gram_matrix(features):
+    """``G[i, j] = sum_p F[i, p] F[j, p] / (C N)`` of a ``(C, N)`` map, one entry at a time."""
+    channels, pixels = features.shape
+    out = np.zeros((channels, channels))
+    for i in range(channels):
+        for j in range(channels):
+            out[i, j] = sum(float(features[i, p]) * float(features[j, p]) for p in range(pixels))
+    return out / (channels * pixels)
+
+
+def style_loss(features, target_gram):
+    """``sum((G - A)**2) / C**2`` with :func:`gram_matrix`."""
+    difference = gram_matrix(features) - target_gram
+    return float((difference**2).sum()) / features.shape[0] ** 2
+
+
+def temporal_loss(x, targets):
+    """Ruder et al.'s ``sum_j sum_p c_j(p) |x(p) - w_j(p)|^2 / (3 H W)``, pixel by pixel."""
+    channels, height, width = x.shape
+    total = 0.0
+    for warped, weight in targets:
+        for y in range(height):
+            for z in range(width):
+                step = np.asarray(x[:, y, z], np.float64) - warped[:, y, z]
+                total += float(weight[y, z]) * float(step @ step)
+    return total / (channels * height * width)
+
+
+def numerical_gradient(function, x, step=1e-5):
+    """Central differences of a scalar ``function`` in every element of ``x`` (float64)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        saved = x[index]
+        x[index] = saved + step
+        plus = function(x)
+        x[index] = saved - step
+        minus = function(x)
+        x[index] = saved
+        grad[index] = (plus - minus) / (2 * step)
+    return grad
