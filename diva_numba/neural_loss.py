@@ -259,7 +259,7 @@ class NeuralStyleLoss:
         xp = array_module(grad)
         if xp is np:
             return float(total), grad
-        return xp.reshape(xp.asarray(total, dtype=xp.float64), (1,)), grad
+        return xp.asarray(total, dtype=xp.float64).reshape(1), grad
 
     def terms(self, x) -> dict[str, float]:
         """Each term of the loss at ``x``, weighted, as host floats (for reports and tests)."""

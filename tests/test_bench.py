@@ -71,6 +71,8 @@ def expected_work(kernel, case, shape):
         return simple[kernel], None
     if kernel == "deconvolution_step":
         return None, reference_deconvolution_flops(case, shape)
+    if kernel == "neural_style_step":
+        return None, reference_neural_style_flops(shape)
     # patch_distance and patchmatch: A, A', B, B' read once, field read, distances written.
     patch = int(re.search(r" p(\d)", case).group(1))
     compulsory = 4 * 4 * n + (8 + 4) * pixels
@@ -95,6 +97,21 @@ def reference_deconvolution_flops(case, shape):
     for name in vgg.layers_between(start, end):
         out_channels = vgg.CONV_CHANNELS[name] // 16  # the small size's widths
         total += 2 * (2 * out_channels * in_channels * 9 * height * width)
+        in_channels = out_channels
+        if name in vgg.POOL_AFTER:
+            height, width = (height + 1) // 2, (width + 1) // 2
+    return total
+
+
+def reference_neural_style_flops(shape):
+    """Every conv up to conv5_1 forward and back, and two C x C x N GEMMs per style layer."""
+    _, height, width = shape
+    total, in_channels = 0, 3
+    for name in vgg.CONV_LAYERS:
+        out_channels = vgg.CONV_CHANNELS[name] // 16
+        total += 2 * (2 * out_channels * in_channels * 9 * height * width)
+        if name.endswith("_1"):
+            total += 2 * (2 * out_channels * out_channels * height * width)
         in_channels = out_channels
         if name in vgg.POOL_AFTER:
             height, width = (height + 1) // 2, (width + 1) // 2

@@ -1,4 +1,4 @@
-"""Neural style: the loss and its gradient, the optimisation, colour, the command line for images."""
+"""Neural style: the loss and its gradient, the optimisation, colour, the image command."""
 
 import cv2
 import naive
@@ -161,7 +161,8 @@ def test_params_are_checked():
         NeuralStyleParams(long_term=(1, 3))
     with pytest.raises(ValueError, match="content_layer"):
         NeuralStyleParams(content_layer="conv4_2")
-    assert NeuralStyleParams.for_device("cuda").later_iterations > NeuralStyleParams().later_iterations
+    cuda, cpu = NeuralStyleParams.for_device("cuda"), NeuralStyleParams()
+    assert cuda.later_iterations > cpu.later_iterations
     assert NeuralStyleParams(long_term=(4, 2, 2)).long_term == (2, 4)
     assert NeuralStyleParams().fingerprint()["method"] == "neural-style"
 
@@ -189,8 +190,10 @@ def test_stylise_command_writes_the_image_at_its_size(tmp_path, tiny_model):
 
 def test_stylise_refuses_bad_layer_weights(tmp_path, tiny_model):
     image, style = _images(tmp_path)
-    result = CliRunner().invoke(cli, ["stylise", str(style), str(image), "-o",
-                                      str(tmp_path / "o.png"), "--style-layer-weights", "1,2"])  # fmt: skip
+    out = str(tmp_path / "o.png")
+    result = CliRunner().invoke(
+        cli, ["stylise", str(style), str(image), "-o", out, "--style-layer-weights", "1,2"]
+    )
     assert result.exit_code == 2
     assert "expected 5 comma-separated numbers" in result.output
     assert not (tmp_path / "o.png").exists()

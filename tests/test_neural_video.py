@@ -1,4 +1,4 @@
-"""`diva-numba transfer --method neural-style`: temporal targets, the frame loop, resume, options."""
+"""`transfer --method neural-style`: temporal targets, the frame loop, resume, options."""
 
 from fractions import Fraction
 

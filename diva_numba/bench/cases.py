@@ -39,6 +39,7 @@ _CONVOLUTION_HELPER_KERNELS = (
 )
 _OPTIMIZER_KERNELS = ("lbfgs_dot", "lbfgs_combine", "squared_error")
 _DECONVOLUTION_KERNELS = ("deconvolution_step",)
+_NEURAL_STYLE_KERNELS = ("neural_style_step",)
 
 #: Kernel names accepted by :attr:`~diva_numba.bench.runner.BenchSettings.kernels`, in the
 #: order they run.
@@ -49,6 +50,7 @@ KERNEL_NAMES = (
     *_CONVOLUTION_HELPER_KERNELS,
     *_OPTIMIZER_KERNELS,
     *_DECONVOLUTION_KERNELS,
+    *_NEURAL_STYLE_KERNELS,
 )
 
 
@@ -450,6 +452,14 @@ def _random_weights(rng, channel_divisor: int) -> dict[str, tuple[np.ndarray, np
     return weights
 
 
+def _neural_style_cases(sizes: _Sizes) -> list[_Case]:
+    """One evaluation of neural style's loss and gradient (:mod:`.neural_cases`)."""
+    from diva_numba.bench.neural_cases import neural_style_cases
+
+    weights = _random_weights(np.random.default_rng(0), sizes.channel_divisor)
+    return neural_style_cases(sizes, weights, _Case, _bind)
+
+
 def _bind(call, *args):
     return lambda backend, rng: call(backend, rng, *args)
 
@@ -462,6 +472,7 @@ _BUILDERS = (
     (_convolution_helper_cases, _CONVOLUTION_HELPER_KERNELS),
     (_optimizer_cases, _OPTIMIZER_KERNELS),
     (_deconvolution_cases, _DECONVOLUTION_KERNELS),
+    (_neural_style_cases, _NEURAL_STYLE_KERNELS),
 )
 
 
