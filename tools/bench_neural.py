@@ -1,0 +1,143 @@
+"""Neural style on a clip: warping error per-frame vs temporal, seconds per frame, Gram loss.
+
+    python tools/bench_neural.py warp STYLE CLIP [--frames 12] [--work-size 128]
+    python tools/bench_neural.py time STYLE CLIP [--frames 4] [--work-size 256]
+    python tools/bench_neural.py gram STYLE CLIP [--work-size 256] [--checkpoints 20 50 100 200 500]
+
+``warp`` runs the clip's first frames twice, each frame on its own (per-frame Gatys,
+``independent``) and with Ruder et al.'s temporal loss (the defaults), and prints
+the warping error of each output and of the input (:func:`diva_numba.metrics.warp_error`,
+0..255, at the clip's size). ``time`` prints the seconds of frame 0 and of each later
+frame at the defaults. ``gram`` optimises frame 0 for the last checkpoint's
+iterations from the frame itself and prints the style (Gram) term and the whole loss
+at each checkpoint. Every run is on the CPU with the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from diva_numba.deep_analogy import load_model
+from diva_numba.device import resolve_device
+from diva_numba.imageio import resize
+from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
+from diva_numba.metrics import warp_error
+from diva_numba.neural_params import NeuralStyleParams
+from diva_numba.neural_style import NeuralStyler
+from diva_numba.neural_video import stylise_clip
+from diva_numba.planning import plan_transfer
+from diva_numba.video import read_frames
+
+
+def run_clip(style, clip, params, frames: int, device):
+    """Output frames (uint8, clip size) and seconds per frame of ``frames`` frames."""
+    plan = plan_transfer(style, clip, params, start=0, end=frames)
+    styler = NeuralStyler(load_model(None, device), plan.style, params)
+    outputs, seconds = [], []
+
+    class Collect:
+        def __init__(self):
+            self.finished_frames = lambda start, end: 0
+            self.path = None
+
+        def frame_path(self, index):
+            raise AssertionError
+
+    def on_frame(report):
+        outputs.append(report.output_frame)
+        seconds.append(report.seconds)
+
+    import diva_numba.neural_video as neural_video
+
+    original = neural_video._frame_writer
+    neural_video._frame_writer = lambda work, history, output: lambda: None
+    try:
+        stylise_clip(styler, plan, clip, Collect(), on_frame=on_frame)
+    finally:
+        neural_video._frame_writer = original
+    return outputs, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["warp", "time", "gram"])
+    parser.add_argument("style")
+    parser.add_argument("clip")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--work-size", type=int, default=None)
+    parser.add_argument("--first-iters", type=int, default=None)
+    parser.add_argument("--later-iters", type=int, default=None)
+    parser.add_argument("--temporal-weight", type=float, default=None)
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 50, 100, 200, 500])
+    args = parser.parse_args()
+    device = resolve_device("cpu")
+    changes = {
+        name: value
+        for name, value in (
+            ("work_size", args.work_size),
+            ("iterations", args.first_iters),
+            ("later_iterations", args.later_iters),
+            ("temporal_weight", args.temporal_weight),
+        )
+        if value is not None
+    }
+    params = NeuralStyleParams.for_device(device, **changes)
+    print(f"params: {changes or 'defaults'}", flush=True)
+    if args.what == "gram":
+        gram_curve(args, params, device)
+        return
+    runs = {"temporal": params}
+    if args.what == "warp":
+        runs = {"per-frame": dataclasses.replace(params, independent=True), **runs}
+    inputs = [frame for _, frame in read_frames(args.clip, start=0, end=args.frames)]
+    for name, run_params in runs.items():
+        started = time.perf_counter()
+        outputs, seconds = run_clip(args.style, args.clip, run_params, args.frames, device)
+        inputs_at = [resize(frame, *outputs[0].shape[:2]) for frame in inputs]
+        error = warp_error(outputs, inputs_at)
+        print(
+            f"{name}: warping error {error.output_mean:.2f} (input {error.reference_mean:.2f}, "
+            f"ratio {error.output_mean / error.reference_mean:.2f}); seconds frame 0 "
+            f"{seconds[0]:.1f}, later frames {np.mean(seconds[1:]):.1f} "
+            f"(min {np.min(seconds[1:]):.1f}, max {np.max(seconds[1:]):.1f}); "
+            f"total {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+
+
+def gram_curve(args, params, device) -> None:
+    plan = plan_transfer(args.style, args.clip, params, start=0, end=1)
+    styler = NeuralStyler(load_model(None, device), plan.style, params)
+    frame = next(iter(read_frames(args.clip, start=0, end=1)))[1]
+    content = styler.preprocess(resize(frame, *plan.work_shape))
+    styler.loss.set_content(content)
+    checkpoints = sorted(args.checkpoints)
+    started = time.perf_counter()
+    print(f"iterations 0: {styler.loss.terms(content)}", flush=True)
+    # One run to the last checkpoint (the optimiser is never restarted); every
+    # evaluated point is kept with its loss, and iteration k's accepted point is the
+    # one whose loss the optimiser reports for it.
+    points, values = [], []
+
+    def objective(point):
+        value, grad = styler.loss(point)
+        points.append(point.copy())
+        values.append(value)
+        return value, grad
+
+    lbfgs = LBFGSParams(history=8, max_iterations=checkpoints[-1], gradient_tolerance=1e-16)
+    result = minimize_lbfgs(objective, content, params=lbfgs)
+    for k in checkpoints:
+        if k < len(result.losses):
+            index = values.index(result.losses[k])
+            print(f"iterations {k}: {styler.loss.terms(points[index])}", flush=True)
+    print(f"{result.iterations} iterations, {result.evaluations} evaluations, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
