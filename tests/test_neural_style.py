@@ -197,3 +197,17 @@ def test_stylise_refuses_bad_layer_weights(tmp_path, tiny_model):
     assert result.exit_code == 2
     assert "expected 5 comma-separated numbers" in result.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_the_command_line_uses_the_library_defaults():
+    from diva_numba.cli_neural import neural_params
+
+    options = {"style_weight": 20.0, "content_layer": "relu4_2", "tv_weight": 1.0,
+               "init": "content", "preserve_colour": False, "mask_feather": 8.0, "seed": 0,
+               "style_layer_weights": None, "first_iters": None, "later_iters": None,
+               "long_term": None, "temporal_loss_weight": 200.0, "size": None,
+               "work_size": None}  # fmt: skip
+    for kind in ("cpu", "cuda"):
+        assert neural_params(Device(kind, kind), options) == NeuralStyleParams.for_device(kind)
+    text = " ".join(CliRunner().invoke(cli, ["stylise", "--help"]).output.split())
+    assert "512 on a GPU, 256 on the CPU" in text and "500 on a GPU, 200 on the CPU" in text
