@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from diva_numba.compositing import Mask, preserve_colour
 from diva_numba.deep_analogy import AnalogyModel, load_model
 from diva_numba.device import Device, resolve_device, to_device, to_host
+from diva_numba.errors import OutputError
 from diva_numba.imageio import load_image, resize, save_image, working_size
 from diva_numba.lbfgs import LBFGSParams, LBFGSResult, minimize_lbfgs
 from diva_numba.neural_loss import NeuralStyleLoss
@@ -193,6 +195,8 @@ def stylise(
     params = params or NeuralStyleParams.for_device(device)
     inputs = [style, image, *([Path(mask)] if mask is not None else [])]
     check_target(output, overwrite=overwrite, inputs=inputs)
+    if not cv2.haveImageWriter(str(output.with_suffix(output.suffix or ".png"))):
+        raise OutputError(f"{output}: cannot write images of type {output.suffix!r}; use .png")
     picture = load_image(image)
     style_picture = load_image(style)
     work_shape = working_size(*picture.shape[:2], long_side=params.work_size)

@@ -186,6 +186,11 @@ def test_stylise_command_writes_the_image_at_its_size(tmp_path, tiny_model):
     again = CliRunner().invoke(cli, ["stylise", str(style), str(image), "-o", str(out),
                                      "--model", str(tiny_model)])  # fmt: skip
     assert "exists" in assert_one_error(again, again.exit_code)
+    odd_output = str(tmp_path / "out.xyz")
+    odd = CliRunner().invoke(
+        cli, ["stylise", str(style), str(image), "-o", odd_output, "--model", str(tiny_model)]
+    )
+    assert ".png" in assert_one_error(odd, 5)
 
 
 def test_stylise_refuses_bad_layer_weights(tmp_path, tiny_model):
