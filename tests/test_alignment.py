@@ -4,8 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from diva_numba import alignment, resolve_device
-from diva_numba.alignment import (
+from diva_numba import resolve_device
+from diva_numba.synthesis import alignment
+from diva_numba.synthesis.alignment import (
     AlignmentParams,
     align_positions,
     aligned_positions,
@@ -13,7 +14,7 @@ from diva_numba.alignment import (
     lightness_curve,
     local_affine,
 )
-from diva_numba.synthesis import SynthesisParams, level_sizes, synthesize
+from diva_numba.synthesis.pyramid import SynthesisParams, level_sizes, synthesize
 
 CPU = resolve_device("cpu")
 

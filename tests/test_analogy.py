@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from skimage import data
 
-from diva_numba.deep_analogy import (
+from diva_numba.gpu.device import resolve_device
+from diva_numba.image_analogy.deep_analogy import (
     ALPHA_PRESETS,
     AnalogyModel,
     AnalogyParams,
     FrameGuide,
     analogy,
 )
-from diva_numba.device import resolve_device
-from diva_numba.imageio import resize
+from diva_numba.images import resize
 
 FAST = AnalogyParams(patchmatch_iterations=2, lbfgs_iterations=2)
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from diva_numba import bench
 from diva_numba.bench import backends
-from diva_numba.cli_bench import bench as bench_command
-from diva_numba.device import Device
+from diva_numba.cli.bench_command import bench as bench_command
+from diva_numba.gpu.device import Device
 from diva_numba.kernels import targets
 from diva_numba.models import vgg
 

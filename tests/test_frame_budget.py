@@ -10,10 +10,11 @@ from clips import pan_frames, write_clip
 from inputs import random_quadratic
 from skimage import data
 
-import diva_numba.frames as frame_loop
-from diva_numba import AnalogyParams, TransferParams, anchors, transfer_video
-from diva_numba.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
-from diva_numba.network import SubNetwork
+import diva_numba.run.frame_loop as frame_loop
+from diva_numba import AnalogyParams, TransferParams, transfer_video
+from diva_numba.network.subnetwork import SubNetwork
+from diva_numba.optim.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
+from diva_numba.run import anchors
 
 PARAMS = TransferParams.for_device(
     "cpu", work_size=64,

@@ -1,7 +1,7 @@
 """Real-GPU tests: every public kernel on CuPy arrays against its CPU twin.
 
 Skipped, with the reason, unless ``DIVA_TEST_GPU=1`` is set and a GPU is usable through
-both Numba's CUDA target and CuPy (``diva_numba.device.cuda_status``). Everything calls
+both Numba's CUDA target and CuPy (``diva_numba.gpu.device.cuda_status``). Everything calls
 the public functions only: a kernel's dispatcher with CuPy arrays against the same
 dispatcher with NumPy arrays (its CPU twin). The feature extractor, the VGG
 sub-networks, L-BFGS, ``analogy()`` and ``transfer_video()`` on the GPU:
@@ -24,7 +24,7 @@ import pytest
 from gpu_checks import SKIP_REASON, assert_on_gpu, field_agreement
 from inputs import feature_pairs, random_field, random_flow
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import (
     activations,
     im2col,

@@ -4,12 +4,13 @@ import cv2
 import numpy as np
 import pytest
 
-from diva_numba import level_guides, resolve_device
+from diva_numba import resolve_device
 from diva_numba.kernels.patch_distance import patch_distance
 from diva_numba.kernels.patchmatch import PatchMatchParams
-from diva_numba.level_guides import ExemplarCache, LevelImages, search_level
-from diva_numba.regions import marked_boxes
-from diva_numba.synthesis import SynthesisParams
+from diva_numba.network.regions import marked_boxes
+from diva_numba.synthesis import scales as level_guides
+from diva_numba.synthesis.pyramid import SynthesisParams
+from diva_numba.synthesis.scales import ExemplarCache, LevelImages, search_level
 
 CPU = resolve_device("cpu")
 SHAPE = (64, 96)

@@ -11,7 +11,7 @@ from inputs import vgg_weights
 
 from diva_numba.errors import ModelError
 from diva_numba.models import vgg
-from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve, full_forward
+from diva_numba.network.subnetwork import FEATURE_LEVELS, SubNetwork, deconvolve, full_forward
 
 #: Tiny stand-ins for VGG-19's 64..512 channels, per block.
 TINY_CHANNELS = {"1": 3, "2": 4, "3": 5, "4": 6, "5": 7}

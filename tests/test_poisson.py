@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 
-from diva_numba.poisson import (
+from diva_numba.finishing.poisson import (
     PoissonParams,
     blend,
     divergence,

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 from clips import pan_frames, photo, write_clip
 
-from diva_numba.imageio import save_image
-from diva_numba.keyframes import Keyframe, KeyframeParams, KeyframeSet, finish, propagate_all
+from diva_numba.finishing.keyframes import (
+    Keyframe,
+    KeyframeParams,
+    KeyframeSet,
+    finish,
+    propagate_all,
+)
+from diva_numba.images import save_image
 from diva_numba.video import read_frames
 
 SCALE, FRAMES = 2, 18

@@ -6,11 +6,11 @@ import pytest
 from skimage import data
 
 from diva_numba import resolve_device
-from diva_numba.alignment import AlignmentParams
 from diva_numba.bench.truth import deformed_pair, field_error, identity_error
-from diva_numba.imageio import resize
+from diva_numba.images import resize
 from diva_numba.kernels.nnf_resample import upsample_field
-from diva_numba.synthesis import SynthesisParams, TemporalGuide, level_sizes, synthesize
+from diva_numba.synthesis.alignment import AlignmentParams
+from diva_numba.synthesis.pyramid import SynthesisParams, TemporalGuide, level_sizes, synthesize
 
 CPU = resolve_device("cpu")
 

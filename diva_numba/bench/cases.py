@@ -410,7 +410,7 @@ def _deconvolution_cases(sizes: _Sizes) -> list[_Case]:
     ``deconvolve`` calls it: on a GPU its CUDA graph is replayed (captured in the
     warm-up call), the input copied in and the target loaded once.
     """
-    from diva_numba.network import SubNetwork
+    from diva_numba.network.subnetwork import SubNetwork
 
     weights = _random_weights(np.random.default_rng(0), sizes.channel_divisor)
     networks = {end: SubNetwork(weights, end - 2, end) for end in (5, 4, 3, 2)}

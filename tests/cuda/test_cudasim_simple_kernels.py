@@ -10,7 +10,7 @@ from device_checks import FLOAT_TOLERANCE, assert_on_device
 from inputs import random_flow
 from numba import cuda
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import nnf_resample, normalize, targets, voting
 
 pytestmark = pytest.mark.cudasim
