@@ -56,7 +56,6 @@ def _exercise_nnf_resample(rng):
     nnf_resample.upsample_field(field, target_shape=(8, 10), source_shape=(8, 10))
     nnf_resample.pull_field(field, flow, source_shape=(4, 5))
     nnf_resample.pull_field(field, gpu(flow), source_shape=(4, 5))
-    nnf_resample.push_field_targets(field, flow, frame_shape=(4, 5))
 
 
 def _exercise_patch_distance(rng):

@@ -44,7 +44,7 @@ def dims(shape_text):
 
 def expected_work(kernel, case, shape):
     """(bytes, flops) of a case from first principles: 4-byte values read and written once."""
-    if kernel in ("upsample_field", "pull_field", "push_field_targets"):
+    if kernel in ("upsample_field", "pull_field"):
         height, width, _ = shape
         if kernel == "upsample_field":
             return 8 * height * width + 8 * (2 * height) * (2 * width), None

@@ -65,11 +65,11 @@ def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS, solve
         solved_levels[-1].add(self.end_level)
         return real_loss(self, x, target, **options)
 
-    def analogy(*args, guide=None, **kwargs):
+    def analogy(*args, warm_start=None, **kwargs):
         evaluations.append(0)
         solved_levels.append(set())
-        seeded.append(guide is not None)
-        return real_analogy(*args, guide=guide, **kwargs)
+        seeded.append(warm_start is not None)
+        return real_analogy(*args, warm_start=warm_start, **kwargs)
 
     monkeypatch.setattr(SubNetwork, "loss_and_gradient", loss_and_gradient)
     monkeypatch.setattr(frame_loop, "analogy", analogy)

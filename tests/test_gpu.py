@@ -191,19 +191,6 @@ def test_pull_field_is_bitwise(cp, rng, flow_on_gpu, flow_shape):
     np.testing.assert_array_equal(to_host(invalid), expected_invalid)
 
 
-@pytest.mark.parametrize("flow_shape", [(37, 45), (55, 67)])
-def test_push_field_targets_is_bitwise(cp, rng, flow_shape):
-    field = random_field(rng, (30, 26), (37, 45))
-    flow = random_flow(rng, flow_shape, 4.0)
-    got, invalid = nnf_resample.push_field_targets(
-        cp.asarray(field), cp.asarray(flow), frame_shape=(37, 45)
-    )
-    assert_on_gpu(cp, got, invalid)
-    expected, expected_invalid = nnf_resample.push_field_targets(field, flow, frame_shape=(37, 45))
-    np.testing.assert_array_equal(to_host(got), expected)
-    np.testing.assert_array_equal(to_host(invalid), expected_invalid)
-
-
 # --------------------------------------------------------------------------- normalise, mask, blend
 
 

@@ -39,11 +39,6 @@ def preserve_colour(stylised: np.ndarray, original: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def lab_chroma(rgb: np.ndarray) -> np.ndarray:
-    """a* and b* of an RGB uint8 image, float32 ``(H, W, 2)``."""
-    return _to_lab(rgb)[..., 1:]
-
-
 def _to_lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
 

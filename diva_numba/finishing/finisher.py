@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from diva_numba.finishing.compositing import Mask, preserve_colour
-from diva_numba.finishing.keyframes import Keyframe, KeyframeParams, KeyframeRun, finish
+from diva_numba.finishing.keyframes import Keyframe, KeyframeParams, KeyframeRun, composite_keys
 from diva_numba.outputs import file_sha256
 
 
@@ -132,7 +132,7 @@ class Finisher:
         if self.keys is not None:
             if self._picture is None or self._picture[0] != index:
                 self.needs_analogy(index)
-            output = finish(self._picture[1], stylised, self.keys.keys.params)
+            output = composite_keys(self._picture[1], stylised, self.keys.keys.params)
         if self.keep_colour:
             output = preserve_colour(output, frame)
         if self.mask is not None:

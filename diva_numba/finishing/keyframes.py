@@ -302,7 +302,7 @@ class KeyPictures:
         return out
 
 
-def finish(keys: KeyPictures, analogy_output: np.ndarray | None, params: KeyframeParams):
+def composite_keys(keys: KeyPictures, analogy_output: np.ndarray | None, params: KeyframeParams):
     """The keyframes' picture, the analogy's output where they do not reach; uint8.
 
     Parameters
@@ -384,7 +384,7 @@ __all__ = [
     "KeyframeParams",
     "KeyframeSet",
     "Propagation",
-    "finish",
+    "composite_keys",
     "parse_key",
     "step_flows",
 ]

@@ -145,26 +145,6 @@ def solve_screened(rhs: np.ndarray, screening: float) -> np.ndarray:
     return scipy.fft.idctn(spectrum, type=2, axes=(0, 1), norm="ortho", workers=-1)
 
 
-def screened_poisson(anchor: np.ndarray, gx: np.ndarray, gy: np.ndarray, screening: float):
-    """The image closest to ``anchor`` whose gradients are closest to ``(gx, gy)``.
-
-    Minimises ``|u - anchor|^2 + screening * |grad u - g|^2``.
-
-    Parameters
-    ----------
-    anchor : float32 array (H, W) or (H, W, C)
-    gx, gy : float32 arrays, the shape of ``anchor``
-        Target gradients as :func:`gradients` lays them out.
-    screening : float
-        ``lambda``: pixels squared.
-
-    Returns
-    -------
-    float32 array, the shape of ``anchor``
-    """
-    return solve_screened(anchor - screening * divergence(gx, gy), screening)
-
-
 def solve_anchored(rhs, anchoring, screening: float, params: PoissonParams = PoissonParams()):
     """``c`` with ``(A - screening * Laplacian) c = rhs``, ``A = diag(anchoring)``.
 

@@ -14,7 +14,7 @@ At the pixels the fields vote A' from B' and B from A.
 
 :class:`AnalogyModel` holds what does not change between images (the weights,
 the feature extractor, the sub-networks and their GPU buffers); :func:`analogy`
-runs one pair; :class:`FrameGuide` carries what a video frame inherits from
+runs one pair; :class:`WarmStart` carries what a video frame inherits from
 the previous one.
 """
 
@@ -49,7 +49,7 @@ __all__ = [
     "AnalogyModel",
     "AnalogyParams",
     "AnalogyResult",
-    "FrameGuide",
+    "WarmStart",
     "analogy",
     "load_model",
 ]
@@ -59,7 +59,7 @@ DECONVOLVED_LEVELS = (5, 4, 3, 2)
 
 
 @dataclass
-class FrameGuide:
+class WarmStart:
     """What a video frame inherits from the previous one, already in its geometry.
 
     Every mapping is keyed by level (1..5); a level missing from a mapping gets
@@ -111,7 +111,7 @@ class AnalogyResult:
     nnf_ab, nnf_ba : int32 NumPy array (H, W, 2)
         Pixel-level fields: for each pixel of A its match ``(y, x)`` in B', and the
         reverse.
-        ``nnf_ba`` is None when the guide reused B's latent features.
+        ``nnf_ba`` is None when the warm start reused B's latent features.
     level_fields : dict of int to (nnf_ab, nnf_ba)
         Fields of every feature level (device arrays; ``nnf_ba`` may be None),
         for ``--save-levels`` and for seeding the next video frame.
@@ -230,7 +230,7 @@ def analogy(
     *,
     params: AnalogyParams = AnalogyParams(),  # noqa: B008 (frozen)
     features_bp: dict[int, object] | None = None,
-    guide: FrameGuide | None = None,
+    warm_start: WarmStart | None = None,
     profile: Profile | None = None,
 ) -> AnalogyResult:
     """Run Deep Image Analogy on one pair.
@@ -245,7 +245,7 @@ def analogy(
     params : AnalogyParams
     features_bp : dict, optional
         ``model.features(image_bp)``, when the caller computed them once (video).
-    guide : FrameGuide, optional
+    warm_start : WarmStart, optional
         Seeds inherited from the previous video frame.
     profile : Profile, optional
         Collects the time per stage; a new one is made if not given.
@@ -255,14 +255,14 @@ def analogy(
     AnalogyResult
     """
     profile = profile or Profile(model.device)
-    guide = guide or FrameGuide()
+    warm_start = warm_start or WarmStart()
     with profile.stage("features"):
         feat_a = model.features(image_a)
         feat_bp = features_bp if features_bp is not None else model.features(image_bp)
-    reuse_b = guide.latent_b is not None
+    reuse_b = warm_start.latent_b is not None
     # At level 5 the latent images take the structure features unchanged.
     feat_ap = {5: feat_a[5]}
-    feat_b = {5: feat_bp[5], **(guide.latent_b or {})}
+    feat_b = {5: feat_bp[5], **(warm_start.latent_b or {})}
     shape_a = image_a.shape[:2]
     shape_b = image_bp.shape[:2]
     fields: dict[int, tuple[object, object]] = {}
@@ -277,8 +277,8 @@ def analogy(
 
     for level in (5, 4, 3, 2, 1):
         iterations = params.patchmatch_iterations
-        if guide.patchmatch_iterations is not None and level in guide.fields_ab:
-            iterations = guide.patchmatch_iterations
+        if warm_start.patchmatch_iterations is not None and level in warm_start.fields_ab:
+            iterations = warm_start.patchmatch_iterations
         with profile.stage("normalize", level):
             n_a = normalize_features(feat_a[level])
             n_ap = normalize_features(feat_ap[level])
@@ -286,8 +286,8 @@ def analogy(
             n_bp = normalize_features(feat_bp[level])
         with profile.stage("patchmatch", level):
             init_ab = _initial_field(
-                guide.fields_ab.get(level), guide.fresh_ab.get(level), up_ab, shape_a, shape_b,
-                level, model.device,
+                warm_start.fields_ab.get(level), warm_start.fresh_ab.get(level), up_ab,
+                shape_a, shape_b, level, model.device,
             )  # fmt: skip
             nnf_ab, _ = patchmatch(
                 n_a, n_ap, n_b, n_bp, init_field=init_ab,
@@ -306,11 +306,11 @@ def analogy(
         alpha = params.alpha(next_level)
         # A' gets B''s look through phi_ab; B gets A's look through phi_ba.
         with profile.stage("deconvolution", level):
-            solves = guide.solve_levels is None or level in guide.solve_levels
+            solves = warm_start.solve_levels is None or level in warm_start.solve_levels
             recon_ap, deconvolutions[level] = _reconstruct(
-                model, level, feat_bp, nnf_ab, shape_a, shape_b, guide.deconv_ab.get(level),
+                model, level, feat_bp, nnf_ab, shape_a, shape_b, warm_start.deconv_ab.get(level),
                 params, lbfgs_params if solves else LBFGSParams(max_iterations=0), profile,
-                boxes=guide.solve_boxes.get(level),
+                boxes=warm_start.solve_boxes.get(level),
             )  # fmt: skip
             if not reuse_b:
                 recon_b, _ = _reconstruct(

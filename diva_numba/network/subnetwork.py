@@ -399,27 +399,3 @@ def deconvolve(
         initial,
         params=params,
     )
-
-
-def full_forward(weights: ConvWeights, image) -> tuple:
-    """All five feature maps of a preprocessed image, with the project's own kernels.
-
-    This is the forward pass the pipeline runs on the GPU when onnxruntime has no CUDA
-    provider; it must agree with the ONNX model to float32 tolerance. For repeated
-    calls build ``SubNetwork(weights, 0, 5)`` once and call
-    ``forward_levels(image, FEATURE_LEVELS)``, so the weights move to the GPU once.
-
-    Parameters
-    ----------
-    weights : mapping
-        Conv name -> ``(weight, bias)`` as for :class:`SubNetwork`.
-    image : float32 array, shape (3, H, W), NumPy or CuPy
-        The preprocessed image (level 0: channel order and mean of the model applied).
-
-    Returns
-    -------
-    tuple of 5 arrays
-        ``relu1_1`` .. ``relu5_1``, each ``(C_L, H_L, W_L)`` with
-        ``(H_L, W_L) = diva_numba.models.vgg.level_shape(H, W, L)``.
-    """
-    return SubNetwork(weights, 0, 5, max_workspaces=1).forward_levels(image, FEATURE_LEVELS)

@@ -181,14 +181,14 @@ def plan_solves(followed: dict, params) -> tuple[frozenset, dict]:
     return levels, boxes
 
 
-def settle(followed: dict, guide, previous: dict, solved: dict) -> tuple[dict, dict]:
+def settle(followed: dict, warm_start, previous: dict, solved: dict) -> tuple[dict, dict]:
     """The state's solutions and anchors after a seeded frame.
 
     Parameters
     ----------
     followed : dict of int to (flow, new)
         Each level's :func:`follow` for this frame.
-    guide : FrameGuide
+    warm_start : WarmStart
         Its ``solve_levels`` and ``solve_boxes`` (:func:`plan_solves`).
     previous : dict of int to array
         The solutions in their anchors' geometry.
@@ -204,11 +204,11 @@ def settle(followed: dict, guide, previous: dict, solved: dict) -> tuple[dict, d
     """
     solutions, kept = {}, {}
     for level, (flow, new) in followed.items():
-        if level not in guide.solve_levels:
+        if level not in warm_start.solve_levels:
             solutions[level], kept[level] = previous[level], (flow, new)
             continue
         solutions[level] = solved[level]
-        if level in guide.solve_boxes:
-            keeps = [box.keep for box in guide.solve_boxes[level]]
+        if level in warm_start.solve_boxes:
+            keeps = [box.keep for box in warm_start.solve_boxes[level]]
             kept[level] = reanchor(flow, tuple(solved[level].shape[1:]), keeps)
     return solutions, kept

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from diva_numba.gpu.device import Device, array_module, download_together, to_device
-from diva_numba.image_analogy.deep_analogy import AnalogyModel, FrameGuide, analogy
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
@@ -178,13 +178,17 @@ def stylise_frames(
                         lv: anchors.follow(state.anchor(lv), backward, occluded)
                         for lv in state.deconv_ab
                     }
-                    guide = _guide(state, backward, followed, occluded, plan, params, device)
+                    warm_start = _warm_start(
+                        state, backward, followed, occluded, plan, params, device
+                    )
                     if not refresh_b:
-                        guide.latent_b = _feature_levels(latent_b)
-                    guide.solve_levels, guide.solve_boxes = anchors.plan_solves(followed, params)
+                        warm_start.latent_b = _feature_levels(latent_b)
+                    warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(
+                        followed, params
+                    )
                     result = analogy(
                         model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
-                        guide=guide,
+                        warm_start=warm_start,
                     )  # fmt: skip
                     # The guide is made at the output size: part of the full-resolution stage.
                     with result.profile.stage("synthesis"):
@@ -192,7 +196,7 @@ def stylise_frames(
                             state, backward, occluded, params, plan.style_full.shape[:2]
                         )
                     solutions, state_anchors = anchors.settle(
-                        followed, guide, state.deconv_ab, result.deconvolutions
+                        followed, warm_start, state.deconv_ab, result.deconvolutions
                     )
                     synthesis = seeded_synthesis
                 if refresh_b:
@@ -287,8 +291,8 @@ def _output_frames(clip_path: Path, plan, first: int) -> Iterator:
         yield index, resize(frame, *plan.output_shape)
 
 
-def _guide(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
-           params, device: Device) -> FrameGuide:  # fmt: skip
+def _warm_start(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
+           params, device: Device) -> WarmStart:  # fmt: skip
     """Seeds for frame t from frame t-1's state, on ``device``.
 
     The fields move along the backward flow (PatchMatch refines them every
@@ -297,7 +301,7 @@ def _guide(state: FrameState, backward: np.ndarray, followed: dict, occluded: np
     solutions are on ``device``; the flows go up in one transfer and the
     occlusion mask in another, and every level is moved there.
     """
-    guide = FrameGuide(patchmatch_iterations=params.guided_patchmatch_iterations)
+    warm_start = WarmStart(patchmatch_iterations=params.guided_patchmatch_iterations)
     style_shape = plan.style.shape[:2]
     levels = list(followed)
     flows = to_device(np.stack([backward] + [followed[lv][0] for lv in levels]), device)
@@ -309,11 +313,11 @@ def _guide(state: FrameState, backward: np.ndarray, followed: dict, occluded: np
         seeded, invalid = pull_field(
             previous, flows[0], source_shape=vgg.level_shape(*style_shape, level)
         )
-        guide.fields_ab[level] = seeded
-        guide.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
+        warm_start.fields_ab[level] = seeded
+        warm_start.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
     for slot, level in enumerate(levels, start=1):
-        guide.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
-    return guide
+        warm_start.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
+    return warm_start
 
 
 def _temporal_guide(

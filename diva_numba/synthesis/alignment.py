@@ -42,7 +42,7 @@ painted, deformed copy). Measured: docs/DESIGN.md section 10.
 
 This runs on the host (OpenCV): on a CUDA device a call costs one download
 (the positions) and two uploads (the aligned positions, and the mask of the
-matches left out of the level's search).
+matches left out of the scale's search).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import numpy as np
 from diva_numba.kernels.field_smoothing import FieldPriorParams, smooth_field_cpu
 
 #: DIS refuses images under 12 px a side and crashes on some under 16 px
-#: high (OpenCV 5.1, measured): smaller levels are left alone.
+#: high (OpenCV 5.1, measured): smaller scales are left alone.
 MIN_SIDE = 16
 
 #: Bins of the lightness curve over A's lightness range, and the fewest pixels a
@@ -73,7 +73,7 @@ _DELTA = 5.0
 _GAMMA = 10.0
 
 #: Ridge of the local colour model's slope, in squared lightness units (0..255): a
-#: window whose lightness varies by less than about 5 levels keeps a flat model.
+#: window whose lightness varies by less than about 5 scales keeps a flat model.
 _EPSILON = 25.0
 
 
@@ -88,9 +88,9 @@ class AlignmentParams:
     smoothness : float
         Smoothness weight of the variational refinement (OpenCV's ``alpha``).
     window : int
-        Radius (level pixels) of the local colour model's windows, last round.
+        Radius (scale pixels) of the local colour model's windows, last round.
     spread : float
-        Spatial scale (level pixels) over which the flow of textured pixels is
+        Spatial scale (scale pixels) over which the flow of textured pixels is
         carried into flat ones (0: not at all).
     min_shift, reach : float
         The flow replaces a match only when it moves it by more than
@@ -118,21 +118,21 @@ class AlignmentParams:
             raise ValueError("need 0 <= min_shift <= reach")
 
 
-def alignment_level(sizes, exemplar_sizes, *, fine_from: float, params: AlignmentParams):
-    """The level the alignment runs at: the largest below ``fine_from`` times the working size.
+def alignment_scale(sizes, exemplar_sizes, *, fine_from: float, params: AlignmentParams):
+    """The scale the alignment runs at: the largest below ``fine_from`` times the working size.
 
-    Larger levels cost most and the flow brings nothing finer than the working
-    size there; levels under :data:`MIN_SIDE` are skipped. None when off or
-    when no level qualifies.
+    Larger scales cost most and the flow brings nothing finer than the working
+    size there; scales under :data:`MIN_SIDE` are skipped. None when off or
+    when no scale qualifies.
     """
     if params.rounds == 0:
         return None
     work_area = sizes[0][0] * sizes[0][1]
     chosen = None
-    for level, (shape, exemplar_shape) in enumerate(zip(sizes, exemplar_sizes, strict=True)):
+    for scale, (shape, exemplar_shape) in enumerate(zip(sizes, exemplar_sizes, strict=True)):
         small = min(*shape, *exemplar_shape) < MIN_SIDE
         if shape[0] * shape[1] < fine_from**2 * work_area and not small:
-            chosen = level
+            chosen = scale
     return chosen
 
 
@@ -149,11 +149,11 @@ def aligned_positions(
     Parameters
     ----------
     structure, exemplar : uint8 arrays (H, W, 3), (Hb, Wb, 3)
-        A and B' at the level's sizes.
+        A and B' at the scale's sizes.
     positions : float32 array (H, W, 2)
         The current ``(y, x)`` in B' (from the search).
     work_scale : float
-        Level pixels per working pixel.
+        Scale pixels per working pixel.
     params : AlignmentParams
 
     Returns
@@ -250,9 +250,9 @@ def align_positions(
     Parameters
     ----------
     structure : uint8 array (H, W, 3)
-        A at the level's size.
+        A at the scale's size.
     exemplar : uint8 array (Hb, Wb, 3)
-        B' at the level's size.
+        B' at the scale's size.
     positions : float32 array (H, W, 2)
         The current ``(y, x)`` in B' of each pixel of A: the colour fit's
         pairing and the flow's start.

@@ -5,7 +5,7 @@ deconvolutions cost per pixel); the user wants the output at the input's own
 size. This stage takes the working-size field ``phi_ab`` (A -> B') and brings it
 to the output size coarse to fine, in steps of at most 2x, and every output
 pixel is copied (patch-voted) from the exemplar B' at its own resolution, so
-nothing is ever resampled twice (docs/DESIGN.md section 10). At every level:
+nothing is ever resampled twice (docs/DESIGN.md section 10). At every scale:
 
 1. *The prior.* Each match is weighted by how distinctive it is (how much
    better it is than the shifted matches around it:
@@ -14,14 +14,14 @@ nothing is ever resampled twice (docs/DESIGN.md section 10). At every level:
    (:func:`~diva_numba.kernels.field_prior.smooth_field`, guided by A's edges
    so that motion boundaries survive). Off by default (``fit``): measured, it
    does not pay (docs/DESIGN.md section 10).
-2. *The appearance alignment*, at one level (the largest below ``fine_from``
+2. *The appearance alignment*, at one scale (the largest below ``fine_from``
    times the working size): A recoloured into B''s look and a dense optical
    flow between the two (:mod:`~diva_numba.synthesis.alignment`). The guides below see
    B' only through the latent image B, at the working size, so they cannot
    correct the working field's bias of a working pixel or two; the flow can,
    where B' shows A's content. Its positions replace the matches they move
    by one to eight working pixels, and those matches are left out of this
-   level's search (the guides would pull them back; a temporal guide, where
+   scale's search (the guides would pull them back; a temporal guide, where
    given, still steers them). The frame loop turns it
    off on seeded video frames, whose matches come from the photo flow between
    frames (:func:`~diva_numba.run.frame_loop.stylise_frames`).
@@ -29,14 +29,14 @@ nothing is ever resampled twice (docs/DESIGN.md section 10). At every level:
    weighted guides: (a) A against the latent image B (B''s structure in A's
    look: one appearance domain, so colours compare), (b) the current A'
    against B' (coherent strokes), (c) for video the previous output moved
-   along the flow, and a robust pull towards the level's starting positions.
-   On a video frame each level starts from the previous output's field where
+   along the flow, and a robust pull towards the scale's starting positions.
+   On a video frame each scale starts from the previous output's field where
    the flow is trusted (:mod:`~diva_numba.synthesis.temporal_guide`) and searches only
-   the rest, in boxes around it (:func:`~diva_numba.synthesis.scales.search_level`),
-   but for a coarse last level, which searches everywhere: a seeded frame's
+   the rest, in boxes around it (:func:`~diva_numba.synthesis.scales.search_scale`),
+   but for a coarse last scale, which searches everywhere: a seeded frame's
    synthesis costs what is new in it, not the output's size.
 4. The field is upsampled smoothly (bilinear in the positions, scaled to
-   B''s resolution at the next level).
+   B''s resolution at the next scale).
 
 Each guide is a weighted sum of squared differences, written as a dot product
 of augmented channels (:mod:`~diva_numba.synthesis.guide_channels`) so that the
@@ -63,8 +63,8 @@ from diva_numba.kernels.field_prior import (
 from diva_numba.kernels.field_smoothing import FieldPriorParams, smooth_field
 from diva_numba.kernels.patchmatch import PatchMatchParams
 from diva_numba.kernels.voting import vote
-from diva_numba.synthesis.alignment import AlignmentParams, aligned_positions, alignment_level
-from diva_numba.synthesis.scales import ExemplarCache, LevelImages, level_reliability, search_level
+from diva_numba.synthesis.alignment import AlignmentParams, aligned_positions, alignment_scale
+from diva_numba.synthesis.scales import ExemplarCache, ScaleImages, scale_reliability, search_scale
 from diva_numba.synthesis.temporal_guide import TRUSTED, TemporalGuide, unreliable_pixels
 
 
@@ -76,41 +76,41 @@ class SynthesisParams:
     ----------
     patch_size : int
         Patch side of the guided PatchMatch and of the vote at the working
-        level and every level up to ``fine_from`` times the working size.
+        scale and every scale up to ``fine_from`` times the working size.
     iterations : int
-        Guided PatchMatch rounds at those levels.
+        Guided PatchMatch rounds at those scales.
     jumps : tuple of int
         Propagation distances of each round there.
     fine_from : float
-        Levels at least this many times the working size (per side) are
+        Scales at least this many times the working size (per side) are
         *fine*: the latent image and the pull carry nothing finer than the
         working size, so a local touch-up is all the search can add there,
-        and these levels cost most.
+        and these scales cost most.
     fine_patch_size, fine_iterations, fine_jumps
-        Patch side, rounds and propagation distances at the fine levels.
+        Patch side, rounds and propagation distances at the fine scales.
     fine_search : {"unreliable", "everywhere"}
-        Where the fine levels search on a video frame with a temporal guide:
+        Where the fine scales search on a video frame with a temporal guide:
         only the pixels the previous output does not vouch for (occluded in
         the flow, and the patch radius around them; elsewhere the previous field,
         carried along the flow, stands), or every pixel. Measured on a painted
         pan at 400 x 240 from 96: warping error 0.43 against 0.46, and the
-        fine levels' cost where little is occluded.
+        fine scales' cost where little is occluded.
     coarse_search : {"unreliable", "everywhere"}
-        The same at the other levels that a finer level follows, on a frame
+        The same at the other scales that a finer scale follows, on a frame
         whose previous field was carried: each starts from that field where the
-        flow is trusted, and the next level starts from it again there, so a
+        flow is trusted, and the next scale starts from it again there, so a
         search of those pixels changes nothing but their untrusted neighbours
         (measured on a painted pan and a disocclusion, 512 x 288 from 128: the
         same Lab and warping error to two decimals), and costs most of the
         frame: at 1080p from 256, 1.5 s of a seeded frame's synthesis, 0.2 s
-        without. A coarse *last* level (an output under three times the
+        without. A coarse *last* scale (an output under three times the
         working size) searches everywhere: there the carried field, moved by
         whole pixels, would stand still under motion slower than a pixel a
         frame (a pan of 0.3 x 0.45 px, 256 x 144 at 256: Lab to the ideal 6.9
         against 4.8), though it flickers less on faster motion (warping error
         0.50 against 0.85 on a disocclusion).
     search_radius : int
-        First random-search radius (pixels of the level); the field is close
+        First random-search radius (pixels of the scale); the field is close
         already, so the search stays local.
     structure_weight : float
         Guide (a): A against the latent image B.
@@ -126,13 +126,13 @@ class SynthesisParams:
         Pixels over which the pull saturates (at half the period it is at its
         largest).
     fit : bool
-        Fit the field to the prior before each level's search (off: on a
+        Fit the field to the prior before each scale's search (off: on a
         painted, deformed copy of a photo it moved the median error from 5.47
         to 5.51 px alone and 5.21 to 5.49 px before the search).
     prior : FieldPriorParams
         The edge-aware fit (spatial and range scales).
     max_step : float
-        Largest size ratio between two levels.
+        Largest size ratio between two scales.
     seed : int
         Seeds the random search.
     alignment : AlignmentParams
@@ -186,23 +186,23 @@ class Synthesis:
     field : int32 array (H, W, 2)
         For each output pixel its ``(y, x)`` in the exemplar at its own size
         (device array on a CUDA run).
-    levels : list of (int, int)
-        The output sizes of the levels, working size first.
+    scales : list of (int, int)
+        The output sizes of the scales, working size first.
     """
 
     image: np.ndarray
     field: object
-    levels: list[tuple[int, int]]
+    scales: list[tuple[int, int]]
 
 
-def level_sizes(
+def scale_sizes(
     work_shape: tuple[int, int], output_shape: tuple[int, int], *, max_step: float = 2.0
 ) -> list[tuple[int, int]]:
-    """The (H, W) of each synthesis level: the working size, then geometric steps to the output.
+    """The (H, W) of each synthesis scale: the working size, then geometric steps to the output.
 
     Examples
     --------
-    >>> level_sizes((144, 256), (1080, 1920))
+    >>> scale_sizes((144, 256), (1080, 1920))
     [(144, 256), (282, 502), (553, 984), (1080, 1920)]
     """
     ratio = max(output_shape[0] / work_shape[0], output_shape[1] / work_shape[1])
@@ -252,7 +252,7 @@ def synthesize(
     temporal : TemporalGuide, optional
         Guide (c), at the output size.
     cache : ExemplarCache, optional
-        Keeps the exemplar's and the latent image's levels on the device from
+        Keeps the exemplar's and the latent image's scales on the device from
         one call to the next (a video: one per run).
 
     Returns
@@ -264,28 +264,28 @@ def synthesize(
     xp_field = to_device(work_field, device)
     xp = array_module(xp_field)
     positions = xp_field.astype(xp.float32)
-    sizes = level_sizes(tuple(work_field.shape[:2]), structure.shape[:2], max_step=params.max_step)
+    sizes = scale_sizes(tuple(work_field.shape[:2]), structure.shape[:2], max_step=params.max_step)
     exemplar_sizes = _exemplar_sizes(exemplar_work_shape, exemplar.shape[:2], len(sizes))
     work_area = sizes[0][0] * sizes[0][1]
     field_k = None
-    align_level = alignment_level(sizes, exemplar_sizes, fine_from=params.fine_from,
+    align_scale = alignment_scale(sizes, exemplar_sizes, fine_from=params.fine_from,
                                   params=params.alignment)  # fmt: skip
     work_structure = resize(structure, *sizes[0])
-    for level, (shape, exemplar_shape) in enumerate(zip(sizes, exemplar_sizes, strict=True)):
-        if level:
+    for scale, (shape, exemplar_shape) in enumerate(zip(sizes, exemplar_sizes, strict=True)):
+        if scale:
             positions = upsample_positions(
                 positions,
                 target_shape=shape,
-                coarse_source_shape=exemplar_sizes[level - 1],
+                coarse_source_shape=exemplar_sizes[scale - 1],
                 source_shape=exemplar_shape,
             )
         fine = shape[0] * shape[1] >= params.fine_from**2 * work_area
         patch = params.fine_patch_size if fine else params.patch_size
         iterations = params.fine_iterations if fine else params.iterations
         jumps = params.fine_jumps if fine else params.jumps
-        last = level == len(sizes) - 1
-        reliability, searched = _video_level(temporal, shape, patch, fine, last, params)
-        images = LevelImages.make(
+        last = scale == len(sizes) - 1
+        reliability, searched = _video_scale(temporal, shape, patch, fine, last, params)
+        images = ScaleImages.make(
             structure, exemplar, latent, temporal, shape, exemplar_shape, work_structure,
             device, cache, reliability=reliability, searched=searched, with_structure=params.fit,
         )  # fmt: skip
@@ -296,7 +296,7 @@ def synthesize(
                 source_shape=exemplar_shape, field_source_shape=exemplar.shape[:2],
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
-        if level == align_level:
+        if scale == align_scale:
             aligned, accepted = aligned_positions(
                 resize(structure, *shape), resize(exemplar, *exemplar_shape), to_host(positions),
                 work_scale=shape[1] / sizes[0][1], params=params.alignment,
@@ -317,32 +317,32 @@ def synthesize(
         if iterations and images.has_guides(params):
             search = PatchMatchParams(
                 patch_size=patch, iterations=iterations, search_radius=params.search_radius,
-                seed=(params.seed * 1_000_003 + level) & 0xFFFFFFFF, jumps=jumps,
+                seed=(params.seed * 1_000_003 + scale) & 0xFFFFFFFF, jumps=jumps,
             )  # fmt: skip
             prior = positions if params.prior_weight > 0 else None
-            field_k = search_level(images, field_k, prior, searched=searched, params=params,
+            field_k = search_scale(images, field_k, prior, searched=searched, params=params,
                                    search=search, cache=cache)  # fmt: skip
             positions = field_k.astype(xp.float32)
     image = _pixels(vote(images.exemplar, field_k, patch_size=patch))
-    return Synthesis(image=image, field=field_k, levels=sizes)
+    return Synthesis(image=image, field=field_k, scales=sizes)
 
 
-def _video_level(temporal, shape, patch_size: int, fine: bool, last: bool,
+def _video_scale(temporal, shape, patch_size: int, fine: bool, last: bool,
                  params: SynthesisParams):  # fmt: skip
-    """A video frame's reliability at a level (host (H, W)) and the pixels it searches
+    """A video frame's reliability at a scale (host (H, W)) and the pixels it searches
     (uint8 (H, W); None: all), or ``(None, None)`` without a temporal guide.
 
     The previous output vouches for the matches where the flow is trusted: a
-    fine level starts there from the previous output's field or from the
-    coarser level's, which the previous output steered, and touches up only
-    the rest. A coarse level starts from the previous output's field where it
-    was carried; when a finer level follows, that level starts from it again
-    there, so the coarse level too need search only the rest. A coarse last
-    level searches everywhere (``coarse_search``).
+    fine scale starts there from the previous output's field or from the
+    coarser scale's, which the previous output steered, and touches up only
+    the rest. A coarse scale starts from the previous output's field where it
+    was carried; when a finer scale follows, that scale starts from it again
+    there, so the coarse scale too need search only the rest. A coarse last
+    scale searches everywhere (``coarse_search``).
     """
     if temporal is None or temporal.weight == 0:
         return None, None
-    reliability = level_reliability(temporal, shape)
+    reliability = scale_reliability(temporal, shape)
     if fine:
         unreliable_only = params.fine_search == "unreliable"
     else:
@@ -354,7 +354,7 @@ def _video_level(temporal, shape, patch_size: int, fine: bool, last: bool,
 
 
 def _exemplar_sizes(work_shape, final_shape, count: int) -> list[tuple[int, int]]:
-    """The exemplar's size at each of ``count`` levels: geometric from its working size."""
+    """The exemplar's size at each of ``count`` scales: geometric from its working size."""
     if count == 1:
         return [tuple(final_shape)]
     return [

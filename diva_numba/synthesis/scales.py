@@ -1,9 +1,9 @@
-"""One synthesis level's images, its guides, and its guided search (docs/DESIGN.md section 10).
+"""One synthesis scale's images, its guides, and its guided search (docs/DESIGN.md section 10).
 
-:class:`LevelImages` holds a level's maps on the device; :meth:`LevelImages.source_guides`
-and :meth:`LevelImages.target_guides` turn them into the two sides of the guided
-patch distance (:mod:`~diva_numba.synthesis.guide_channels`); :func:`search_level` runs the
-analogy's PatchMatch with them, over the whole level or, when few pixels are
+:class:`ScaleImages` holds a scale's maps on the device; :meth:`ScaleImages.source_guides`
+and :meth:`ScaleImages.target_guides` turn them into the two sides of the guided
+patch distance (:mod:`~diva_numba.synthesis.guide_channels`); :func:`search_scale` runs the
+analogy's PatchMatch with them, over the whole scale or, when few pixels are
 searched (a video frame, whose previous output vouches for the rest), over boxes
 around those pixels alone, so that the cost follows what changed and not the
 output's size.
@@ -28,21 +28,21 @@ from diva_numba.synthesis.guide_channels import (
     ssd_target,
 )
 
-#: Tile side, in pixels of a level, of the boxes searched around the searched pixels.
+#: Tile side, in pixels of a scale, of the boxes searched around the searched pixels.
 SEARCH_TILE = 32
 
-#: Above this share of a level in boxes, the level is searched in one piece.
+#: Above this share of a scale in boxes, the scale is searched in one piece.
 MAX_BOX_SHARE = 0.5
 
 
 @dataclass
-class LevelImages:
-    """One level's images on the device: the frame's as they were made (uint8 (H, W, 3)
+class ScaleImages:
+    """One scale's images on the device: the frame's as they were made (uint8 (H, W, 3)
     images, float32 and uint8 (H, W) masks), the exemplar's as float32 (3, Hb, Wb)
     maps, 0..1.
 
     The frame's images become float maps only where they are read (:meth:`map`):
-    at a fine level of a video frame, that is a few boxes.
+    at a fine scale of a video frame, that is a few boxes.
     """
 
     frame: dict
@@ -54,15 +54,15 @@ class LevelImages:
     def make(cls, structure, exemplar, latent, temporal, shape, exemplar_shape, work_structure,
              device, cache, *, reliability=None, searched=None,
              with_structure=False):  # fmt: skip
-        """The level's maps; the frame's go up to the device in one transfer.
+        """The scale's maps; the frame's go up to the device in one transfer.
 
         The frame's: ``structure_guide``, ``work_structure`` (A at the working
-        size) brought to the level: the latent B exists only at the working
+        size) brought to the scale: the latent B exists only at the working
         size, and A compared with it must carry no finer detail than it does
         (with a latent image); ``previous`` and ``reliability``, guide (c) and
         its per-pixel weight (with a temporal guide; ``reliability`` is the
-        latter at the level's size if the caller has it); ``searched``, the host
-        mask given; ``structure``, A at the level (``with_structure``).
+        latter at the scale's size if the caller has it); ``searched``, the host
+        mask given; ``structure``, A at the scale (``with_structure``).
         """
         host = {}
         if with_structure:
@@ -73,7 +73,7 @@ class LevelImages:
         if use_temporal:
             host["previous"] = resize(temporal.previous, *shape)
             host["reliability"] = (
-                level_reliability(temporal, shape) if reliability is None else reliability
+                scale_reliability(temporal, shape) if reliability is None else reliability
             )
         if searched is not None:
             host["searched"] = searched
@@ -141,7 +141,7 @@ class LevelImages:
     def target_guides(self, params, *, pull: bool, cache) -> tuple:
         """The target pair ``(B, B')``, in the order of :meth:`source_guides`.
 
-        It depends on the exemplar alone: made once per level size and kept in ``cache``.
+        It depends on the exemplar alone: made once per scale size and kept in ``cache``.
         """
         xp = array_module(self.exemplar)
         use_structure = self.latent is not None and params.structure_weight > 0
@@ -165,20 +165,20 @@ class LevelImages:
         return cache.memo(key, self.exemplar.shape[1:], images, make)
 
 
-def search_level(images: LevelImages, field_k, prior, *, searched, params, search, cache):
-    """The level's guided PatchMatch from ``field_k``: over the whole level, or over boxes.
+def search_scale(images: ScaleImages, field_k, prior, *, searched, params, search, cache):
+    """The scale's guided PatchMatch from ``field_k``: over the whole scale, or over boxes.
 
     Parameters
     ----------
-    images : LevelImages
+    images : ScaleImages
     field_k : int32 array (H, W, 2)
-        The starting matches, inside the exemplar's level.
+        The starting matches, inside the exemplar's scale.
     prior : float32 array (H, W, 2) or None
         Positions the pull draws towards.
     searched : uint8 host array (H, W) or None
-        Where a match may move (None: everywhere); the device copy the level's
-        images carry is used if they have one (:meth:`LevelImages.make`). When
-        its boxes cover under :data:`MAX_BOX_SHARE` of the level, only they are
+        Where a match may move (None: everywhere); the device copy the scale's
+        images carry is used if they have one (:meth:`ScaleImages.make`). When
+        its boxes cover under :data:`MAX_BOX_SHARE` of the scale, only they are
         searched: the tiles holding a mark, merged into rectangles, each grown
         by a margin of frozen pixels (the patch radius and the longest jump) so
         that every searched pixel's patch and propagation stay inside its box.
@@ -195,7 +195,7 @@ def search_level(images: LevelImages, field_k, prior, *, searched, params, searc
     """
     target = images.target_guides(params, pull=prior is not None, cache=cache)
     xp = array_module(field_k)
-    # The level's images carry a video frame's mask; the appearance alignment's comes here.
+    # The scale's images carry a video frame's mask; the appearance alignment's comes here.
     mask = images.frame["searched"] if images.has("searched") else searched
     if mask is not None:
         mask = xp.asarray(mask)
@@ -222,7 +222,7 @@ def search_level(images: LevelImages, field_k, prior, *, searched, params, searc
 
 
 def _search_boxes(searched, search: PatchMatchParams):
-    """``(keep, grown)`` boxes around the marks of ``searched``, or None for the whole level."""
+    """``(keep, grown)`` boxes around the marks of ``searched``, or None for the whole scale."""
     if searched is None:
         return None
     height, width = searched.shape
@@ -237,9 +237,9 @@ def _search_boxes(searched, search: PatchMatchParams):
 
 
 class ExemplarCache:
-    """The exemplar's (and the latent image's) levels as device maps, made once.
+    """The exemplar's (and the latent image's) scales as device maps, made once.
 
-    Entries are keyed by the image object and the level's size; an image that
+    Entries are keyed by the image object and the scale's size; an image that
     is no longer passed (B refreshed) drops out at the next call.
     """
 
@@ -272,8 +272,8 @@ class ExemplarCache:
         self._memos = {key: held for key, held in self._memos.items() if set(key[2]) <= live}
 
 
-def level_reliability(temporal, shape) -> np.ndarray:
-    """The temporal guide's reliability at a level's ``shape``, float32 (H, W)."""
+def scale_reliability(temporal, shape) -> np.ndarray:
+    """The temporal guide's reliability at a scale's ``shape``, float32 (H, W)."""
     return resize(temporal.reliability.astype(np.float32)[:, :, None], *shape).reshape(shape)
 
 

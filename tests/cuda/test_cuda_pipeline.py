@@ -83,7 +83,7 @@ PATCHMATCH_LAUNCHES_PER_ROUND = 5
 PATCHMATCH_LAUNCHES_PER_CALL = 1
 #: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
 #: per-evaluation reads not counted. Uploads: the frame's features and flow, one packed
-#: upload of the synthesis' maps per level (the style's stay on the device), and the flow
+#: upload of the synthesis' maps per scale (the style's stay on the device), and the flow
 #: at the output size that carries the previous output's field; downloads: the
 #: working-size A' and field, the synthesised frame, the state. A seeded frame skips the
 #: appearance alignment; the first frame of a shot pays its round trip (below).
@@ -358,7 +358,7 @@ def test_analogy_on_the_gpu_matches_the_cpu(gpu, cpu, tiny_model):
 
 
 def test_the_aligned_synthesis_on_the_gpu_matches_the_cpu(gpu, cpu):
-    """Two levels, the alignment at the second: same field as the CPU's, its transfers counted.
+    """Two scales, the alignment at the second: same field as the CPU's, its transfers counted.
 
     B' is A moved by 3 px in another look (blurred, channels reversed) and the working
     field is the identity: the guides (A against itself at the working size) cannot see

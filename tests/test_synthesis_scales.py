@@ -1,4 +1,4 @@
-"""A synthesis level's guided search: over the whole level, or over boxes around the searched."""
+"""A synthesis scale's guided search: over the whole scale, or over boxes around the searched."""
 
 import cv2
 import numpy as np
@@ -8,9 +8,9 @@ from diva_numba import resolve_device
 from diva_numba.kernels.patch_distance import patch_distance
 from diva_numba.kernels.patchmatch import PatchMatchParams
 from diva_numba.network.regions import marked_boxes
-from diva_numba.synthesis import scales as level_guides
+from diva_numba.synthesis import scales
 from diva_numba.synthesis.pyramid import SynthesisParams
-from diva_numba.synthesis.scales import ExemplarCache, LevelImages, search_level
+from diva_numba.synthesis.scales import ExemplarCache, ScaleImages, search_scale
 
 CPU = resolve_device("cpu")
 SHAPE = (64, 96)
@@ -21,12 +21,12 @@ def textured(rng, height, width):
     return np.clip(cv2.resize(noise, (width, height)) * 255, 0, 255).astype(np.uint8)
 
 
-def level(rng):
-    """A level whose exemplar is the frame moved by (3, -2): every pixel has an exact match."""
+def scale(rng):
+    """A scale whose exemplar is the frame moved by (3, -2): every pixel has an exact match."""
     exemplar = textured(rng, SHAPE[0] + 8, SHAPE[1] + 8)
     frame = exemplar[3 : 3 + SHAPE[0], 6 : 6 + SHAPE[1]].copy()
     cache = ExemplarCache()
-    images = LevelImages.make(frame, exemplar, exemplar, None, SHAPE, exemplar.shape[:2], frame,
+    images = ScaleImages.make(frame, exemplar, exemplar, None, SHAPE, exemplar.shape[:2], frame,
                               CPU, cache, searched=None)  # fmt: skip
     ys, xs = np.indices(SHAPE)
     start = np.stack([ys + 3, xs + 6], axis=-1).astype(np.int32)
@@ -45,19 +45,19 @@ def two_blobs():
 
 def search(images, start, cache, searched, params):
     prior = start.astype(np.float32)
-    return search_level(images, start.copy(), prior, searched=searched, params=SynthesisParams(),
+    return search_scale(images, start.copy(), prior, searched=searched, params=SynthesisParams(),
                         search=params, cache=cache)  # fmt: skip
 
 
-def test_boxes_search_what_the_whole_level_would(rng, monkeypatch):
-    images, start, cache = level(rng)
+def test_boxes_search_what_the_whole_scale_would(rng, monkeypatch):
+    images, start, cache = scale(rng)
     searched = two_blobs()
     # Propagation alone (the random search draws by position within the box).
     params = PatchMatchParams(patch_size=3, iterations=3, search_radius=0, jumps=(2, 1))
-    assert len(marked_boxes(searched, tile=level_guides.SEARCH_TILE)) == 2
+    assert len(marked_boxes(searched, tile=scales.SEARCH_TILE)) == 2
 
     boxed = search(images, start, cache, searched, params)
-    monkeypatch.setattr(level_guides, "MAX_BOX_SHARE", 0.0)  # the whole level, masked
+    monkeypatch.setattr(scales, "MAX_BOX_SHARE", 0.0)  # the whole scale, masked
     whole = search(images, start, cache, searched, params)
 
     np.testing.assert_array_equal(boxed, whole)
@@ -68,9 +68,9 @@ def test_boxes_search_what_the_whole_level_would(rng, monkeypatch):
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_a_searched_pixel_only_gets_better(rng, monkeypatch, share):
-    images, start, cache = level(rng)
+    images, start, cache = scale(rng)
     searched = two_blobs()
-    monkeypatch.setattr(level_guides, "MAX_BOX_SHARE", share)
+    monkeypatch.setattr(scales, "MAX_BOX_SHARE", share)
     params = PatchMatchParams(patch_size=3, iterations=2, search_radius=4, jumps=(2, 1), seed=5)
 
     found = search(images, start, cache, searched, params)
@@ -89,7 +89,7 @@ def test_a_searched_pixel_only_gets_better(rng, monkeypatch, share):
 
 
 def test_images_are_converted_where_read(rng):
-    images, _, _ = level(rng)
+    images, _, _ = scale(rng)
     whole = images.map("structure_guide")
     part = images.map("structure_guide", (5, 20, 7, 30))
     assert whole.shape == (3, *SHAPE) and whole.dtype == np.float32
