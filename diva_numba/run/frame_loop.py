@@ -44,11 +44,11 @@ from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchors
-from diva_numba.run.chunks import colour_signature
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.shots import shot_distance
 
 
 @dataclass
@@ -139,8 +139,8 @@ def stylise_frames(
             started = time.perf_counter()
             work_frame = resize(frame, *plan.work_shape)
             # A new shot is a new start: a full analogy, B's latent features made afresh.
-            cut = state is not None and starts_shot(
-                state.input_frame, work_frame, params.cut_threshold
+            cut = state is not None and params.cuts.is_cut(
+                shot_distance(state.input_frame, work_frame)
             )
             refresh_b = (
                 latent_b is None
@@ -226,18 +226,6 @@ def stylise_frames(
                 total = plan.end - plan.start
                 on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
                                      finished, profile))  # fmt: skip
-
-
-def starts_shot(previous: np.ndarray, frame: np.ndarray, threshold: float) -> bool:
-    """True when ``frame`` is not a continuation of ``previous`` (a shot cut).
-
-    The colour histograms of the two frames (:func:`~diva_numba.run.chunks.colour_signature`)
-    differ by at least ``threshold`` in total variation; within a shot, even a fast
-    pan stays under 0.1, cuts between shots measure 0.9 and more (docs/DESIGN.md
-    section 3).
-    """
-    distance = 0.5 * float(np.abs(colour_signature(frame) - colour_signature(previous)).sum())
-    return distance >= threshold
 
 
 def _feature_levels(latent_b: dict) -> dict:

@@ -26,22 +26,16 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from diva_numba.errors import DeviceError, DivaError, InputError
 from diva_numba.images import load_image, resize, save_image
 from diva_numba.outputs import AtomicFile, write_atomically
-from diva_numba.run.chunks import (
-    Chunk,
-    CutDetection,
-    blend_join,
-    find_cuts,
-    join_weight,
-    plan_chunks,
-)
+from diva_numba.run.chunks import Chunk, blend_join, join_weight, plan_chunks
 from diva_numba.run.workdir import WorkDirectory
 from diva_numba.video import read_frames
+from diva_numba.video.shots import CutDetection, find_cuts
 
 log = logging.getLogger("diva_numba")
 
@@ -66,8 +60,6 @@ class ScaleOut:
         this length.
     overlap : int
         Frames consecutive chunks of a shot share, blended at the join.
-    detection : CutDetection
-        The shot-cut detector's settings.
     max_retries : int
         Times a chunk whose worker died is run again before the run fails.
     """
@@ -76,7 +68,6 @@ class ScaleOut:
     address: str | None = None
     chunk_frames: int = 96
     overlap: int = 8
-    detection: CutDetection = field(default_factory=CutDetection)
     max_retries: int = 3
 
     def __post_init__(self):
@@ -90,7 +81,6 @@ class ScaleOut:
         return {
             "chunk_frames": self.chunk_frames,
             "overlap": self.overlap,
-            "detection": dataclasses.asdict(self.detection),
         }
 
 
@@ -161,7 +151,7 @@ def run_chunks(
     top = WorkDirectory.open(
         work_dir, {**manifest, "scale_out": scale_out.fingerprint()}, resume=resume
     )
-    cuts = _cuts(top, plan, clip, scale_out)
+    cuts = _cuts(top, plan, clip, params.cuts)
     chunks = plan_chunks(
         plan.start, plan.end, cuts, chunk_frames=scale_out.chunk_frames, overlap=scale_out.overlap
     )
@@ -298,7 +288,7 @@ def _result(ray, reference, job: ChunkJob) -> None:
         ) from None
 
 
-def _cuts(top: WorkDirectory, plan, clip: Path, scale_out: ScaleOut) -> list[int]:
+def _cuts(top: WorkDirectory, plan, clip: Path, detection: CutDetection) -> list[int]:
     """The shot cuts of the range, found once per run and kept in its work directory."""
     path = top.path / "cuts.json"
     if path.exists():
@@ -313,7 +303,7 @@ def _cuts(top: WorkDirectory, plan, clip: Path, scale_out: ScaleOut) -> list[int
         resize(frame, *plan.work_shape)
         for _, frame in read_frames(clip, start=plan.start, end=plan.end)
     )
-    cuts = [plan.start + i for i in find_cuts(frames, detection=scale_out.detection)]
+    cuts = [plan.start + i for i in find_cuts(frames, detection=detection)]
     log.debug("shot cuts %s found in %.1f s", cuts, time.perf_counter() - started)
     write_atomically(path, json.dumps(cuts).encode())
     return cuts

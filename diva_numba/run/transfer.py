@@ -76,18 +76,8 @@ def encode_video(
     """
     if keep_frames is not None:
         keep_frames.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(
-        output,
-        width=plan.width,
-        height=plan.height,
-        fps=plan.info.fps,
-        crf=crf,
-        pixel_format=f"yuv{chroma}p",
-        audio_source=clip_path,
-        audio_frames=(plan.start, plan.end),
-        overwrite=overwrite,
-        frame_times=plan.frame_times,
-    ) as writer:
+    settings = plan.writer_settings(clip_path, crf=crf, chroma=chroma)
+    with VideoWriter(output, **settings, overwrite=overwrite) as writer:
         for index in range(plan.start, plan.end):
             frame = load_image(work.frame_path(index))
             writer.write(frame)
