@@ -41,7 +41,7 @@ _EXPORTS = {
     "FrameReport": "run.frame_loop",
     "Keyframe": "finishing.keyframes",
     "KeyframeParams": "finishing.keyframes",
-    "ScaleOut": "run.scale_out",
+    "ScaleOut": "run.spec",
     "Device": "gpu.device",
     "resolve_device": "gpu.device",
     "DivaError": "errors",
