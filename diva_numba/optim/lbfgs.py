@@ -202,6 +202,13 @@ class _State:
         self.step_mode = lbfgs_ops.STEP_TAKE_GRADIENT
         self.step_slot = 0
         self._wrapped: dict[int, tuple[object, object]] = {}
+        # The rows every kernel call names the same way, and the pairs they hold.
+        self.fixed_rows = {
+            "gradient_row": _Rows.GRADIENT,
+            "direction": _Rows.DIRECTION,
+            "first_history": _Rows.FIRST_HISTORY,
+            "history": history,
+        }
 
     def wrapped(self, array):
         """``kernel_array(array)``, remembered for arrays the objective hands back again.
@@ -377,10 +384,7 @@ class _Minimization:
             state.kernel_scalars,
             current=state.current,
             trial=row,
-            gradient_row=_Rows.GRADIENT,
-            direction=_Rows.DIRECTION,
-            first_history=_Rows.FIRST_HISTORY,
-            history=state.history,
+            **state.fixed_rows,
             loss_slot=R.LOSS,
             first_slot=R.TRIAL,
             work=state.work,
@@ -405,10 +409,7 @@ class _Minimization:
             current=state.current,
             previous=state.trial,
             out=state.trial,
-            gradient_row=_Rows.GRADIENT,
-            direction=_Rows.DIRECTION,
-            first_history=_Rows.FIRST_HISTORY,
-            history=state.history,
+            **state.fixed_rows,
             step=initial_step,
             slope_slot=R.SLOPE0,
             work=state.work,
