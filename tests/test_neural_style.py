@@ -9,12 +9,11 @@ from click.testing import CliRunner
 from clips import photo
 
 from diva_numba.cli import cli
-from diva_numba.compositing import lab_chroma
-from diva_numba.deep_analogy import AnalogyModel
-from diva_numba.device import Device
-from diva_numba.imageio import load_image
+from diva_numba.gpu.device import Device
+from diva_numba.image_analogy.deep_analogy import AnalogyModel
+from diva_numba.images import load_image
 from diva_numba.models import tiny_weights, vgg
-from diva_numba.neural_loss import (
+from diva_numba.neural_style.loss import (
     NeuralStyleLoss,
     StyleNetwork,
     content_term,
@@ -23,10 +22,19 @@ from diva_numba.neural_loss import (
     temporal_term,
     total_variation,
 )
-from diva_numba.neural_params import STYLE_LAYERS, NeuralStyleParams
-from diva_numba.neural_style import NeuralStyler, stylise_image
+from diva_numba.neural_style.params import STYLE_LAYERS, NeuralStyleParams
+from diva_numba.neural_style.styler import NeuralStyler, stylise_image
 
 CPU = Device("cpu", "CPU")
+
+
+def lab(rgb):
+    """CIE L*a*b* (D65, OpenCV's float conversion) of an RGB uint8 image."""
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def lab_chroma(rgb):
+    return lab(rgb)[..., 1:]
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +157,7 @@ def test_colour_preservation_keeps_the_image_chroma(tiny_styler):
     assert np.median(difference) < 0.5
     assert np.abs(lab_chroma(stylised) - lab_chroma(original)).mean() > 4 * difference.mean()
     # ... and the lightness is the stylised one.
-    lightness = cv2.cvtColor(coloured.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[..., 0]
-    stylised_lightness = cv2.cvtColor(stylised.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[..., 0]
-    assert np.median(np.abs(lightness - stylised_lightness)) < 1.0
+    assert np.median(np.abs(lab(coloured)[..., 0] - lab(stylised)[..., 0])) < 1.0
 
 
 def test_params_are_checked():
@@ -205,7 +211,7 @@ def test_stylise_refuses_bad_layer_weights(tmp_path, tiny_model):
 
 
 def test_the_command_line_uses_the_library_defaults():
-    from diva_numba.cli_neural import neural_params
+    from diva_numba.cli.stylise_command import neural_params
 
     options = {"style_weight": 20.0, "content_layer": "relu4_2", "tv_weight": 1.0,
                "init": "content", "preserve_colour": False, "mask_feather": 8.0, "seed": 0,

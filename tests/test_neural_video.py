@@ -9,13 +9,13 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
-import diva_numba.neural_video as neural_video
+import diva_numba.run.neural_frame_loop as neural_video
 from diva_numba.cli import cli
-from diva_numba.imageio import load_image
-from diva_numba.metrics import video_warp_error
-from diva_numba.neural_params import NeuralStyleParams
-from diva_numba.neural_video import Previous, moved_outputs
+from diva_numba.images import load_image
+from diva_numba.neural_style.params import NeuralStyleParams
+from diva_numba.run.neural_frame_loop import Previous, moved_outputs
 from diva_numba.video import probe_video
+from diva_numba.video.metrics import video_warp_error
 
 FAST = ["--method", "neural-style", "--first-iters", "4", "--later-iters", "2"]
 

@@ -21,44 +21,44 @@ import time
 
 import numpy as np
 
-from diva_numba.deep_analogy import load_model
-from diva_numba.device import resolve_device
-from diva_numba.imageio import resize
-from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
-from diva_numba.metrics import warp_error
-from diva_numba.neural_params import NeuralStyleParams
-from diva_numba.neural_style import NeuralStyler
-from diva_numba.neural_video import stylise_clip
-from diva_numba.planning import plan_transfer
+from diva_numba.gpu.device import resolve_device
+from diva_numba.image_analogy.deep_analogy import load_model
+from diva_numba.images import resize
+from diva_numba.neural_style.params import NeuralStyleParams
+from diva_numba.neural_style.styler import NeuralStyler
+from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
+from diva_numba.run import neural_frame_loop
+from diva_numba.run.neural_frame_loop import stylise_neural_frames
+from diva_numba.run.planning import plan_transfer
+from diva_numba.run.spec import RunSpec
 from diva_numba.video import read_frames
+from diva_numba.video.metrics import warp_error
 
 
 def run_clip(style, clip, params, frames: int, device):
     """Output frames (uint8, clip size) and seconds per frame of ``frames`` frames."""
+    spec = RunSpec.make(style, clip, params, device=device, end=frames)
     plan = plan_transfer(style, clip, params, start=0, end=frames)
-    styler = NeuralStyler(load_model(None, device), plan.style, params)
     outputs, seconds = [], []
 
-    class Collect:
-        def __init__(self):
-            self.finished_frames = lambda start, end: 0
-            self.path = None
+    class InMemory:
+        """A work directory that keeps nothing: every frame is computed."""
 
-        def frame_path(self, index):
-            raise AssertionError
+        path = None
+
+        def finished_frames(self, start, end):
+            return 0
 
     def on_frame(report):
         outputs.append(report.output_frame)
         seconds.append(report.seconds)
 
-    import diva_numba.neural_video as neural_video
-
-    original = neural_video._frame_writer
-    neural_video._frame_writer = lambda work, history, output: lambda: None
+    original = neural_frame_loop._frame_writer
+    neural_frame_loop._frame_writer = lambda work, history, output: lambda: None
     try:
-        stylise_clip(styler, plan, clip, Collect(), on_frame=on_frame)
+        stylise_neural_frames(load_model(None, device), spec, plan, InMemory(), on_frame=on_frame)
     finally:
-        neural_video._frame_writer = original
+        neural_frame_loop._frame_writer = original
     return outputs, seconds
 
 

@@ -1,6 +1,6 @@
 """The benchmark case of neural style: one evaluation of its loss and gradient.
 
-An evaluation is what L-BFGS repeats for every frame (:mod:`diva_numba.neural_loss`):
+An evaluation is what L-BFGS repeats for every frame (:mod:`diva_numba.neural_style.loss`):
 one forward pass from the image to relu5_1, the Gram matrices and their gradients
 at the five style layers, and one backward pass to the image. Its floating-point
 operations are the convs' GEMMs (forward and input gradient) and, per style layer
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from diva_numba.models import vgg
-from diva_numba.neural_params import STYLE_LAYERS, NeuralStyleParams
+from diva_numba.neural_style.params import STYLE_LAYERS, NeuralStyleParams
 
 #: Frame sizes (H, W) of the cases at the "real" size: a 16:9 frame at the CPU's and the
 #: GPU's working sizes.
@@ -32,7 +32,7 @@ def evaluation_flops(network, height: int, width: int) -> int:
 
 def neural_style_cases(sizes, weights, case_type, bind) -> list:
     """One evaluation at each frame size, on random weights at VGG-19's widths."""
-    from diva_numba.neural_loss import NeuralStyleLoss
+    from diva_numba.neural_style.loss import NeuralStyleLoss
 
     shapes = REAL_SHAPES if sizes.channel_divisor == 1 else ((18, 32), (36, 64))
 

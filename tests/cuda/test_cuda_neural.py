@@ -14,11 +14,11 @@ import pytest
 from clips import photo
 from numba.core import config
 
-from diva_numba.deep_analogy import AnalogyModel
-from diva_numba.device import to_device
-from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
-from diva_numba.neural_params import NeuralStyleParams
-from diva_numba.neural_style import NeuralStyler
+from diva_numba.gpu.device import to_device
+from diva_numba.image_analogy.deep_analogy import AnalogyModel
+from diva_numba.neural_style.params import NeuralStyleParams
+from diva_numba.neural_style.styler import NeuralStyler
+from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 
 pytestmark = [
     pytest.mark.cudasim,
