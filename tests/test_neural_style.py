@@ -222,3 +222,19 @@ def test_the_command_line_uses_the_library_defaults():
         assert neural_params(Device(kind, kind), options) == NeuralStyleParams.for_device(kind)
     text = " ".join(CliRunner().invoke(cli, ["stylise", "--help"]).output.split())
     assert "512 on a GPU, 256 on the CPU" in text and "500 on a GPU, 200 on the CPU" in text
+
+
+def test_stylise_keeps_the_image_outside_the_mask(tmp_path, tiny_model):
+    image, style = _images(tmp_path)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:, 32:] = 255
+    mask_path = tmp_path / "mask.png"
+    cv2.imwrite(str(mask_path), mask)
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(cli, ["stylise", str(style), str(image), "-o", str(out),
+                                      "--model", str(tiny_model), "--first-iters", "3",
+                                      "--mask", str(mask_path), "--mask-feather", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    made, original = load_image(out), load_image(image)
+    np.testing.assert_array_equal(made[:, :32], original[:, :32])
+    assert np.abs(made[:, 32:].astype(int) - original[:, 32:]).mean() > 1.0
