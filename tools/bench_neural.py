@@ -3,6 +3,7 @@
     python tools/bench_neural.py warp STYLE CLIP [--frames 12] [--work-size 128]
     python tools/bench_neural.py time STYLE CLIP [--frames 4] [--work-size 256]
     python tools/bench_neural.py gram STYLE CLIP [--work-size 256] [--checkpoints 20 50 100 200 500]
+        [--later]
 
 ``warp`` runs the clip's first frames twice, each frame on its own (per-frame Gatys,
 ``independent``) and with Ruder et al.'s temporal loss (the defaults), and prints
@@ -10,7 +11,9 @@ the warping error of each output and of the input (:func:`diva_numba.metrics.war
 0..255, at the clip's size). ``time`` prints the seconds of frame 0 and of each later
 frame at the defaults. ``gram`` optimises frame 0 for the last checkpoint's
 iterations from the frame itself and prints the style (Gram) term and the whole loss
-at each checkpoint. Every run is on the CPU with the default model.
+at each checkpoint; with ``--later``, frame 1 instead, from frame 0's output moved
+along the flow and with the temporal term, as the video runs it. Every run is on the
+CPU with the default model.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from diva_numba.neural_style.params import NeuralStyleParams
 from diva_numba.neural_style.styler import NeuralStyler
 from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 from diva_numba.run import neural_frame_loop
-from diva_numba.run.neural_frame_loop import stylise_neural_frames
+from diva_numba.run.neural_frame_loop import Previous, moved_outputs, stylise_neural_frames
 from diva_numba.run.planning import plan_transfer
 from diva_numba.run.spec import RunSpec
 from diva_numba.video import read_frames
@@ -73,6 +76,9 @@ def main() -> None:
     parser.add_argument("--later-iters", type=int, default=None)
     parser.add_argument("--temporal-weight", type=float, default=None)
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 50, 100, 200, 500])
+    parser.add_argument(
+        "--later", action="store_true", help="gram: frame 1, from frame 0's output moved"
+    )
     args = parser.parse_args()
     device = resolve_device("cpu")
     changes = {
@@ -112,12 +118,21 @@ def main() -> None:
 def gram_curve(args, params, device) -> None:
     plan = plan_transfer(args.style, args.clip, params, start=0, end=1)
     styler = NeuralStyler(load_model(None, device), plan.style, params)
-    frame = next(iter(read_frames(args.clip, start=0, end=1)))[1]
-    content = styler.preprocess(resize(frame, *plan.work_shape))
+    frames = [resize(f, *plan.work_shape) for _, f in read_frames(args.clip, start=0, end=2)]
+    content = styler.preprocess(frames[0])
+    start = content
+    if args.later:
+        # Frame 1 as the video runs it: from frame 0's output moved along the flow,
+        # with the temporal term.
+        first = styler.optimise(content, content.copy(), iterations=params.iterations)
+        moved = moved_outputs([Previous(0, frames[0], first.image)], 1, frames[1], params)
+        content = styler.preprocess(frames[1])
+        styler.loss.set_temporal(moved)
+        start = moved[0][0]
     styler.loss.set_content(content)
     checkpoints = sorted(args.checkpoints)
     started = time.perf_counter()
-    print(f"iterations 0: {styler.loss.terms(content)}", flush=True)
+    print(f"iterations 0: {styler.loss.terms(start)}", flush=True)
     # One run to the last checkpoint (the optimiser is never restarted); every
     # evaluated point is kept with its loss, and iteration k's accepted point is the
     # one whose loss the optimiser reports for it.
@@ -130,7 +145,7 @@ def gram_curve(args, params, device) -> None:
         return value, grad
 
     lbfgs = LBFGSParams(history=8, max_iterations=checkpoints[-1], gradient_tolerance=1e-16)
-    result = minimize_lbfgs(objective, content, params=lbfgs)
+    result = minimize_lbfgs(objective, start, params=lbfgs)
     for k in checkpoints:
         if k < len(result.losses):
             index = values.index(result.losses[k])
