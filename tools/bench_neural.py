@@ -1,6 +1,7 @@
 """Neural style on a clip: warping error per-frame vs temporal, seconds per frame, Gram loss.
 
     python tools/bench_neural.py warp STYLE CLIP [--frames 12] [--work-size 128]
+        [--only per-frame|temporal]
     python tools/bench_neural.py time STYLE CLIP [--frames 4] [--work-size 256]
     python tools/bench_neural.py gram STYLE CLIP [--work-size 256] [--checkpoints 20 50 100 200 500]
         [--later]
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--later-iters", type=int, default=None)
     parser.add_argument("--temporal-weight", type=float, default=None)
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 50, 100, 200, 500])
+    parser.add_argument("--only", choices=["per-frame", "temporal"], help="warp: one of the two")
     parser.add_argument(
         "--later", action="store_true", help="gram: frame 1, from frame 0's output moved"
     )
@@ -99,6 +101,8 @@ def main() -> None:
     runs = {"temporal": params}
     if args.what == "warp":
         runs = {"per-frame": dataclasses.replace(params, independent=True), **runs}
+        if args.only:
+            runs = {args.only: runs[args.only]}
     inputs = [frame for _, frame in read_frames(args.clip, start=0, end=args.frames)]
     for name, run_params in runs.items():
         started = time.perf_counter()
