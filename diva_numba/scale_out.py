@@ -31,7 +31,7 @@ from pathlib import Path
 
 from diva_numba.chunks import Chunk, CutDetection, blend_join, find_cuts, join_weight, plan_chunks
 from diva_numba.errors import DeviceError, DivaError, InputError
-from diva_numba.imageio import load_image, resize, save_image
+from diva_numba.imageio import resize, save_image
 from diva_numba.outputs import AtomicFile, write_atomically
 from diva_numba.video import read_frames
 from diva_numba.workdir import WorkDirectory
@@ -331,8 +331,8 @@ def _join(top: WorkDirectory, jobs: list[ChunkJob]) -> None:
         for index in range(job.chunk.start, job.chunk.end):
             position = index - job.chunk.start
             if position < job.chunk.lead:
-                earlier = load_image(previous.frame_path(index))
-                later = load_image(work.frame_path(index))
+                earlier = previous.read_frame(index)
+                later = work.read_frame(index)
                 weight = join_weight(position, job.chunk.lead)
                 save_image(top.frame_path(index), blend_join(earlier, later, weight))
             else:

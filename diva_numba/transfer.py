@@ -27,9 +27,16 @@ from diva_numba.device import Device, resolve_device, within_memory
 from diva_numba.errors import Interrupted, OutputError
 from diva_numba.finishing import FinishSpec
 from diva_numba.frames import FrameReport, stylise_frames
-from diva_numba.imageio import load_image
 from diva_numba.keyframes import Keyframe, check_keys
-from diva_numba.outputs import check_free_space, check_target, refuse_inputs
+from diva_numba.outputs import (
+    AtomicFile,
+    check_free_space,
+    check_target,
+    make_directory,
+    mark_directory,
+    refuse_inputs,
+    remove_partials,
+)
 from diva_numba.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.profile import Profile
 from diva_numba.scale_out import ScaleOut, run_chunks
@@ -42,7 +49,7 @@ from diva_numba.transfer_params import (
 from diva_numba.video import (
     VideoWriter,
 )
-from diva_numba.workdir import WorkDirectory, run_manifest
+from diva_numba.workdir import WorkDirectory, WorkLock, run_manifest
 
 log = logging.getLogger("diva_numba")
 
@@ -74,8 +81,11 @@ def encode_video(
     Frames keep the clip's timing: its exact rate, or for a variable rate each
     frame's own time (``plan.frame_times``).
     """
+    kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
     if keep_frames is not None:
-        keep_frames.mkdir(parents=True, exist_ok=True)
+        make_directory(keep_frames)
+        remove_partials(keep_frames, kept)
+        mark_directory(keep_frames, kept)
     with VideoWriter(
         output,
         width=plan.width,
@@ -88,11 +98,39 @@ def encode_video(
         overwrite=overwrite,
         frame_times=plan.frame_times,
     ) as writer:
-        for index in range(plan.start, plan.end):
-            frame = load_image(work.frame_path(index))
-            writer.write(frame)
+        for index, name in zip(range(plan.start, plan.end), kept, strict=True):
+            writer.write(work.read_frame(index))
             if keep_frames is not None:
-                shutil.copyfile(work.frame_path(index), keep_frames / f"{index:06d}.png")
+                with AtomicFile(keep_frames / name) as temp:
+                    shutil.copyfile(work.frame_path(index), temp)
+
+
+def kept_frame_name(index: int) -> str:
+    """The name of frame ``index`` in the ``keep_frames`` directory."""
+    return f"{index:06d}.png"
+
+
+def check_run_paths(output: Path, work_dir: Path, keep_frames: Path | None) -> None:
+    """Refuse a work directory that is, holds or lies in another output of the run.
+
+    Everything in the work directory is deleted when the video is written.
+
+    Raises
+    ------
+    OutputError
+    """
+    work = work_dir.resolve()
+    for what, other in (("the output", output), ("--keep-frames", keep_frames)):
+        if other is None:
+            continue
+        resolved = other.resolve()
+        if resolved.is_relative_to(work) or work.is_relative_to(resolved):
+            raise OutputError(
+                f"work directory {work_dir} and {what} {other} overlap (the work directory is "
+                "deleted when the video is written); choose another --work-dir"
+            )
+    if keep_frames is not None and keep_frames.resolve() == output.resolve():
+        raise OutputError(f"--keep-frames {keep_frames} is the output; choose another directory")
 
 
 @dataclass
@@ -166,7 +204,9 @@ def transfer_video(
     overwrite : bool, default False
         Replace ``output`` if it exists (never an input of the run).
     keep_frames : path-like, optional
-        Also copy the output frames there as PNG files.
+        Also copy the output frames there as PNG files (``NNNNNN.png``). The
+        directory may exist; files already there are replaced only with
+        ``overwrite``, and only those the tool wrote (never an input).
     on_frame : callable, optional
         Called with a :class:`~diva_numba.frames.FrameReport` after every frame.
     progress : bool, default False
@@ -219,10 +259,16 @@ def transfer_video(
         mask_feather=params.mask_feather, preserve_colour=params.preserve_colour,
         keyframe_params=params.keyframes,
     )  # fmt: skip
+    keep_frames = None if keep_frames is None else Path(keep_frames)
     inputs = [style, clip, *([Path(model)] if model is not None else []), *finish.inputs()]
     check_target(output, overwrite=overwrite, inputs=inputs)
     refuse_inputs(work_dir, inputs)
+    check_run_paths(output, work_dir, keep_frames)
     plan = plan_transfer(style, clip, params, start=start, end=end)
+    if keep_frames is not None:
+        kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
+        check_target(keep_frames, overwrite=overwrite, inputs=inputs, directory=True,
+                     members=kept)  # fmt: skip
     check_keys(finish.keys, plan.start, plan.end, plan.info.frame_count)
     finish.check(plan)
     check_encoding(plan, clip, output, crf=params.crf, chroma=params.chroma)
@@ -260,7 +306,8 @@ def transfer_video(
         return work
 
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), WorkLock(work_dir):
+            remove_partials(output.parent, [output.name])
             if scale_out is None:
                 smaller = f"--work-size (now {max(plan.work_width, plan.work_height)}) or --size"
                 work = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
@@ -280,16 +327,18 @@ def transfer_video(
                     crf=params.crf,
                     chroma=params.chroma,
                     overwrite=overwrite,
-                    keep_frames=None if keep_frames is None else Path(keep_frames),
+                    keep_frames=keep_frames,
                 )
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
+            shutil.rmtree(work_dir, ignore_errors=True)
     except KeyboardInterrupt:
+        if not work_dir.exists():
+            raise Interrupted("interrupted before the first frame was finished") from None
         raise Interrupted(
             f"interrupted after {counter.done} of {total} frames; the work is kept in "
             f"{work_dir}; run the same command with --resume to continue"
         ) from None
-    shutil.rmtree(work_dir, ignore_errors=True)
     return TransferResult(output, total, plan.width, plan.height, counter.last_profile)
 
 
