@@ -17,11 +17,11 @@ from cli_checks import assert_one_error, hidden_files
 from click.testing import CliRunner
 from fault_clips import analogy, make_clip, transfer, write_pair
 
-import diva_numba.analogy_io as analogy_io
-import diva_numba.frames as frame_loop
+import diva_numba.run.analogy_files as analogy_io
+import diva_numba.run.frame_loop as frame_loop
 from diva_numba import TransferParams
 from diva_numba.cli import cli
-from diva_numba.cli_bench import bench
+from diva_numba.cli.bench_command import bench
 from diva_numba.outputs import MARKER, check_target, made_here
 
 # --- the primitive -----------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_analogy_of_a_large_image_is_written_at_its_own_size(tmp_path, rng, tiny
 
 
 def test_bench_json_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
-    import diva_numba.cli_bench as cli_bench
+    import diva_numba.cli.bench_command as cli_bench
 
     def no_timing(*args, **kwargs):
         raise AssertionError("timed before the output was checked")

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from clips import photo, write_clip
 from fault_clips import make_clip, transfer
 
-import diva_numba.frames as frame_loop
-import diva_numba.transfer as transfer_module
+import diva_numba.run.frame_loop as frame_loop
+import diva_numba.run.transfer as transfer_module
 from diva_numba.cli import cli
 from diva_numba.errors import OutputError
+from diva_numba.run.workdir import WorkDirectory
 from diva_numba.video import probe_video
-from diva_numba.workdir import WorkDirectory
 
 # --- the lock ----------------------------------------------------------------------------------
 
@@ -31,7 +31,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from diva_numba.workdir import WorkLock
+    from diva_numba.run.workdir import WorkLock
     with WorkLock(Path(sys.argv[1])):
         print("locked", flush=True)
         time.sleep(120)
