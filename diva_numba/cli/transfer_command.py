@@ -181,29 +181,35 @@ def transfer(style, clip, output, device, **options):
     audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.
     """
-    from diva_numba.run.transfer import transfer_video
+    from diva_numba.run.spec import RunSpec
+    from diva_numba.run.transfer import run_transfer
 
-    keys = _keyframes(style, options)
-    preview = None
-    if options["preview"]:
-        inputs = [style, clip, options["model_path"], options["region_mask"]]
-        inputs += [key.path for key in keys]
-        # A resumed run goes on updating the preview of the run it continues.
-        work_dir = options["work_dir"] or output.with_name(output.name + ".work")
-        resuming = options["resume"] and work_dir.is_dir()
-        preview = _Preview(output, overwrite=options["overwrite"] or resuming, inputs=inputs)
     scale_out = _scale_out(options)
-    if scale_out is not None and preview is not None:
+    if scale_out is not None and options["preview"]:
         raise click.UsageError("--preview works in one process only; leave out --workers")
-    result = transfer_video(
+    spec = RunSpec.make(
         style,
         clip,
-        output,
         _transfer_params(device, options),
         device=device,
+        keys=_keyframes(style, options),
+        mask=options["region_mask"],
         model=options["model_path"],
         start=options["start"],
         end=options["end"],
+        scale_out=scale_out,
+    )
+    preview = None
+    if options["preview"]:
+        # A resumed run goes on updating the preview of the run it continues.
+        work_dir = options["work_dir"] or output.with_name(output.name + ".work")
+        resuming = options["resume"] and work_dir.is_dir()
+        overwrite = options["overwrite"] or resuming
+        preview = _Preview(output, overwrite=overwrite, inputs=spec.inputs())
+    result = run_transfer(
+        spec,
+        output,
+        device=device,
         work_dir=options["work_dir"],
         resume=options["resume"],
         overwrite=options["overwrite"],
@@ -211,9 +217,6 @@ def transfer(style, clip, output, device, **options):
         on_frame=preview,
         progress=True,
         cpu_fallback=ask_cpu_fallback,
-        scale_out=scale_out,
-        keys=keys,
-        mask=options["region_mask"],
     )
     if options["profile"] and result.last_profile is not None:
         click.echo(result.last_profile.table())
@@ -279,11 +282,11 @@ class _Preview:
     existing one is replaced only with --overwrite, an input never.
     """
 
-    def __init__(self, output: Path, *, overwrite: bool, inputs: list[Path | None]):
+    def __init__(self, output: Path, *, overwrite: bool, inputs: list[Path]):
         from diva_numba.outputs import check_target, remove_partials
 
         self.path = output.with_name(output.name + ".preview.png")
-        check_target(self.path, overwrite=overwrite, inputs=[p for p in inputs if p is not None])
+        check_target(self.path, overwrite=overwrite, inputs=inputs)
         remove_partials(self.path.parent, [self.path.name])
         self.rows: list[np.ndarray] = []
 
