@@ -362,10 +362,12 @@ class WorkLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         self._fd = fd
-        # No other run can be writing here now: what temporary files remain are a
-        # killed run's.
-        for leftover in self.path.rglob(f".*{PARTIAL_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+        # What the run's own process writes cannot be in progress now: temporary files
+        # left there are a killed run's. Not under chunks/: the workers of a chunked run
+        # may outlive its lock for a moment, and their files go with the directory.
+        for directory in (self.path, self.path / "frames"):
+            for leftover in directory.glob(f".*{PARTIAL_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
