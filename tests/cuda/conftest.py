@@ -9,6 +9,7 @@ import sys
 
 import cupy_standin
 import pytest
+from numba import config
 
 from diva_numba.device import Device
 from diva_numba.kernels import reductions, targets
@@ -23,6 +24,8 @@ def small_blocks(monkeypatch):
 @pytest.fixture
 def gpu(monkeypatch):
     """A CUDA device whose CuPy is the stand-in; the counters of what it does."""
+    if not config.ENABLE_CUDASIM:
+        pytest.skip("the CuPy stand-in and its launcher run under the CUDA simulator only")
     monkeypatch.setitem(sys.modules, "cupy", cupy_standin.make_module("simulated GPU"))
     counters = cupy_standin.install_launcher(monkeypatch)
     # Two partial sums per reduction (a grid-stride loop over the rest): the two-pass
