@@ -6,7 +6,8 @@ folder. Sub-packages that pyproject.toml maps to folders of their own
 there after a wheel install, but an editable install leaves them outside the
 package's folder, where the walk cannot see them; they are walked from their own
 ``__path__``. Run as a script, the module imports every module it finds (the
-import-everything step of the CUDA toolchain check) and prints how many it imported.
+import-everything step of the CUDA toolchain check) but ``__main__`` (importing it runs
+the command line), and prints how many it imported, or each failure in one line.
 """
 
 from __future__ import annotations
@@ -57,19 +58,26 @@ def module_names(onerror=None) -> list[str]:
     return sorted(names)
 
 
-def import_all() -> list[str]:
-    """Import every module of the package; the names imported.
-
-    ``__main__`` modules are left out: importing one runs the command line (``python -m
-    diva_numba --help`` runs it instead).
-    """
-    names = [name for name in module_names() if not name.endswith(".__main__")]
+def main() -> int:
+    """Import every module, each on its own; print the count, or each failure in one line."""
+    try:
+        names = [name for name in module_names() if not name.endswith(".__main__")]
+    except Exception as exc:
+        print(f"walking {PACKAGE} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    failed = []
     for name in names:
-        importlib.import_module(name)
-    return names
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed.append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
+    if failed:
+        print(f"cannot import {len(failed)} of {len(names)} modules:", file=sys.stderr)
+        print("\n".join(failed), file=sys.stderr)
+        return 1
+    print(f"imported {len(names)} modules of {PACKAGE}")
+    return 0
 
 
 if __name__ == "__main__":
-    imported = import_all()
-    print(f"imported {len(imported)} modules of {PACKAGE}")
-    sys.exit(0)
+    sys.exit(main())
