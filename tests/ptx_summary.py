@@ -31,6 +31,10 @@ def summarize(report: dict) -> str:
                     float64.append(f"{kind}: {where} at {line}: {' '.join(opcodes)}")
             if kernel["launch_problems"]:
                 failures.append(f"{module_name}.{kernel_name} (launch)")
+    failures += [
+        f"exercise of {name}" for name, m in report["modules"].items() if m["exercise_error"]
+    ]
+    failures += [f"exercise of {name}" for name, error in report["caller_errors"].items() if error]
     tools = report.get("toolchain", {})
     lines = [
         f"compiled for sm_90: {kernels} kernels in {len(report['modules'])} modules, "
