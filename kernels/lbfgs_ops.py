@@ -1,6 +1,6 @@
 """The two fused kernels of an L-BFGS iteration, on the optimiser's state rows.
 
-They carry the iteration of :mod:`diva_numba.lbfgs`, on a state held as the rows of
+They carry the iteration of :mod:`diva_numba.optim.lbfgs`, on a state held as the rows of
 one ``(rows, n)`` array (two points, the gradient, the direction, then the ``m``
 steps ``s`` and the ``m`` gradient changes ``y``), and reduce into the float64 scalar
 register as :mod:`diva_numba.kernels.reductions` describes:

@@ -1,6 +1,6 @@
 """The float64 scalar register and the one-launch reductions that write into it.
 
-The optimiser (:mod:`diva_numba.lbfgs`) keeps its scalars (dot products, the loss) in
+The optimiser (:mod:`diva_numba.optim.lbfgs`) keeps its scalars (dot products, the loss) in
 a small float64 "scalar register" array that lives on the same device as the
 vectors. Reductions write into slots of that register and vector updates
 (:mod:`diva_numba.kernels.vector_ops`) read their coefficients from it or take them

@@ -1,6 +1,6 @@
 """The deconvolution's loss and its gradient, fused into one reduction.
 
-The deconvolution (:mod:`diva_numba.network`) minimises ``sum((a - target)**2)``
+The deconvolution (:mod:`diva_numba.network.subnetwork`) minimises ``sum((a - target)**2)``
 over the network's output ``a``; the last conv's output reaches the loss as the
 GEMM wrote it, before bias and ReLU, and :func:`relu_squared_error` applies them on
 the fly. Each public function writes the loss into a slot of the float64 scalar

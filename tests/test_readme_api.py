@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diva_numba.imageio import load_image
+from diva_numba.images import load_image
 from diva_numba.video import probe_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,16 +20,16 @@ from clips import pan_frames, write_clip
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'diva-numba[ray]')")
 
 from diva_numba import TransferParams, transfer_video  # noqa: E402
-from diva_numba.chunks import blend_join, join_weight, plan_chunks  # noqa: E402
 from diva_numba.cli import cli  # noqa: E402
-from diva_numba.deep_analogy import AnalogyParams, load_model  # noqa: E402
-from diva_numba.device import resolve_device  # noqa: E402
-from diva_numba.frames import stylise_frames  # noqa: E402
-from diva_numba.imageio import load_image  # noqa: E402
-from diva_numba.planning import plan_transfer  # noqa: E402
-from diva_numba.scale_out import ScaleOut  # noqa: E402
+from diva_numba.gpu.device import resolve_device  # noqa: E402
+from diva_numba.image_analogy.deep_analogy import AnalogyParams, load_model  # noqa: E402
+from diva_numba.images import load_image  # noqa: E402
+from diva_numba.run.chunks import blend_join, join_weight, plan_chunks  # noqa: E402
+from diva_numba.run.frame_loop import stylise_frames  # noqa: E402
+from diva_numba.run.planning import plan_transfer  # noqa: E402
+from diva_numba.run.scale_out import ScaleOut  # noqa: E402
+from diva_numba.run.workdir import WorkDirectory, run_manifest  # noqa: E402
 from diva_numba.video import probe_video  # noqa: E402
-from diva_numba.workdir import WorkDirectory, run_manifest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
