@@ -1,11 +1,12 @@
 """Every module of the installed package, found by walking it (no hand-kept list).
 
-``pkgutil.walk_packages`` over ``diva_numba`` finds what lies under the package's
-folder. Sub-packages that pyproject.toml maps to folders of their own
+The walk is ``pkgutil.walk_packages``'s over ``diva_numba``, entering sub-packages by
+folder instead of importing them, so that a module that cannot be imported is still
+named. Sub-packages that pyproject.toml maps to folders of their own
 (``[tool.setuptools] package-dir``, e.g. ``diva_numba.kernels`` -> ``kernels/``) lie
 there after a wheel install, but an editable install leaves them outside the
 package's folder, where the walk cannot see them; they are walked from their own
-``__path__``. Run as a script, the module imports every module it finds (the
+folders. Run as a script, the module imports every module it finds (the
 import-everything step of the CUDA toolchain check) but ``__main__`` (importing it runs
 the command line), and prints how many it imported, or each failure in one line.
 """
@@ -13,6 +14,7 @@ the command line), and prints how many it imported, or each failure in one line.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import sys
@@ -30,31 +32,36 @@ def mapped_subpackages() -> list[str]:
     return sorted(name for name in mapped if name.startswith(PACKAGE + "."))
 
 
-def module_names(onerror=None) -> list[str]:
+def package_folders() -> dict[str, list[str]]:
+    """The folders of :data:`PACKAGE` and of each mapped sub-package, found without running them."""
+    folders = {}
+    for name in (PACKAGE, *mapped_subpackages()):
+        spec = importlib.util.find_spec(name)  # imports the parents only
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"{name} is not an installed package")
+        folders[name] = list(spec.submodule_search_locations)
+    return folders
+
+
+def _walk(paths: list[str], prefix: str):
+    """``pkgutil.walk_packages`` without importing: sub-packages are entered by folder."""
+    for info in pkgutil.iter_modules(paths, prefix):
+        yield info.name
+        if info.ispkg:
+            folder = os.path.join(info.module_finder.path, info.name.rpartition(".")[2])
+            yield from _walk([folder], info.name + ".")
+
+
+def module_names() -> list[str]:
     """Dotted names of the package, its sub-packages and every module in them, sorted.
 
-    Parameters
-    ----------
-    onerror : callable, optional
-        Called with the name of a sub-package whose import failed while walking (as
-        :func:`pkgutil.walk_packages` does); by default the error propagates.
+    Nothing but the top package is imported (a module that fails to import, as one
+    numba-cuda intercepts does, must still be named).
     """
-
-    def raise_it(name):
-        raise
-
-    onerror = onerror or raise_it
-    package = importlib.import_module(PACKAGE)
-    names = {PACKAGE}
-    roots = [(package.__path__, PACKAGE + ".")]
-    for name in mapped_subpackages():
-        names.add(name)
-        try:
-            roots.append((importlib.import_module(name).__path__, name + "."))
-        except Exception:
-            onerror(name)
-    for path, prefix in roots:
-        names.update(info.name for info in pkgutil.walk_packages(path, prefix, onerror=onerror))
+    names = set()
+    for package, paths in package_folders().items():
+        names.add(package)
+        names.update(_walk(paths, package + "."))
     return sorted(names)
 
 
