@@ -8,7 +8,8 @@ The public API (see the README's "Python API" section and docs/DESIGN.md):
   ``diva-numba analogy`` does; :func:`analogy` on arrays, with
   :class:`AnalogyModel` and :class:`AnalogyParams`;
 * :class:`Keyframe` (with :class:`KeyframeParams`) and :class:`ScaleOut`, the
-  other argument types of :func:`transfer_video`;
+  other argument types of :func:`transfer_video`; :class:`RunSpec` and
+  :func:`run_transfer`, a run specified once, then run;
 * :func:`resolve_device` and :class:`Device`;
 * the errors: :class:`DivaError` and its kinds, each with the exit status the
   command line uses.
@@ -41,7 +42,9 @@ _EXPORTS = {
     "FrameReport": "run.frame_loop",
     "Keyframe": "finishing.keyframes",
     "KeyframeParams": "finishing.keyframes",
-    "ScaleOut": "run.scale_out",
+    "ScaleOut": "run.spec",
+    "RunSpec": "run.spec",
+    "run_transfer": "run.transfer",
     "Device": "gpu.device",
     "resolve_device": "gpu.device",
     "DivaError": "errors",

@@ -175,21 +175,29 @@ def transfer(style, clip, output, device, **options):
     audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.
     """
-    from diva_numba.run.transfer import transfer_video
+    from diva_numba.run.spec import RunSpec
+    from diva_numba.run.transfer import run_transfer
 
     preview = _Preview(output) if options["preview"] else None
     scale_out = _scale_out(options)
     if scale_out is not None and preview is not None:
         raise click.UsageError("--preview works in one process only; leave out --workers")
-    result = transfer_video(
+    spec = RunSpec.make(
         style,
         clip,
-        output,
         _transfer_params(device, options),
         device=device,
+        keys=_keyframes(style, options),
+        mask=options["region_mask"],
         model=options["model_path"],
         start=options["start"],
         end=options["end"],
+        scale_out=scale_out,
+    )
+    result = run_transfer(
+        spec,
+        output,
+        device=device,
         work_dir=options["work_dir"],
         resume=options["resume"],
         overwrite=options["overwrite"],
@@ -197,9 +205,6 @@ def transfer(style, clip, output, device, **options):
         on_frame=preview,
         progress=True,
         cpu_fallback=ask_cpu_fallback,
-        scale_out=scale_out,
-        keys=_keyframes(style, options),
-        mask=options["region_mask"],
     )
     if options["profile"] and result.last_profile is not None:
         click.echo(result.last_profile.table())

@@ -1,14 +1,15 @@
 """What a video run adds to the deep analogy of each frame: keyframes, mask, colour.
 
-:class:`FinishSpec` is the picklable description (it travels to Ray workers and
-into the work directory's manifest); :meth:`FinishSpec.open` gives the
-:class:`Finisher` the frame loop calls: whether frame t needs the deep analogy
-at all (not where painted keyframes cover it), and the finished frame.
+:meth:`Finisher.open` gives the :class:`Finisher` the frame loop calls: whether
+frame t needs the deep analogy at all (not where painted keyframes cover it),
+and the finished frame. The run's specification
+(:class:`~diva_numba.run.spec.RunSpec`) holds the keyframes, the mask and the
+settings it opens with.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -16,80 +17,22 @@ import numpy as np
 
 from diva_numba.finishing.compositing import Mask, preserve_colour
 from diva_numba.finishing.keyframes import Keyframe, KeyframeParams, KeyframeRun, composite_keys
-from diva_numba.outputs import file_sha256
 
 
-@dataclass(frozen=True)
-class FinishSpec:
-    """The artist's inputs of a run.
+def checked_mask(path: Path | None, feather: float, plan) -> Mask | None:
+    """The mask at ``path``, checked against ``plan``'s clip (None without one).
 
-    Attributes
-    ----------
-    keys : tuple of Keyframe
-        Paintings of frames of the clip.
-    mask : Path or None
-        Where to stylise (white); elsewhere the input passes through.
-    mask_feather : float
-    preserve_colour : bool
-    keyframe_params : KeyframeParams
+    Raises
+    ------
+    InputError
+        A mask video of another length than the clip, or a mask of another
+        shape; see :meth:`Mask.check`.
     """
-
-    keys: tuple[Keyframe, ...] = ()
-    mask: Path | None = None
-    mask_feather: float = 8.0
-    preserve_colour: bool = False
-    keyframe_params: KeyframeParams = field(default_factory=KeyframeParams)
-
-    @property
-    def is_plain(self) -> bool:
-        """True when the run is the deep analogy alone."""
-        return not self.keys and self.mask is None and not self.preserve_colour
-
-    def inputs(self) -> list[Path]:
-        """The files it reads (an output must not replace them)."""
-        return [Path(k.path) for k in self.keys] + ([Path(self.mask)] if self.mask else [])
-
-    def fingerprint(self) -> dict:
-        """What decides the frames (for the work directory's manifest)."""
-        if self.is_plain:
-            return {}
-        return {
-            "keys": [
-                [k.index, file_sha256(k.path)] for k in sorted(self.keys, key=lambda k: k.index)
-            ],
-            "mask": None if self.mask is None else [file_sha256(self.mask), self.mask_feather],
-            "preserve_colour": self.preserve_colour,
-        }
-
-    def open(self, clip: Path, plan, work_dir: Path) -> Finisher:
-        """The finisher for ``plan``'s frames; propagates the keyframes if not done yet.
-
-        Raises
-        ------
-        InputError
-            The mask does not fit the clip (checked first, before the
-            keyframes' propagation, so that it fails in a second).
-        """
-        mask = self.check(plan)
-        keys = None
-        if self.keys:
-            keys = KeyframeRun.prepare(self.keys, clip, plan, work_dir, self.keyframe_params)
-        return Finisher(keys, mask, self.preserve_colour)
-
-    def check(self, plan) -> Mask | None:
-        """The mask, checked against ``plan``'s clip (None without one).
-
-        Raises
-        ------
-        InputError
-            A mask video of another length than the clip, or a mask of
-            another shape; see :meth:`Mask.check`.
-        """
-        if self.mask is None:
-            return None
-        mask = Mask(self.mask, feather=self.mask_feather)
-        mask.check(plan.info.width, plan.info.height, plan.info.frame_count)
-        return mask
+    if path is None:
+        return None
+    mask = Mask(path, feather=feather)
+    mask.check(plan.info.width, plan.info.height, plan.info.frame_count)
+    return mask
 
 
 class Finisher:
@@ -100,6 +43,31 @@ class Finisher:
         self.mask = mask
         self.keep_colour = keep_colour
         self._picture = None
+
+    @classmethod
+    def open(
+        cls,
+        keys: Sequence[Keyframe],
+        mask: Path | None,
+        *,
+        feather: float,
+        keep_colour: bool,
+        keyframe_params: KeyframeParams,
+        clip: Path,
+        plan,
+        work_dir: Path,
+    ) -> Finisher:
+        """The finisher of ``plan``'s frames; propagates the keyframes if not done yet.
+
+        Raises
+        ------
+        InputError
+            The mask does not fit the clip (checked first, before the
+            keyframes' propagation, so that it fails in a second).
+        """
+        checked = checked_mask(mask, feather, plan)
+        run = KeyframeRun.prepare(keys, clip, plan, work_dir, keyframe_params) if keys else None
+        return cls(run, checked, keep_colour)
 
     def analogy_input(self, index: int, frame: np.ndarray) -> np.ndarray:
         """Frame ``index`` (at the working size) as the deep analogy should see it.

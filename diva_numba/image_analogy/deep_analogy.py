@@ -259,101 +259,131 @@ def analogy(
     with profile.stage("features"):
         feat_a = model.features(image_a)
         feat_bp = features_bp if features_bp is not None else model.features(image_bp)
-    reuse_b = warm_start.latent_b is not None
-    # At level 5 the latent images take the structure features unchanged.
-    feat_ap = {5: feat_a[5]}
-    feat_b = {5: feat_bp[5], **(warm_start.latent_b or {})}
-    shape_a = image_a.shape[:2]
-    shape_b = image_bp.shape[:2]
-    fields: dict[int, tuple[object, object]] = {}
-    deconvolutions: dict[int, object] = {}
-    up_ab = up_ba = None
-    lbfgs_params = LBFGSParams(
-        history=params.lbfgs_history,
-        max_iterations=params.lbfgs_iterations,
-        min_relative_decrease=params.lbfgs_min_decrease,
+    pyramid = _CoarseToFine(
+        model, params, warm_start, profile, feat_a, feat_bp, image_a.shape[:2], image_bp.shape[:2]
     )
-    mask_options = {"kind": params.mask, "kappa": params.kappa, "tau": params.tau}
-
     for level in (5, 4, 3, 2, 1):
+        pyramid.match(level)
+        if level > 1:
+            pyramid.reconstruct(level)
+    return pyramid.result()
+
+
+class _CoarseToFine:
+    """One analogy's state as it goes down the levels: latent features and fields.
+
+    :meth:`match` runs a level's PatchMatch (docs/DESIGN.md section 2, step 2),
+    :meth:`reconstruct` the next level's latent features and starting fields
+    (steps 3 and 4), :meth:`result` the pixels.
+    """
+
+    def __init__(self, model: AnalogyModel, params: AnalogyParams, warm_start: WarmStart,
+                 profile: Profile, feat_a: dict, feat_bp: dict, shape_a, shape_b):  # fmt: skip
+        self.model = model
+        self.params = params
+        self.warm_start = warm_start
+        self.profile = profile
+        self.feat_a = feat_a
+        self.feat_bp = feat_bp
+        self.shape_a = shape_a
+        self.shape_b = shape_b
+        self.reuse_b = warm_start.latent_b is not None
+        # At level 5 the latent images take the structure features unchanged.
+        self.feat_ap = {5: feat_a[5]}
+        self.feat_b = {5: feat_bp[5], **(warm_start.latent_b or {})}
+        self.fields: dict[int, tuple[object, object]] = {}
+        self.deconvolutions: dict[int, object] = {}
+        self.up_ab = self.up_ba = None
+        self.lbfgs_params = LBFGSParams(
+            history=params.lbfgs_history,
+            max_iterations=params.lbfgs_iterations,
+            min_relative_decrease=params.lbfgs_min_decrease,
+        )
+        self.mask_options = {"kind": params.mask, "kappa": params.kappa, "tau": params.tau}
+
+    def match(self, level: int) -> None:
+        """``phi_ab`` (and ``phi_ba`` unless B is reused) of ``level``."""
+        params, warm_start, profile = self.params, self.warm_start, self.profile
         iterations = params.patchmatch_iterations
         if warm_start.patchmatch_iterations is not None and level in warm_start.fields_ab:
             iterations = warm_start.patchmatch_iterations
         with profile.stage("normalize", level):
-            n_a = normalize_features(feat_a[level])
-            n_ap = normalize_features(feat_ap[level])
-            n_b = normalize_features(feat_b[level])
-            n_bp = normalize_features(feat_bp[level])
+            n_a = normalize_features(self.feat_a[level])
+            n_ap = normalize_features(self.feat_ap[level])
+            n_b = normalize_features(self.feat_b[level])
+            n_bp = normalize_features(self.feat_bp[level])
         with profile.stage("patchmatch", level):
             init_ab = _initial_field(
-                warm_start.fields_ab.get(level), warm_start.fresh_ab.get(level), up_ab,
-                shape_a, shape_b, level, model.device,
+                warm_start.fields_ab.get(level), warm_start.fresh_ab.get(level), self.up_ab,
+                self.shape_a, self.shape_b, level, self.model.device,
             )  # fmt: skip
             nnf_ab, _ = patchmatch(
                 n_a, n_ap, n_b, n_bp, init_field=init_ab,
-                params=params.patchmatch_params(level, shape_a, 0, iterations),
+                params=params.patchmatch_params(level, self.shape_a, 0, iterations),
             )  # fmt: skip
             nnf_ba = None
-            if not reuse_b:
+            if not self.reuse_b:
                 nnf_ba, _ = patchmatch(
-                    n_bp, n_b, n_ap, n_a, init_field=up_ba,
-                    params=params.patchmatch_params(level, shape_b, 1, iterations),
+                    n_bp, n_b, n_ap, n_a, init_field=self.up_ba,
+                    params=params.patchmatch_params(level, self.shape_b, 1, iterations),
                 )  # fmt: skip
-        fields[level] = (nnf_ab, nnf_ba)
-        if level == 1:
-            break
+        self.fields[level] = (nnf_ab, nnf_ba)
+
+    def reconstruct(self, level: int) -> None:
+        """Latent A' (and B) at ``level - 1``, and the fields upsampled to it."""
+        model, params, warm_start, profile = self.model, self.params, self.warm_start, self.profile
+        nnf_ab, nnf_ba = self.fields[level]
         next_level = level - 1
         alpha = params.alpha(next_level)
         # A' gets B''s look through phi_ab; B gets A's look through phi_ba.
         with profile.stage("deconvolution", level):
             solves = warm_start.solve_levels is None or level in warm_start.solve_levels
-            recon_ap, deconvolutions[level] = _reconstruct(
-                model, level, feat_bp, nnf_ab, shape_a, shape_b, warm_start.deconv_ab.get(level),
-                params, lbfgs_params if solves else LBFGSParams(max_iterations=0), profile,
+            recon_ap, self.deconvolutions[level] = _reconstruct(
+                model, level, self.feat_bp, nnf_ab, self.shape_a, self.shape_b,
+                warm_start.deconv_ab.get(level), params,
+                self.lbfgs_params if solves else LBFGSParams(max_iterations=0), profile,
                 boxes=warm_start.solve_boxes.get(level),
             )  # fmt: skip
-            if not reuse_b:
+            if not self.reuse_b:
                 recon_b, _ = _reconstruct(
-                    model, level, feat_a, nnf_ba, shape_b, shape_a, None, params, lbfgs_params,
-                    profile,
+                    model, level, self.feat_a, nnf_ba, self.shape_b, self.shape_a, None, params,
+                    self.lbfgs_params, profile,
                 )  # fmt: skip
         with profile.stage("blend", level):
-            mask_a = response_mask(feat_a[next_level], **mask_options)
-            feat_ap[next_level] = blend(feat_a[next_level], recon_ap, mask_a, alpha=alpha)
-            if not reuse_b:
-                mask_bp = response_mask(feat_bp[next_level], **mask_options)
-                feat_b[next_level] = blend(feat_bp[next_level], recon_b, mask_bp, alpha=alpha)
+            feat_a, feat_bp = self.feat_a[next_level], self.feat_bp[next_level]
+            mask_a = response_mask(feat_a, **self.mask_options)
+            self.feat_ap[next_level] = blend(feat_a, recon_ap, mask_a, alpha=alpha)
+            if not self.reuse_b:
+                mask_bp = response_mask(feat_bp, **self.mask_options)
+                self.feat_b[next_level] = blend(feat_bp, recon_b, mask_bp, alpha=alpha)
         with profile.stage("upsample", level):
-            up_ab = upsample_field(
-                nnf_ab,
-                target_shape=vgg.level_shape(*shape_a, next_level),
-                source_shape=vgg.level_shape(*shape_b, next_level),
-            )
-            if not reuse_b:
-                up_ba = upsample_field(
-                    nnf_ba,
-                    target_shape=vgg.level_shape(*shape_b, next_level),
-                    source_shape=vgg.level_shape(*shape_a, next_level),
-                )
+            shape_a = vgg.level_shape(*self.shape_a, next_level)
+            shape_b = vgg.level_shape(*self.shape_b, next_level)
+            self.up_ab = upsample_field(nnf_ab, target_shape=shape_a, source_shape=shape_b)
+            if not self.reuse_b:
+                self.up_ba = upsample_field(nnf_ba, target_shape=shape_b, source_shape=shape_a)
 
-    with profile.stage("pixels"):
-        # relu1_1 has the image's own resolution, so the level-1 fields are the
-        # pixel fields.
-        nnf_ab, nnf_ba = fields[1]
-        a_prime = model.pixels(vote(feat_bp[0], nnf_ab, patch_size=params.patch_size(0)))
-        b = None
-        if nnf_ba is not None:
-            b = model.pixels(vote(feat_a[0], nnf_ba, patch_size=params.patch_size(0)))
-    return AnalogyResult(
-        a_prime=a_prime,
-        b=b,
-        nnf_ab=to_host(nnf_ab),
-        nnf_ba=None if nnf_ba is None else to_host(nnf_ba),
-        level_fields=fields,
-        deconvolutions=deconvolutions,
-        latent_b={level: feat_b[level] for level in (4, 3, 2, 1)},
-        profile=profile,
-    )
+    def result(self) -> AnalogyResult:
+        """A' and B voted from the pixels, with every level's fields and solutions."""
+        with self.profile.stage("pixels"):
+            # relu1_1 has the image's own resolution, so the level-1 fields are the
+            # pixel fields.
+            nnf_ab, nnf_ba = self.fields[1]
+            patch = self.params.patch_size(0)
+            a_prime = self.model.pixels(vote(self.feat_bp[0], nnf_ab, patch_size=patch))
+            b = None
+            if nnf_ba is not None:
+                b = self.model.pixels(vote(self.feat_a[0], nnf_ba, patch_size=patch))
+        return AnalogyResult(
+            a_prime=a_prime,
+            b=b,
+            nnf_ab=to_host(nnf_ab),
+            nnf_ba=None if nnf_ba is None else to_host(nnf_ba),
+            level_fields=self.fields,
+            deconvolutions=self.deconvolutions,
+            latent_b={level: self.feat_b[level] for level in (4, 3, 2, 1)},
+            profile=self.profile,
+        )
 
 
 def _initial_field(seed, fresh, fallback, shape_a, shape_b, level: int, device: Device):

@@ -202,6 +202,13 @@ class _State:
         self.step_mode = lbfgs_ops.STEP_TAKE_GRADIENT
         self.step_slot = 0
         self._wrapped: dict[int, tuple[object, object]] = {}
+        # The rows every kernel call names the same way, and the pairs they hold.
+        self.fixed_rows = {
+            "gradient_row": _Rows.GRADIENT,
+            "direction": _Rows.DIRECTION,
+            "first_history": _Rows.FIRST_HISTORY,
+            "history": history,
+        }
 
     def wrapped(self, array):
         """``kernel_array(array)``, remembered for arrays the objective hands back again.
@@ -296,110 +303,23 @@ def minimize_lbfgs(
     -------
     LBFGSResult
     """
-    state = _State(x0, params.history)
-    R = _Register
-    evaluations = 0
-    fetched = np.zeros(R.size(params.history))
-    latest_grad = None
-
-    def evaluate(row: int) -> None:
-        """Objective at ``rows[row]`` and the register's scalars; the one host sync per call."""
-        nonlocal evaluations, fetched, latest_grad
-        evaluations += 1
-        loss, grad = fun_and_grad(state.points[row])
-        latest_grad = state.wrapped(grad).reshape(-1)
-        lbfgs_ops.trial_scalars(
-            state.kernel_rows,
-            latest_grad,
-            state.wrapped(loss) if is_cuda_array(loss) else loss,
-            state.kernel_scalars,
-            current=state.current,
-            trial=row,
-            gradient_row=_Rows.GRADIENT,
-            direction=_Rows.DIRECTION,
-            first_history=_Rows.FIRST_HISTORY,
-            history=state.history,
-            loss_slot=R.LOSS,
-            first_slot=R.TRIAL,
-            work=state.work,
-        )
-        fetched = to_host(state.scalars)
-
-    def phi(step: float) -> tuple[float, float]:
-        vector_ops.combine(
-            state.kernel_row[state.trial],
-            state.kernel_row[state.current],
-            state.kernel_row[_Rows.DIRECTION],
-            alpha=1.0,
-            beta=step,
-        )
-        evaluate(state.trial)
-        return float(fetched[R.LOSS]), float(fetched[R.TRIAL + R.SLOPE])
-
-    def converged() -> bool:
-        x_squared = float(fetched[R.TRIAL + R.X_SQUARED])
-        return fetched[R.TRIAL + R.GRAD_SQUARED] < params.gradient_tolerance * max(x_squared, 1.0)
-
-    def result(reason: str, iterations: int) -> LBFGSResult:
-        # A fresh array: the state (all its rows) is not kept alive by the result.
-        if is_cuda_array(x0):
-            x = device_empty((x0.size,), x0.dtype, like=x0)
-        else:
-            x = np.empty(x0.size, dtype=x0.dtype)
-        row = state.kernel_row[state.current]
-        vector_ops.combine(kernel_array(x), row, row, alpha=1.0, beta=0.0)
-        return LBFGSResult(
-            x.reshape(state.shape), losses[-1], iterations, evaluations, reason, tuple(losses)
-        )
-
-    flat_x0 = kernel_array(x0.reshape(-1))
-    vector_ops.combine(state.kernel_row[state.current], flat_x0, flat_x0, alpha=1.0, beta=0.0)
-    evaluate(state.current)
-    losses = [float(fetched[R.LOSS])]
-    gradient_squared = float(fetched[R.TRIAL + R.GRAD_SQUARED])
-    state.gram[-1, -1] = gradient_squared
-    if converged():
-        return result(CONVERGED, 0)
-
+    run = _Minimization(fun_and_grad, x0, params)
+    state = run.state
+    run.start()
+    if run.converged():
+        return run.result(CONVERGED, 0)
     iterations = 0
     while iterations < params.max_iterations:
-        if state.pairs:
-            initial_step = 1.0
-        else:
-            initial_step = 1.0 / math.sqrt(gradient_squared)
-        # Stores the accepted pair, forms d, writes the first trial point and g.d.
-        lbfgs_ops.lbfgs_step(
-            state.kernel_rows,
-            latest_grad,
-            state.direction_coefficients(),
-            state.kernel_scalars,
-            mode=state.step_mode,
-            slot=state.step_slot,
-            current=state.current,
-            previous=state.trial,
-            out=state.trial,
-            gradient_row=_Rows.GRADIENT,
-            direction=_Rows.DIRECTION,
-            first_history=_Rows.FIRST_HISTORY,
-            history=state.history,
-            step=initial_step,
-            slope_slot=R.SLOPE0,
-            work=state.work,
-        )
-        state.step_mode = lbfgs_ops.STEP_PLAIN
-        # The first trial is evaluated before the line search starts: its transfer
-        # also brings g.d, so checking the direction costs no extra sync.
-        evaluate(state.trial)
-        first_trial = float(fetched[R.LOSS]), float(fetched[R.TRIAL + R.SLOPE])
-        slope0 = float(fetched[R.SLOPE0])
+        initial_step = 1.0 if state.pairs else 1.0 / math.sqrt(run.gradient_squared)
+        first_trial, slope0 = run.first_trial(initial_step)
         if not slope0 < 0:
             if state.pairs:  # rounding broke the quasi-Newton direction: start afresh
                 state.pairs.clear()
                 continue
-            return result(LINE_SEARCH_FAILED, iterations)
+            return run.result(LINE_SEARCH_FAILED, iterations)
         search = strong_wolfe_line_search(
-            phi,
-            losses[-1],
+            run.phi,
+            run.losses[-1],
             slope0,
             initial_step=initial_step,
             sufficient_decrease=params.sufficient_decrease,
@@ -408,15 +328,127 @@ def minimize_lbfgs(
             first_trial=first_trial,
         )
         if search.step <= 0:
-            return result(LINE_SEARCH_FAILED, iterations)
+            return run.result(LINE_SEARCH_FAILED, iterations)
         if not search.last_evaluated:
-            phi(search.step)
+            run.phi(search.step)
         iterations += 1
+        fetched = run.fetched
         state.accept(fetched)
-        losses.append(search.value)
-        gradient_squared = float(fetched[R.TRIAL + R.GRAD_SQUARED])
-        if converged():
-            return result(CONVERGED, iterations)
+        run.losses.append(search.value)
+        run.gradient_squared = float(fetched[_Register.TRIAL + _Register.GRAD_SQUARED])
+        if run.converged():
+            return run.result(CONVERGED, iterations)
+        losses = run.losses
         if losses[-2] - losses[-1] < params.min_relative_decrease * losses[0]:
-            return result(SMALL_DECREASE, iterations)
-    return result(MAX_ITERATIONS, iterations)
+            return run.result(SMALL_DECREASE, iterations)
+    return run.result(MAX_ITERATIONS, iterations)
+
+
+class _Minimization:
+    """One call of :func:`minimize_lbfgs`: the objective, the state and what the host read.
+
+    ``fetched`` is the register as the last evaluation brought it to the host.
+    """
+
+    def __init__(self, fun_and_grad: Callable, x0, params: LBFGSParams):
+        self.fun_and_grad = fun_and_grad
+        self.x0 = x0
+        self.params = params
+        self.state = _State(x0, params.history)
+        self.evaluations = 0
+        self.fetched = np.zeros(_Register.size(params.history))
+        self.latest_grad = None
+        self.losses: list[float] = []
+        self.gradient_squared = 0.0
+
+    def start(self) -> None:
+        """The current point is ``x0``; its loss and gradient evaluated."""
+        state = self.state
+        flat_x0 = kernel_array(self.x0.reshape(-1))
+        vector_ops.combine(state.kernel_row[state.current], flat_x0, flat_x0, alpha=1.0, beta=0.0)
+        self.evaluate(state.current)
+        self.losses = [float(self.fetched[_Register.LOSS])]
+        self.gradient_squared = float(self.fetched[_Register.TRIAL + _Register.GRAD_SQUARED])
+        state.gram[-1, -1] = self.gradient_squared
+
+    def evaluate(self, row: int) -> None:
+        """Objective at ``rows[row]`` and the register's scalars; the one host sync per call."""
+        state, R = self.state, _Register
+        self.evaluations += 1
+        loss, grad = self.fun_and_grad(state.points[row])
+        self.latest_grad = state.wrapped(grad).reshape(-1)
+        lbfgs_ops.trial_scalars(
+            state.kernel_rows,
+            self.latest_grad,
+            state.wrapped(loss) if is_cuda_array(loss) else loss,
+            state.kernel_scalars,
+            current=state.current,
+            trial=row,
+            **state.fixed_rows,
+            loss_slot=R.LOSS,
+            first_slot=R.TRIAL,
+            work=state.work,
+        )
+        self.fetched = to_host(state.scalars)
+
+    def first_trial(self, initial_step: float) -> tuple[tuple[float, float], float]:
+        """Start an iteration; ``((loss, slope) at the first trial point, g.d)``.
+
+        Stores the accepted pair, forms d, writes the first trial point and g.d in
+        one pass, then evaluates the first trial before the line search starts:
+        its transfer also brings g.d, so checking the direction costs no extra sync.
+        """
+        state, R = self.state, _Register
+        lbfgs_ops.lbfgs_step(
+            state.kernel_rows,
+            self.latest_grad,
+            state.direction_coefficients(),
+            state.kernel_scalars,
+            mode=state.step_mode,
+            slot=state.step_slot,
+            current=state.current,
+            previous=state.trial,
+            out=state.trial,
+            **state.fixed_rows,
+            step=initial_step,
+            slope_slot=R.SLOPE0,
+            work=state.work,
+        )
+        state.step_mode = lbfgs_ops.STEP_PLAIN
+        self.evaluate(state.trial)
+        fetched = self.fetched
+        first = float(fetched[R.LOSS]), float(fetched[R.TRIAL + R.SLOPE])
+        return first, float(fetched[R.SLOPE0])
+
+    def phi(self, step: float) -> tuple[float, float]:
+        """Loss and slope along the direction at ``step`` (the line search's function)."""
+        state, R = self.state, _Register
+        vector_ops.combine(
+            state.kernel_row[state.trial],
+            state.kernel_row[state.current],
+            state.kernel_row[_Rows.DIRECTION],
+            alpha=1.0,
+            beta=step,
+        )
+        self.evaluate(state.trial)
+        return float(self.fetched[R.LOSS]), float(self.fetched[R.TRIAL + R.SLOPE])
+
+    def converged(self) -> bool:
+        R = _Register
+        x_squared = float(self.fetched[R.TRIAL + R.X_SQUARED])
+        gradient_squared = self.fetched[R.TRIAL + R.GRAD_SQUARED]
+        return gradient_squared < self.params.gradient_tolerance * max(x_squared, 1.0)
+
+    def result(self, reason: str, iterations: int) -> LBFGSResult:
+        # A fresh array: the state (all its rows) is not kept alive by the result.
+        x0, state = self.x0, self.state
+        if is_cuda_array(x0):
+            x = device_empty((x0.size,), x0.dtype, like=x0)
+        else:
+            x = np.empty(x0.size, dtype=x0.dtype)
+        row = state.kernel_row[state.current]
+        vector_ops.combine(kernel_array(x), row, row, alpha=1.0, beta=0.0)
+        losses = self.losses
+        return LBFGSResult(
+            x.reshape(state.shape), losses[-1], iterations, self.evaluations, reason, tuple(losses)
+        )

@@ -2,19 +2,13 @@
 
 Frames within a shot depend on their predecessors (each is seeded from the one
 before it); shots do not. A clip is therefore cut at its shot boundaries
-(:func:`find_cuts`), and long shots are cut further into chunks of at most
-``chunk_frames`` frames that overlap by ``overlap`` frames (:func:`plan_chunks`).
+(:func:`~diva_numba.video.shots.find_cuts`), and long shots are cut further into
+chunks of at most ``chunk_frames`` frames that overlap by ``overlap`` frames
+(:func:`plan_chunks`).
 Every chunk starts afresh (a full analogy of its first frame) and is seeded
 along the flow from there; in an overlap the later chunk fades in over the
 earlier one (:func:`join_weight`), so the change of seed never shows as a jump.
 See docs/DESIGN.md section 3.
-
-The shot detector is our own: a colour histogram of every frame, small and
-blurred, compared with the previous frame's by total variation, and a cut
-where that distance is both large in absolute terms and large against the
-shot's recent motion. (PySceneDetect, the maintained library for this, pulls
-in the full ``opencv-python`` build, which cannot be installed beside the
-headless OpenCV this project uses.)
 """
 
 from __future__ import annotations
@@ -22,32 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-
-#: Histogram bins over hue, saturation and value.
-HISTOGRAM_BINS = (16, 4, 4)
-#: Long side the frames are compared at.
-DETECTION_SIDE = 64
-
-
-@dataclass(frozen=True)
-class CutDetection:
-    """How shot cuts are found.
-
-    Attributes
-    ----------
-    threshold : float
-        Smallest histogram distance (total variation, 0..1) that is a cut.
-    contrast : float
-        A cut must also exceed this many times the median distance of the
-        ``window`` frame pairs before it (fast motion raises that median).
-    window : int
-    """
-
-    threshold: float = 0.35
-    contrast: float = 4.0
-    window: int = 8
 
 
 @dataclass(frozen=True)
@@ -70,54 +39,6 @@ class Chunk:
     @property
     def frames(self) -> int:
         return self.end - self.start
-
-
-def colour_signature(frame: np.ndarray) -> np.ndarray:
-    """Normalised HSV histogram of an RGB uint8 ``(H, W, 3)`` frame, float32 (bins,)."""
-    height, width = frame.shape[:2]
-    scale = DETECTION_SIDE / max(height, width)
-    small = cv2.resize(
-        frame, (max(1, round(width * scale)), max(1, round(height * scale))),
-        interpolation=cv2.INTER_AREA,
-    )  # fmt: skip
-    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-    histogram = cv2.calcHist([hsv], [0, 1, 2], None, list(HISTOGRAM_BINS), [0, 180, 0, 256, 0, 256])
-    histogram = histogram.ravel().astype(np.float32)
-    return histogram / max(float(histogram.sum()), 1.0)
-
-
-def find_cuts(
-    frames: Iterable[np.ndarray],
-    *,
-    detection: CutDetection = CutDetection(),  # noqa: B008
-) -> list[int]:
-    """Indices (into ``frames``) of the frames that start a new shot, the first excluded.
-
-    Parameters
-    ----------
-    frames : iterable of uint8 arrays (H, W, 3)
-        The frames in order (RGB); read once.
-    detection : CutDetection
-
-    Returns
-    -------
-    list of int
-    """
-    cuts = []
-    previous = None
-    recent: list[float] = []
-    for index, frame in enumerate(frames):
-        signature = colour_signature(frame)
-        if previous is not None:
-            distance = 0.5 * float(np.abs(signature - previous).sum())
-            usual = float(np.median(recent)) if recent else 0.0
-            if distance >= detection.threshold and distance >= detection.contrast * usual:
-                cuts.append(index)
-                recent = []
-            else:
-                recent = [*recent, distance][-detection.window :]
-        previous = signature
-    return cuts
 
 
 def plan_chunks(

@@ -44,11 +44,13 @@ from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchors
-from diva_numba.run.chunks import colour_signature
+from diva_numba.run.planning import TransferPlan
+from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.shots import shot_distance
 
 
 @dataclass
@@ -80,164 +82,225 @@ class FrameReport:
 
 def stylise_frames(
     model: AnalogyModel,
-    plan,
-    clip_path: Path,
+    spec: RunSpec,
+    plan: TransferPlan,
     work: WorkDirectory,
-    params,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
-    finish=None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
 
     Parameters
     ----------
     model : AnalogyModel
-    plan : TransferPlan
-        Frame range, working size and the style image at its working size.
-    clip_path : Path
-    work : WorkDirectory
-        Holds the finished frames; frames already done are skipped (resume).
-    params : TransferParams
-    on_frame : callable, optional
-        Called after every finished frame (progress bars, previews).
-    finish : FinishSpec, optional
-        Keyframes, mask and colour (:mod:`diva_numba.finishing.finisher`). With
+    spec : RunSpec
+        The run: its clip, parameters, keyframes, mask and colour (with
         keyframes the deep analogy runs only on frames with content no
         keyframe shows; its state then carries over from the last frame it
-        ran on.
+        ran on).
+    plan : TransferPlan
+        Frame range, working size and the style image at its working size
+        (a chunk's own range on a scale-out worker).
+    work : WorkDirectory
+        Holds the finished frames; frames already done are skipped (resume).
+    on_frame : callable, optional
+        Called after every finished frame (progress bars, previews).
     """
     done = work.finished_frames(plan.start, plan.end)
-    first_todo = plan.start + done
-    if first_todo >= plan.end:
+    if plan.start + done >= plan.end:
         return
-    device = model.device
-    state = _state_on_device(work.load_state(), device) if done else None
-    latent_b = work.load_latent_b() if done else None
-    if latent_b is not None:
-        # Level 0, B's pixels, guides the synthesis on the host.
-        latent_b = {lv: v if lv == 0 else to_device(v, device) for lv, v in latent_b.items()}
-    features_bp = model.features(plan.style)
-    guided = dataclasses.replace(
-        params.analogy,
-        lbfgs_iterations=params.guided_lbfgs_iterations,
-        lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
-    )
-    finisher = (
-        None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
-    )
-    exemplar_cache = ExemplarCache()
-    # A seeded frame's matches come from the photo flow between frames; the appearance
-    # alignment's noise, different from frame to frame, would make them wander: it runs
-    # on a shot's first frame only (docs/DESIGN.md section 10).
-    seeded_synthesis = dataclasses.replace(
-        params.synthesis, alignment=dataclasses.replace(params.synthesis.alignment, rounds=0)
-    )
+    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path))
+    if done:
+        loop.resume(work)
     with BackgroundWriter() as writer:
-        for index, frame in _output_frames(clip_path, plan, first_todo):
+        for index, frame in _output_frames(spec.clip, plan, plan.start + done):
             writer.check()
             started = time.perf_counter()
-            work_frame = resize(frame, *plan.work_shape)
-            # A new shot is a new start: a full analogy, B's latent features made afresh.
-            cut = state is not None and starts_shot(
-                state.input_frame, work_frame, params.cut_threshold
-            )
-            refresh_b = (
-                latent_b is None
-                or params.independent
-                or cut
-                or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
-            )
-            profile = None
-            if finisher is not None and not finisher.needs_analogy(index):
-                finished = finisher(index, frame, None)
-                # The analogy's state stays that of the last frame it ran on.
-                state = (
-                    FrameState(index, work_frame, finished, {}, {})
-                    if state is None
-                    else dataclasses.replace(state, index=index)
-                )
-                writer.submit(_frame_writer(work, state, None, finished))
-            else:
-                temporal, solutions, state_anchors = None, None, {}
-                synthesis = params.synthesis
-                analogy_frame = (
-                    work_frame if finisher is None else finisher.analogy_input(index, work_frame)
-                )
-                if state is None or not state.fields_ab or params.independent or cut:
-                    result = analogy(
-                        model, analogy_frame, plan.style, params=params.analogy,
-                        features_bp=features_bp,
-                    )  # fmt: skip
-                else:
-                    forward, backward = flow_pair(
-                        state.input_frame, work_frame, preset=params.flow_preset
-                    )
-                    occluded = occlusion_mask(forward, backward)
-                    followed = {
-                        lv: anchors.follow(state.anchor(lv), backward, occluded)
-                        for lv in state.deconv_ab
-                    }
-                    warm_start = _warm_start(
-                        state, backward, followed, occluded, plan, params, device
-                    )
-                    if not refresh_b:
-                        warm_start.latent_b = _feature_levels(latent_b)
-                    warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(
-                        followed, params
-                    )
-                    result = analogy(
-                        model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
-                        warm_start=warm_start,
-                    )  # fmt: skip
-                    # The guide is made at the output size: part of the full-resolution stage.
-                    with result.profile.stage("synthesis"):
-                        temporal = _temporal_guide(
-                            state, backward, occluded, params, plan.style_full.shape[:2]
-                        )
-                    solutions, state_anchors = anchors.settle(
-                        followed, warm_start, state.deconv_ab, result.deconvolutions
-                    )
-                    synthesis = seeded_synthesis
-                if refresh_b:
-                    latent_b = {**result.latent_b, 0: result.b}
-                with result.profile.stage("synthesis"):
-                    synthesized = synthesize(
-                        frame, plan.style_full, result.level_fields[1][0], latent_b[0],
-                        exemplar_work_shape=plan.style.shape[:2], device=device,
-                        params=synthesis, temporal=temporal, cache=exemplar_cache,
-                    )  # fmt: skip
-                output = synthesized.image
-                profile = result.profile
-                state = FrameState(
-                    index=index,
-                    input_frame=work_frame,
-                    output_frame=output,
-                    fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
-                    deconv_ab=dict(result.deconvolutions) if solutions is None else solutions,
-                    anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
-                    anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
-                    output_field=synthesized.field,
-                )
-                finished = output if finisher is None else finisher(index, frame, output)
-                writer.submit(_frame_writer(work, state, latent_b if refresh_b else None, finished))
+            outcome = loop.frame(index, frame)
+            writer.submit(_frame_writer(work, outcome))
             if on_frame is not None:
                 seconds = time.perf_counter() - started
-                total = plan.end - plan.start
-                on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
-                                     finished, profile))  # fmt: skip
+                on_frame(FrameReport(index, index + 1 - plan.start, plan.end - plan.start,
+                                     seconds, frame, outcome.output, outcome.profile))  # fmt: skip
 
 
-def starts_shot(previous: np.ndarray, frame: np.ndarray, threshold: float) -> bool:
-    """True when ``frame`` is not a continuation of ``previous`` (a shot cut).
+@dataclass
+class FrameOutcome:
+    """What one frame leaves: its state for the next, its output, what to save.
 
-    The colour histograms of the two frames (:func:`~diva_numba.run.chunks.colour_signature`)
-    differ by at least ``threshold`` in total variation; within a shot, even a fast
-    pan stays under 0.1, cuts between shots measure 0.9 and more (docs/DESIGN.md
-    section 3).
+    Attributes
+    ----------
+    state : FrameState
+        What the next frame inherits (on the run's device).
+    output : uint8 array (H, W, 3)
+        The finished frame at the output size.
+    profile : Profile or None
+        Time per stage of its analogy (None when keyframes covered it).
+    latent_b : dict or None
+        B's latent features when this frame made them afresh (saved with it).
     """
-    distance = 0.5 * float(np.abs(colour_signature(frame) - colour_signature(previous)).sum())
-    return distance >= threshold
+
+    state: FrameState
+    output: np.ndarray
+    profile: object | None = None
+    latent_b: dict | None = None
+
+
+class FrameLoop:
+    """The frames of one run, by kind: covered by keyframes, a cold start, or seeded.
+
+    Holds what is fixed for the run (model, parameters, plan, finishing, the
+    style image's features) and what one frame hands the next (its
+    :class:`FrameState` and B's latent features). :meth:`frame` tells the
+    kinds apart; :meth:`covered`, :meth:`cold_start` and :meth:`seeded` each
+    make one kind and return its :class:`FrameOutcome`.
+
+    Parameters
+    ----------
+    model : AnalogyModel
+    params : TransferParams
+    plan : TransferPlan
+    finisher : Finisher or None
+    """
+
+    def __init__(self, model: AnalogyModel, params, plan: TransferPlan, finisher=None):
+        self.model = model
+        self.device = model.device
+        self.params = params
+        self.plan = plan
+        self.finisher = finisher
+        self.features_bp = model.features(plan.style)
+        self.seeded_analogy = dataclasses.replace(
+            params.analogy,
+            lbfgs_iterations=params.guided_lbfgs_iterations,
+            lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
+        )
+        # A seeded frame's matches come from the photo flow between frames; the appearance
+        # alignment's noise, different from frame to frame, would make them wander: it runs
+        # on a shot's first frame only (docs/DESIGN.md section 10).
+        self.seeded_synthesis = dataclasses.replace(
+            params.synthesis, alignment=dataclasses.replace(params.synthesis.alignment, rounds=0)
+        )
+        self.exemplar_cache = ExemplarCache()
+        self.state: FrameState | None = None
+        self.latent_b: dict | None = None
+
+    def resume(self, work: WorkDirectory) -> None:
+        """Continue from the last finished frame's state in ``work``."""
+        self.state = _state_on_device(work.load_state(), self.device)
+        latent_b = work.load_latent_b()
+        if latent_b is not None:
+            # Level 0, B's pixels, guides the synthesis on the host.
+            self.latent_b = {
+                lv: v if lv == 0 else to_device(v, self.device) for lv, v in latent_b.items()
+            }
+
+    def frame(self, index: int, frame: np.ndarray) -> FrameOutcome:
+        """Frame ``index`` (uint8, output size) made by its kind; the loop moves on to it."""
+        params, state = self.params, self.state
+        work_frame = resize(frame, *self.plan.work_shape)
+        # A new shot is a new start: a full analogy, B's latent features made afresh.
+        cut = state is not None and params.cuts.is_cut(shot_distance(state.input_frame, work_frame))
+        refresh_b = (
+            self.latent_b is None
+            or params.independent
+            or cut
+            or (params.refresh_b_every and (index - self.plan.start) % params.refresh_b_every == 0)
+        )
+        if self.finisher is not None and not self.finisher.needs_analogy(index):
+            outcome = self.covered(index, frame, work_frame)
+        elif state is None or not state.fields_ab or params.independent or cut:
+            outcome = self.cold_start(index, frame, work_frame)
+        else:
+            outcome = self.seeded(index, frame, work_frame, refresh_b=bool(refresh_b))
+        self.state = outcome.state
+        return outcome
+
+    def covered(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
+        """A frame the keyframes cover: no analogy; its state stays the last analogy's."""
+        finished = self.finisher(index, frame, None)
+        state = (
+            FrameState(index, work_frame, finished, {}, {})
+            if self.state is None
+            else dataclasses.replace(self.state, index=index)
+        )
+        return FrameOutcome(state, finished)
+
+    def cold_start(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
+        """A full image analogy (frame 0, a new shot, ``independent``); B made afresh."""
+        result = analogy(
+            self.model, self._analogy_input(index, work_frame), self.plan.style,
+            params=self.params.analogy, features_bp=self.features_bp,
+        )  # fmt: skip
+        self.latent_b = {**result.latent_b, 0: result.b}
+        return self._synthesised(
+            index, frame, work_frame, result, self.params.synthesis, refreshed=True
+        )
+
+    def seeded(
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
+    ) -> FrameOutcome:
+        """A frame seeded from the previous one along the optical flow (section 3)."""
+        state, params = self.state, self.params
+        forward, backward = flow_pair(state.input_frame, work_frame, preset=params.flow_preset)
+        occluded = occlusion_mask(forward, backward)
+        followed = {
+            lv: anchors.follow(state.anchor(lv), backward, occluded) for lv in state.deconv_ab
+        }
+        warm_start = _warm_start(state, backward, followed, occluded, self.plan, params,
+                                 self.device)  # fmt: skip
+        if not refresh_b:
+            warm_start.latent_b = _feature_levels(self.latent_b)
+        warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(followed, params)
+        result = analogy(
+            self.model, self._analogy_input(index, work_frame), self.plan.style,
+            params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
+        )  # fmt: skip
+        # The guide is made at the output size: part of the full-resolution stage.
+        with result.profile.stage("synthesis"):
+            temporal = _temporal_guide(
+                state, backward, occluded, params, self.plan.style_full.shape[:2]
+            )
+        solutions, state_anchors = anchors.settle(
+            followed, warm_start, state.deconv_ab, result.deconvolutions
+        )
+        if refresh_b:
+            self.latent_b = {**result.latent_b, 0: result.b}
+        return self._synthesised(
+            index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
+            temporal=temporal, solutions=solutions, state_anchors=state_anchors,
+        )  # fmt: skip
+
+    def _analogy_input(self, index: int, work_frame: np.ndarray) -> np.ndarray:
+        if self.finisher is None:
+            return work_frame
+        return self.finisher.analogy_input(index, work_frame)
+
+    def _synthesised(
+        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, temporal=None,
+        solutions=None, state_anchors=None,
+    ) -> FrameOutcome:  # fmt: skip
+        """The output at full resolution from the analogy's ``result``, and the new state."""
+        with result.profile.stage("synthesis"):
+            synthesized = synthesize(
+                frame, self.plan.style_full, result.level_fields[1][0], self.latent_b[0],
+                exemplar_work_shape=self.plan.style.shape[:2], device=self.device,
+                params=synthesis, temporal=temporal, cache=self.exemplar_cache,
+            )  # fmt: skip
+        state_anchors = state_anchors or {}
+        state = FrameState(
+            index=index,
+            input_frame=work_frame,
+            output_frame=synthesized.image,
+            fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
+            deconv_ab=dict(result.deconvolutions) if solutions is None else solutions,
+            anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
+            anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
+            output_field=synthesized.field,
+        )
+        output = synthesized.image
+        finished = output if self.finisher is None else self.finisher(index, frame, output)
+        return FrameOutcome(state, finished, result.profile, self.latent_b if refreshed else None)
 
 
 def _feature_levels(latent_b: dict) -> dict:
@@ -255,7 +318,7 @@ def _state_on_device(state: FrameState, device: Device) -> FrameState:
     )
 
 
-def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None, output):
+def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
     """Host copies of a frame's results (one transfer), and the job that writes them.
 
     The files are written in this order, each atomically: the frame, B's latent
@@ -263,6 +326,7 @@ def _frame_writer(work: WorkDirectory, state: FrameState, latent_b: dict | None,
     so whenever a run stops, every frame it names is on disk with what the next
     frame needs.
     """
+    state, latent_b, output = outcome.state, outcome.latent_b, outcome.output
     arrays = {("field", lv): v for lv, v in state.fields_ab.items()}
     if state.output_field is not None:
         arrays["output_field"] = state.output_field

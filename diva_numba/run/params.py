@@ -14,6 +14,7 @@ from diva_numba.gpu.device import Device, device_kind
 from diva_numba.image_analogy.params import AnalogyParams
 from diva_numba.synthesis.alignment import AlignmentParams
 from diva_numba.synthesis.pyramid import SynthesisParams
+from diva_numba.video.shots import CutDetection
 
 #: Long side of the deep analogy's frames by device; the CPU default keeps the
 #: bundled example to a few minutes on two cores (see BENCHMARKS.md).
@@ -71,9 +72,11 @@ class TransferParams:
         A level solved again on a seeded frame is solved only in boxes around
         the content new to its anchor (and the sub-network's receptive field
         around them); the rest keeps the moved solution (:mod:`diva_numba.network.regions`).
-    cut_threshold : float
-        Colour-histogram distance (0..1) between a frame and the previous one
-        above which the frame starts a new shot: a full analogy, as frame 0.
+    cuts : CutDetection
+        The shot-cut detector (:mod:`diva_numba.video.shots`). A frame whose
+        colour histogram is at least ``cuts.threshold`` from the previous
+        frame's starts a new shot: a full analogy, as frame 0. The scale-out
+        cuts the clip into chunks with the same detector.
     temporal_weight : float
         Weight of the temporal guide in the synthesis' patch distance: the
         previous output moved along the flow, at pixels the flow trusts; 0
@@ -116,7 +119,7 @@ class TransferParams:
     new_content_share: float = 0.3
     deep_content_share: float = 0.6
     deconvolve_new_only: bool = True
-    cut_threshold: float = 0.35
+    cuts: CutDetection = field(default_factory=CutDetection)
     temporal_weight: float = 1.0
     refresh_b_every: int = 0
     independent: bool = False

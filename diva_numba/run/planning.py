@@ -80,6 +80,44 @@ class TransferPlan:
         """(H, W) of the output frames."""
         return self.height, self.width
 
+    def writer_settings(
+        self, clip: Path, *, crf: float, chroma: str, frames: int | None = None
+    ) -> dict:
+        """The :class:`~diva_numba.video.VideoWriter` settings of the output.
+
+        The one description of how the run encodes, shared by the trial encode
+        before the first frame (:func:`check_encoding`) and the real one, so the
+        trial tests what the run will write.
+
+        Parameters
+        ----------
+        clip : Path
+            The clip, the audio's source.
+        crf : float
+        chroma : {"420", "444"}
+        frames : int, optional
+            Encode only the range's first ``frames`` frames (timing and audio
+            cut to them); default all.
+
+        Returns
+        -------
+        dict
+            Keyword arguments of ``VideoWriter`` but ``path`` and ``overwrite``.
+        """
+        end = self.end if frames is None else self.start + frames
+        return {
+            "width": self.width,
+            "height": self.height,
+            "fps": self.info.fps,
+            "crf": crf,
+            "pixel_format": f"yuv{chroma}p",
+            "audio_source": clip,
+            "audio_frames": (self.start, end),
+            "frame_times": (
+                None if self.frame_times is None else self.frame_times[: end - self.start + 1]
+            ),
+        }
+
 
 def plan_transfer(
     style_path: Path, clip_path: Path, params, *, start: int, end: int | None
@@ -193,18 +231,8 @@ def check_encoding(plan: TransferPlan, clip: Path, output: Path, *, crf: float, 
         )
     trial = output.with_name(f".{output.stem}.trial-{os.getpid()}{output.suffix}")
     try:
-        with VideoWriter(
-            trial,
-            width=plan.width,
-            height=plan.height,
-            fps=plan.info.fps,
-            crf=crf,
-            pixel_format=f"yuv{chroma}p",
-            audio_source=clip,
-            audio_frames=(plan.start, plan.start + 1),
-            overwrite=True,
-            frame_times=None if plan.frame_times is None else plan.frame_times[:2],
-        ) as writer:
+        settings = plan.writer_settings(clip, crf=crf, chroma=chroma, frames=1)
+        with VideoWriter(trial, **settings, overwrite=True) as writer:
             writer.write(np.zeros((plan.height, plan.width, 3), np.uint8))
     except OutputError as exc:
         raise OutputError(str(exc).replace(str(trial), str(output))) from None

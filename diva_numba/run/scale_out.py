@@ -26,22 +26,18 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from diva_numba.errors import DeviceError, DivaError, InputError
 from diva_numba.images import load_image, resize, save_image
 from diva_numba.outputs import AtomicFile, write_atomically
-from diva_numba.run.chunks import (
-    Chunk,
-    CutDetection,
-    blend_join,
-    find_cuts,
-    join_weight,
-    plan_chunks,
-)
+from diva_numba.run.chunks import Chunk, blend_join, join_weight, plan_chunks
+from diva_numba.run.planning import TransferPlan
+from diva_numba.run.spec import RunSpec, ScaleOut
 from diva_numba.run.workdir import WorkDirectory
 from diva_numba.video import read_frames
+from diva_numba.video.shots import CutDetection, find_cuts
 
 log = logging.getLogger("diva_numba")
 
@@ -50,102 +46,52 @@ POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
-class ScaleOut:
-    """How a video is spread over workers.
+class ChunkRun:
+    """What every chunk of a run shares; sent to the cluster once (``ray.put``)."""
 
-    Attributes
-    ----------
-    workers : int
-        Ray tasks running at once (each holds one GPU, or on the CPU an equal
-        share of the cores).
-    address : str or None
-        An existing Ray cluster (``ray://host:10001`` or ``auto``); None starts
-        a local one for the run.
-    chunk_frames : int
-        Most frames one chunk computes; long shots are split into chunks of
-        this length.
-    overlap : int
-        Frames consecutive chunks of a shot share, blended at the join.
-    detection : CutDetection
-        The shot-cut detector's settings.
-    max_retries : int
-        Times a chunk whose worker died is run again before the run fails.
-    """
-
-    workers: int = 2
-    address: str | None = None
-    chunk_frames: int = 96
-    overlap: int = 8
-    detection: CutDetection = field(default_factory=CutDetection)
-    max_retries: int = 3
-
-    def __post_init__(self):
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
-        if not 0 <= self.overlap < self.chunk_frames:
-            raise ValueError("overlap must be at least 0 and less than chunk_frames")
-
-    def fingerprint(self) -> dict:
-        """What decides the frames' content (not how many workers make them)."""
-        return {
-            "chunk_frames": self.chunk_frames,
-            "overlap": self.overlap,
-            "detection": dataclasses.asdict(self.detection),
-        }
+    spec: RunSpec
+    plan: TransferPlan
+    device_kind: str
+    manifest: dict
+    threads: int | None
 
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """Everything one worker needs for one chunk (sent to it by value)."""
+    """One chunk: its frames and its work directory (sent to its task by value)."""
 
     chunk: Chunk
-    plan: object
-    clip: Path
-    params: object
-    device_kind: str
-    model: str | None
     work_dir: Path
-    manifest: dict
-    threads: int | None
-    finish: object = None
 
 
 def run_chunks(
-    style: Path,
-    clip: Path,
-    plan,
-    params,
+    spec: RunSpec,
+    plan: TransferPlan,
     device,
     *,
-    model,
     work_dir: Path,
     manifest: dict,
     resume: bool,
-    scale_out: ScaleOut,
     counter,
-    finish=None,
 ) -> WorkDirectory:
     """Compute every frame of ``plan`` in chunks on Ray workers; the joined frames' directory.
 
     Parameters
     ----------
-    style, clip : Path
+    spec : RunSpec
+        The run; ``spec.scale_out`` says how it is spread. Keyframes, mask and
+        colour are applied by every chunk (a chunk propagates the keyframes
+        over its own span).
     plan : TransferPlan
-    params : TransferParams
     device : Device
         Its kind is the workers' device.
-    model : path-like or None
     work_dir : Path
         The run's work directory; chunks work in ``work_dir/chunks/``.
     manifest : dict
-        The run's manifest (see :func:`~diva_numba.run.workdir.run_manifest`).
+        The run's fingerprint (:meth:`RunSpec.manifest`).
     resume : bool
-    scale_out : ScaleOut
     counter
         Progress: its ``done`` is kept up to date, its ``advance(n)`` called.
-    finish : FinishSpec, optional
-        Keyframes, mask and colour, applied by every chunk (a chunk propagates
-        the keyframes over its own span).
 
     Returns
     -------
@@ -158,31 +104,20 @@ def run_chunks(
         Ray is not installed or cannot start, or a chunk failed on every try.
     """
     ray = _import_ray()
-    top = WorkDirectory.open(
-        work_dir, {**manifest, "scale_out": scale_out.fingerprint()}, resume=resume
-    )
-    cuts = _cuts(top, plan, clip, scale_out)
+    scale_out = spec.scale_out
+    top = WorkDirectory.open(work_dir, manifest, resume=resume)
+    cuts = _cuts(top, plan, spec.clip, spec.params.cuts)
     chunks = plan_chunks(
         plan.start, plan.end, cuts, chunk_frames=scale_out.chunk_frames, overlap=scale_out.overlap
     )
     log.debug("chunks: %s", ", ".join(f"{c.start}-{c.end}" for c in chunks))
     threads = None if device.is_cuda or scale_out.address else _threads_each(scale_out.workers)
+    shared = ChunkRun(spec, plan, device.kind, manifest, threads)
     jobs = [
-        ChunkJob(
-            chunk=chunk,
-            plan=dataclasses.replace(plan, start=chunk.start, end=chunk.end),
-            clip=clip,
-            params=params,
-            device_kind=device.kind,
-            model=None if model is None else str(model),
-            work_dir=work_dir / "chunks" / f"{chunk.start:06d}-{chunk.end:06d}",
-            manifest={**manifest, "frames": [chunk.start, chunk.end]},
-            threads=threads,
-            finish=finish,
-        )
+        ChunkJob(chunk, work_dir / "chunks" / f"{chunk.start:06d}-{chunk.end:06d}")
         for chunk in chunks
     ]
-    if model is None:
+    if spec.model is None:
         from diva_numba.models.store import ensure_model
 
         ensure_model(progress=True)  # once, here, rather than racing in every worker
@@ -192,7 +127,8 @@ def run_chunks(
             num_cpus=threads or 1,
             max_retries=scale_out.max_retries,
         )
-        pending = {task.remote(job): job for job in jobs}
+        shared_reference = cluster.put(shared)
+        pending = {task.remote(shared_reference, job): job for job in jobs}
         while pending:
             ready, _ = cluster.wait(list(pending), timeout=POLL_SECONDS, num_returns=1)
             _report(counter, jobs, plan)
@@ -204,21 +140,24 @@ def run_chunks(
     return top
 
 
-def run_chunk(job: ChunkJob) -> str:
+def run_chunk(run: ChunkRun, job: ChunkJob) -> str:
     """Stylise one chunk into its work directory (what a worker runs); resumes if begun."""
     from diva_numba.gpu.device import resolve_device
     from diva_numba.image_analogy.deep_analogy import load_model
     from diva_numba.run.frame_loop import stylise_frames
 
-    if job.threads:
+    if run.threads:
         import numba
 
-        numba.set_num_threads(job.threads)
-    device = resolve_device(job.device_kind)
-    work = WorkDirectory.open(job.work_dir, job.manifest, resume=True)
-    if work.finished_frames(job.chunk.start, job.chunk.end) < job.chunk.frames:
-        model = load_model(job.model, device, progress=False)
-        stylise_frames(model, job.plan, job.clip, work, job.params, finish=job.finish)
+        numba.set_num_threads(run.threads)
+    device = resolve_device(run.device_kind)
+    chunk = job.chunk
+    manifest = {**run.manifest, "frames": [chunk.start, chunk.end]}
+    work = WorkDirectory.open(job.work_dir, manifest, resume=True)
+    if work.finished_frames(chunk.start, chunk.end) < chunk.frames:
+        model = load_model(run.spec.model, device, progress=False)
+        plan = dataclasses.replace(run.plan, start=chunk.start, end=chunk.end)
+        stylise_frames(model, run.spec, plan, work)
     return str(job.work_dir)
 
 
@@ -298,7 +237,7 @@ def _result(ray, reference, job: ChunkJob) -> None:
         ) from None
 
 
-def _cuts(top: WorkDirectory, plan, clip: Path, scale_out: ScaleOut) -> list[int]:
+def _cuts(top: WorkDirectory, plan, clip: Path, detection: CutDetection) -> list[int]:
     """The shot cuts of the range, found once per run and kept in its work directory."""
     path = top.path / "cuts.json"
     if path.exists():
@@ -313,7 +252,7 @@ def _cuts(top: WorkDirectory, plan, clip: Path, scale_out: ScaleOut) -> list[int
         resize(frame, *plan.work_shape)
         for _, frame in read_frames(clip, start=plan.start, end=plan.end)
     )
-    cuts = [plan.start + i for i in find_cuts(frames, detection=scale_out.detection)]
+    cuts = [plan.start + i for i in find_cuts(frames, detection=detection)]
     log.debug("shot cuts %s found in %.1f s", cuts, time.perf_counter() - started)
     write_atomically(path, json.dumps(cuts).encode())
     return cuts
@@ -334,7 +273,8 @@ def _join(top: WorkDirectory, jobs: list[ChunkJob]) -> None:
     top.frames.mkdir(parents=True, exist_ok=True)
     previous = None
     for job in jobs:
-        work = WorkDirectory(job.work_dir, job.manifest)
+        chunk = job.chunk
+        work = WorkDirectory(job.work_dir, {**top.manifest, "frames": [chunk.start, chunk.end]})
         for index in range(job.chunk.start, job.chunk.end):
             position = index - job.chunk.start
             if position < job.chunk.lead:

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diva_numba.errors import Interrupted, OutputError
-from diva_numba.finishing.finisher import FinishSpec
-from diva_numba.finishing.keyframes import Keyframe, check_keys
+from diva_numba.finishing.keyframes import Keyframe
 from diva_numba.gpu.device import Device, resolve_device, within_memory
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import load_model
@@ -38,8 +37,9 @@ from diva_numba.run.params import (
     TransferParams,
 )
 from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
-from diva_numba.run.scale_out import ScaleOut, run_chunks
-from diva_numba.run.workdir import WorkDirectory, run_manifest
+from diva_numba.run.scale_out import run_chunks
+from diva_numba.run.spec import RunSpec, ScaleOut
+from diva_numba.run.workdir import WorkDirectory
 from diva_numba.video import (
     VideoWriter,
 )
@@ -52,8 +52,11 @@ __all__ = [
     "VIDEO_SYNTHESIS",
     "WORK_SIZE_BY_DEVICE",
     "TransferParams",
+    "RunSpec",
+    "ScaleOut",
     "TransferResult",
     "encode_video",
+    "run_transfer",
     "transfer_video",
 ]
 
@@ -76,18 +79,8 @@ def encode_video(
     """
     if keep_frames is not None:
         keep_frames.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(
-        output,
-        width=plan.width,
-        height=plan.height,
-        fps=plan.info.fps,
-        crf=crf,
-        pixel_format=f"yuv{chroma}p",
-        audio_source=clip_path,
-        audio_frames=(plan.start, plan.end),
-        overwrite=overwrite,
-        frame_times=plan.frame_times,
-    ) as writer:
+    settings = plan.writer_settings(clip_path, crf=crf, chroma=chroma)
+    with VideoWriter(output, **settings, overwrite=overwrite) as writer:
         for index in range(plan.start, plan.end):
             frame = load_image(work.frame_path(index))
             writer.write(frame)
@@ -210,78 +203,81 @@ def transfer_video(
     >>> params = TransferParams.for_device("cpu", temporal_weight=0.5)
     >>> transfer_video("style.png", "clip.mp4", "out.mp4", params)  # doctest: +SKIP
     """
-    style, clip, output = Path(style), Path(clip), Path(output)
     device = device if isinstance(device, Device) else resolve_device(device)
-    params = params or TransferParams.for_device(device)
-    work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
-    finish = FinishSpec(
-        keys=tuple(keys), mask=None if mask is None else Path(mask),
-        mask_feather=params.mask_feather, preserve_colour=params.preserve_colour,
-        keyframe_params=params.keyframes,
+    spec = RunSpec.make(
+        style, clip, params, device=device, keys=keys, mask=mask, model=model, start=start,
+        end=end, scale_out=scale_out,
     )  # fmt: skip
-    inputs = [style, clip, *([Path(model)] if model is not None else []), *finish.inputs()]
-    check_target(output, overwrite=overwrite, inputs=inputs)
-    refuse_inputs(work_dir, inputs)
-    plan = plan_transfer(style, clip, params, start=start, end=end)
-    check_keys(finish.keys, plan.start, plan.end, plan.info.frame_count)
-    finish.check(plan)
-    check_encoding(plan, clip, output, crf=params.crf, chroma=params.chroma)
-    if not (resume and work_dir.exists()):
-        needed = work_space_needed(plan)
-        check_free_space(work_dir.parent, needed, what=f"work directory {work_dir}")
+    return run_transfer(
+        spec, output, device=device, work_dir=work_dir, resume=resume, overwrite=overwrite,
+        keep_frames=keep_frames, on_frame=on_frame, progress=progress, cpu_fallback=cpu_fallback,
+    )  # fmt: skip
+
+
+def run_transfer(
+    spec: RunSpec,
+    output: str | os.PathLike,
+    *,
+    device: Device | str = "auto",
+    work_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_frames: str | os.PathLike | None = None,
+    on_frame: Callable[[FrameReport], None] | None = None,
+    progress: bool = False,
+    cpu_fallback: bool | Callable[[str], bool] = False,
+) -> TransferResult:
+    """Make the video ``spec`` describes: :func:`transfer_video` given its specification.
+
+    The command line builds the :class:`~diva_numba.run.spec.RunSpec` and calls
+    this; the other arguments, and what it returns and raises, are those of
+    :func:`transfer_video`.
+    """
+    output = Path(output)
+    device = device if isinstance(device, Device) else resolve_device(device)
+    work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
+    plan = _checked_plan(spec, output, work_dir, overwrite=overwrite, resume=resume)
     total = plan.end - plan.start
     keep_hint = (
         f"the finished frames are kept in {work_dir}; fix that and run the same command "
         "with --resume to continue"
     )
     counter = _FrameCounter(on_frame, total, progress=progress)
-
-    def manifest_on(on: Device) -> dict:
-        extra = finish.fingerprint()
-        return {
-            **run_manifest(style, clip, plan, params, on),
-            **({"finish": extra} if extra else {}),
-        }
+    manifest: dict = {}
 
     def compute(on: Device) -> WorkDirectory:
-        manifest = manifest_on(on)
         # A retry on the CPU after running out of GPU memory continues the same run.
-        work = WorkDirectory.open(work_dir, manifest, resume=resume or on != device)
+        work = WorkDirectory.open(
+            work_dir, {**manifest, "device": on.kind}, resume=resume or on != device
+        )
         counter.done = work.finished_frames(plan.start, plan.end)
         if counter.done:
             log.info("resuming after %d of %d frames", counter.done, total)
-        analogy_model = load_model(model, on)
+        analogy_model = load_model(spec.model, on)
         try:
             with counter:
-                stylise_frames(analogy_model, plan, clip, work, params, on_frame=counter.frame,
-                               finish=finish)  # fmt: skip
+                stylise_frames(analogy_model, spec, plan, work, on_frame=counter.frame)
         except OutputError as exc:
             raise OutputError(f"{exc}; {keep_hint}") from None
         return work
 
     try:
         with _terminate_as_interrupt():
-            if scale_out is None:
+            # The fingerprint, once (it hashes the inputs): inside, so Ctrl-C stops it too.
+            manifest.update(spec.manifest(plan, device))
+            if spec.scale_out is None:
                 smaller = f"--work-size (now {max(plan.work_width, plan.work_height)}) or --size"
                 work = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
             else:
                 with counter:
-                    work = run_chunks(
-                        style, clip, plan, params, device, model=model, work_dir=work_dir,
-                        manifest=manifest_on(device), resume=resume, scale_out=scale_out,
-                        counter=counter, finish=finish,
-                    )  # fmt: skip
+                    work = run_chunks(spec, plan, device, work_dir=work_dir, manifest=manifest,
+                                      resume=resume, counter=counter)  # fmt: skip
             try:
                 encode_video(
-                    plan,
-                    clip,
-                    work,
-                    output,
-                    crf=params.crf,
-                    chroma=params.chroma,
-                    overwrite=overwrite,
+                    plan, spec.clip, work, output, crf=spec.params.crf,
+                    chroma=spec.params.chroma, overwrite=overwrite,
                     keep_frames=None if keep_frames is None else Path(keep_frames),
-                )
+                )  # fmt: skip
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
     except KeyboardInterrupt:
@@ -291,6 +287,27 @@ def transfer_video(
         ) from None
     shutil.rmtree(work_dir, ignore_errors=True)
     return TransferResult(output, total, plan.width, plan.height, counter.last_profile)
+
+
+def _checked_plan(
+    spec: RunSpec, output: Path, work_dir: Path, *, overwrite: bool, resume: bool
+) -> TransferPlan:
+    """The run's plan, once every input, the output and the work directory passed their checks.
+
+    Raises
+    ------
+    InputError, OutputError
+    """
+    inputs = spec.inputs()
+    check_target(output, overwrite=overwrite, inputs=inputs)
+    refuse_inputs(work_dir, inputs)
+    plan = plan_transfer(spec.style, spec.clip, spec.params, start=spec.start, end=spec.end)
+    spec.check(plan)
+    check_encoding(plan, spec.clip, output, crf=spec.params.crf, chroma=spec.params.chroma)
+    if not (resume and work_dir.exists()):
+        needed = work_space_needed(plan)
+        check_free_space(work_dir.parent, needed, what=f"work directory {work_dir}")
+    return plan
 
 
 class _FrameCounter:
