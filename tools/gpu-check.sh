@@ -474,6 +474,7 @@ if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
 fi
 run_step 6 both env DIVA_TEST_GPU=1 "$PY" -P -m pytest -q -rfEs -p no:cacheprovider \
     "${test_paths[@]}" "${marker[@]}" "${timeout_option[@]}"
+fail_unless 6 '[0-9]+ passed' "no test ran on the GPU"
 
 # --- the summary ---------------------------------------------------------------------------
 
