@@ -35,7 +35,7 @@ from diva_numba.outputs import AtomicFile, write_atomically
 from diva_numba.run.chunks import Chunk, blend_join, join_weight, plan_chunks
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec, ScaleOut
-from diva_numba.run.workdir import WorkDirectory
+from diva_numba.run.workdir import WorkDirectory, WorkLock
 from diva_numba.video import read_frames
 from diva_numba.video.shots import CutDetection, find_cuts
 
@@ -153,11 +153,13 @@ def run_chunk(run: ChunkRun, job: ChunkJob) -> str:
     device = resolve_device(run.device_kind)
     chunk = job.chunk
     manifest = {**run.manifest, "frames": [chunk.start, chunk.end]}
-    work = WorkDirectory.open(job.work_dir, manifest, resume=True)
-    if work.finished_frames(chunk.start, chunk.end) < chunk.frames:
-        model = load_model(run.spec.model, device, progress=False)
-        plan = dataclasses.replace(run.plan, start=chunk.start, end=chunk.end)
-        stylise_frames(model, run.spec, plan, work)
+    # A worker of an interrupted run may still be writing this chunk's last frame.
+    with WorkLock(job.work_dir, wait=True):
+        work = WorkDirectory.open(job.work_dir, manifest, resume=True)
+        if work.finished_frames(chunk.start, chunk.end) < chunk.frames:
+            model = load_model(run.spec.model, device, progress=False)
+            plan = dataclasses.replace(run.plan, start=chunk.start, end=chunk.end)
+            stylise_frames(model, run.spec, plan, work)
     return str(job.work_dir)
 
 

@@ -313,6 +313,9 @@ class WorkLock:
     The operating system drops the lock when its process ends in any way, so a
     lock file left by a killed run is simply taken over.
 
+    With ``wait`` a held lock is waited for instead (a chunk's worker, whose
+    predecessor from an interrupted run may still be finishing its files).
+
     Raises
     ------
     OutputError
@@ -320,8 +323,9 @@ class WorkLock:
         directory cannot be created.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, wait: bool = False):
         self.path = Path(path)
+        self.wait = wait
         self.created = False
         self._fd: int | None = None
 
@@ -344,7 +348,7 @@ class WorkLock:
         except OSError as exc:
             raise OutputError(f"cannot lock work directory {self.path}: {os_reason(exc)}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
             os.close(fd)
