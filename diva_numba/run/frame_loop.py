@@ -38,12 +38,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from diva_numba.finishing.finisher import Finisher
 from diva_numba.gpu.device import Device, array_module, download_together, to_device
+from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchors
+from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
@@ -142,7 +145,7 @@ class FrameOutcome:
 
     state: FrameState
     output: np.ndarray
-    profile: object | None = None
+    profile: Profile | None = None
     latent_b: dict | None = None
 
 
@@ -163,7 +166,13 @@ class FrameLoop:
     finisher : Finisher or None
     """
 
-    def __init__(self, model: AnalogyModel, params, plan: TransferPlan, finisher=None):
+    def __init__(
+        self,
+        model: AnalogyModel,
+        params: TransferParams,
+        plan: TransferPlan,
+        finisher: Finisher | None = None,
+    ):
         self.model = model
         self.device = model.device
         self.params = params
