@@ -1,11 +1,13 @@
 """Video style transfer: plan a run, stylise its frames, encode the result.
 
-:func:`transfer_video` is the whole job, as ``diva-numba transfer`` runs it:
-it checks every input and the output before any frame is processed, keeps
+:func:`transfer_video` is the whole job: it builds the run's
+:class:`~diva_numba.run.spec.RunSpec` from its arguments and hands it to
+:func:`run_transfer`, which ``diva-numba transfer`` calls with the spec it built.
+That checks every input and the output before any frame is processed, keeps
 per-frame state in a work directory (:mod:`diva_numba.run.workdir`) so that an
-interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`; frame 0
-a full image analogy, later frames seeded along the optical flow, docs/DESIGN.md
-section 3), falls back to the CPU when a GPU runs out of memory if asked to,
+interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`;
+frame 0 a full image analogy, later frames seeded along the optical flow,
+docs/DESIGN.md section 3), falls back to the CPU when a GPU runs out of memory if asked to,
 and encodes the finished frames with the clip's timing and audio under a
 temporary name that becomes the output only when the video is complete.
 """
