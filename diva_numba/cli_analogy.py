@@ -47,52 +47,71 @@ def _stack(*options):
     return apply
 
 
-#: Options of the analogy itself, shared by `analogy` and `transfer`.
-analogy_options = _stack(
-    click.option(
-        "--model",
-        "model_path",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        envvar="DIVA_NUMBA_MODEL",
-        help="ONNX feature model to use instead of the default one (fetched on first use).",
-    ),
-    click.option(
-        "--alpha",
-        default="paper",
-        show_default=True,
-        help="Structure weight per level 4..1: a preset (low, paper, high) or four "
-        "numbers. Larger keeps more of the structure image.",
-    ),
-    click.option(
-        "--response-mask",
-        "mask",
-        type=click.Choice(["sigmoid", "step"]),
-        default=default_of(AnalogyParams, "mask"),
-        show_default=True,
-        help="Response mask: the paper's sigmoid or the reference code's hard step.",
-    ),
-    click.option(
-        "--iters",
-        type=click.IntRange(1, 100),
-        default=default_of(AnalogyParams, "patchmatch_iterations"),
-        show_default=True,
-        help="PatchMatch iterations per level (on a video's first frame).",
-    ),
-    click.option(
-        "--lbfgs-iters",
-        type=click.IntRange(0, 1000),
-        help="L-BFGS iterations per deconvolution at most (on a video's first frame) "
-        f"[default: {by_device(LBFGS_ITERATIONS_BY_DEVICE)}; see BENCHMARKS.md].",
-    ),
-    click.option(
-        "--seed",
-        type=int,
-        default=default_of(AnalogyParams, "seed"),
-        show_default=True,
-        help="Random seed.",
-    ),
-    click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
+#: Where `transfer` runs its options of the analogy (`analogy` runs them on its one pair).
+FULL_ANALOGY_FRAMES = (
+    "on full analogies: the first frame analysed, shot cuts, every frame with --independent"
 )
+
+
+def analogy_options(*, video: bool):
+    """Options of the analogy itself, shared by `analogy` and `transfer` (``video``).
+
+    Their help says which frames of a video they act on, and which option
+    tunes the others.
+    """
+
+    def on_video(guided_option: str) -> str:
+        return f" ({FULL_ANALOGY_FRAMES}; later frames: {guided_option})" if video else ""
+
+    return _stack(
+        click.option(
+            "--model",
+            "model_path",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            envvar="DIVA_NUMBA_MODEL",
+            show_envvar=True,
+            help="ONNX feature model to use instead of the default VGG-19 (fetched on first "
+            "use into the user's cache directory, or DIVA_NUMBA_CACHE).",
+        ),
+        click.option(
+            "--alpha",
+            default="paper",
+            show_default=True,
+            help="Structure weight per level 4..1: a preset (low, paper, high) or four "
+            "numbers. Larger keeps more of the structure image.",
+        ),
+        click.option(
+            "--response-mask",
+            "mask",
+            type=click.Choice(["sigmoid", "step"]),
+            default=default_of(AnalogyParams, "mask"),
+            show_default=True,
+            help="Response mask: the paper's sigmoid or the reference code's hard step.",
+        ),
+        click.option(
+            "--iters",
+            type=click.IntRange(1, 100),
+            default=default_of(AnalogyParams, "patchmatch_iterations"),
+            show_default=True,
+            help="PatchMatch iterations per level" + on_video("--guided-iters") + ".",
+        ),
+        click.option(
+            "--lbfgs-iters",
+            type=click.IntRange(0, 1000),
+            help="L-BFGS iterations per deconvolution at most"
+            + on_video("--guided-lbfgs-iters")
+            + f" [default: {by_device(LBFGS_ITERATIONS_BY_DEVICE)}; see BENCHMARKS.md].",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=default_of(AnalogyParams, "seed"),
+            show_default=True,
+            help="Random seed.",
+        ),
+        click.option("--profile", is_flag=True, help="Print the time of each stage and level."),
+    )
+
 
 #: Size options of `analogy`.
 image_size_options = _stack(
@@ -118,7 +137,7 @@ image_size_options = _stack(
 
 
 def analogy_params(device: Device, options: dict) -> AnalogyParams:
-    """:class:`AnalogyParams` for ``device`` from the parsed :data:`analogy_options`."""
+    """:class:`AnalogyParams` for ``device`` from the parsed :func:`analogy_options`."""
     changes = {
         "alphas": parse_alphas(options["alpha"]),
         "mask": options["mask"],
@@ -141,7 +160,7 @@ def analogy_params(device: Device, options: dict) -> AnalogyParams:
     help="Directory to write (created; must not exist unless --overwrite).",
 )
 @image_size_options
-@analogy_options
+@analogy_options(video=False)
 @click.option(
     "--refine",
     is_flag=True,

@@ -163,7 +163,7 @@ PREVIEW_ROWS = 4
     f"that overlap by {default_of(ScaleOut, 'overlap')} frames, blended at the joins.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@analogy_options
+@analogy_options(video=True)
 @device_option
 @as_user_errors
 def transfer(style, clip, output, device, **options):
