@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -14,8 +15,10 @@ from diva_numba.cli_common import (
     by_device,
     default_of,
     device_option,
+    quiet_option,
 )
 from diva_numba.deep_analogy import ALPHA_PRESETS, LBFGS_ITERATIONS_BY_DEVICE, AnalogyParams
+from diva_numba.progress import clock
 
 INPUT_IMAGE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -178,18 +181,23 @@ def analogy_params(device: Device, options: dict) -> AnalogyParams:
     help="Keep A's colours: A' takes its CIE L* lightness from the analogy and a*, b* from A.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@quiet_option
 @device_option
 @as_user_errors
 def analogy(image_a, image_bp, output, size, work_size, ratio, refine, save_levels, preserve_colour,
-            overwrite, device, **options):  # fmt: skip
+            overwrite, device, quiet, **options):  # fmt: skip
     """Image analogy A : A' :: B : B' for a structure image A and a style image B'.
 
     Writes to OUTPUT: A_prime.png (A's structure with B''s look), B.png (B''s
     structure with A's look), nnf_ab.npy and nnf_ba.npy (int32 (H, W, 2): for each
     pixel of A its (y, x) match in B', and the reverse), all at the input sizes.
+
+    The stages show on standard error as they start (a bar on a terminal, one
+    line each otherwise), then how long it took; standard output gets OUTPUT.
     """
     from diva_numba.analogy_io import analogy_files
 
+    started = time.perf_counter()
     result = analogy_files(
         image_a,
         image_bp,
@@ -205,7 +213,14 @@ def analogy(image_a, image_bp, output, size, work_size, ratio, refine, save_leve
         preserve_colour=preserve_colour,
         overwrite=overwrite,
         cpu_fallback=ask_cpu_fallback,
+        progress=not quiet,
     )
     if options["profile"]:
         click.echo(result.profile.table())
+    if not quiet:
+        click.echo(
+            f"diva-numba: done in {clock(time.perf_counter() - started)}: {output}/ holds "
+            "A_prime.png, B.png, nnf_ab.npy, nnf_ba.npy",
+            err=True,
+        )
     click.echo(str(output))

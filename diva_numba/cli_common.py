@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import sys
 
 import click
@@ -46,9 +47,27 @@ def device_option(command):
     @functools.wraps(command)
     def wrapper(*args, device_name: str, **kwargs):
         device = resolve_device(device_name)
-        if device.note:
+        if device.note and not kwargs.get("quiet"):
             notice(device.note)
         return command(*args, device=device, **kwargs)
+
+    return wrapper
+
+
+def quiet_option(command):
+    """Add ``-q/--quiet``: no progress, notices or summary on stderr; errors still show."""
+
+    @click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No progress, notices or summary on standard error (errors still show).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, quiet: bool, **kwargs):
+        if quiet:
+            logging.getLogger("diva_numba").setLevel(logging.WARNING)
+        return command(*args, quiet=quiet, **kwargs)
 
     return wrapper
 
@@ -101,4 +120,5 @@ __all__ = [
     "device_option",
     "is_interactive",
     "notice",
+    "quiet_option",
 ]

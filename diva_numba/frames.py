@@ -30,6 +30,7 @@ the background while the next frame is computed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from diva_numba.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.imageio import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
+from diva_numba.profile import Profile
+from diva_numba.progress import FrameKind
 from diva_numba.synthesis import ExemplarCache, TemporalGuide, synthesize
 from diva_numba.video import read_frames
 from diva_numba.workdir import BackgroundWriter, FrameState, WorkDirectory
@@ -67,6 +70,9 @@ class FrameReport:
         The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
+    kind : {"full", "seeded", "keyframes"}
+        How the frame was made: a full analogy, seeded from the previous frame,
+        or from the keyframes alone (:data:`~diva_numba.progress.FrameKind`).
     """
 
     index: int
@@ -76,6 +82,11 @@ class FrameReport:
     input_frame: np.ndarray
     output_frame: np.ndarray
     profile: object
+    kind: FrameKind = "full"
+
+
+#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
+StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
 
 
 def stylise_frames(
@@ -86,6 +97,7 @@ def stylise_frames(
     params,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
+    on_stage: StageCallback | None = None,
     finish=None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
@@ -101,6 +113,9 @@ def stylise_frames(
     params : TransferParams
     on_frame : callable, optional
         Called after every finished frame (progress bars, previews).
+    on_stage : callable, optional
+        ``on_stage(index, kind, stage, level)`` as every stage of a frame's
+        analogy starts (:mod:`diva_numba.progress`).
     finish : FinishSpec, optional
         Keyframes, mask and colour (:mod:`diva_numba.finishing`). With
         keyframes the deep analogy runs only on frames with content no
@@ -148,7 +163,7 @@ def stylise_frames(
                 or cut
                 or (params.refresh_b_every and (index - plan.start) % params.refresh_b_every == 0)
             )
-            profile = None
+            profile, kind = None, "keyframes"
             if finisher is not None and not finisher.needs_analogy(index):
                 finished = finisher(index, frame, None)
                 # The analogy's state stays that of the last frame it ran on.
@@ -165,9 +180,10 @@ def stylise_frames(
                     work_frame if finisher is None else finisher.analogy_input(index, work_frame)
                 )
                 if state is None or not state.fields_ab or params.independent or cut:
+                    kind = "full"
                     result = analogy(
                         model, analogy_frame, plan.style, params=params.analogy,
-                        features_bp=features_bp,
+                        features_bp=features_bp, profile=_profile(device, on_stage, index, kind),
                     )  # fmt: skip
                 else:
                     forward, backward = flow_pair(
@@ -182,9 +198,10 @@ def stylise_frames(
                     if not refresh_b:
                         guide.latent_b = _feature_levels(latent_b)
                     guide.solve_levels, guide.solve_boxes = anchors.plan_solves(followed, params)
+                    kind = "seeded"
                     result = analogy(
                         model, analogy_frame, plan.style, params=guided, features_bp=features_bp,
-                        guide=guide,
+                        guide=guide, profile=_profile(device, on_stage, index, kind),
                     )  # fmt: skip
                     # The guide is made at the output size: part of the full-resolution stage.
                     with result.profile.stage("synthesis"):
@@ -221,7 +238,13 @@ def stylise_frames(
                 seconds = time.perf_counter() - started
                 total = plan.end - plan.start
                 on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
-                                     finished, profile))  # fmt: skip
+                                     finished, profile, kind))  # fmt: skip
+
+
+def _profile(device: Device, on_stage: StageCallback | None, index: int, kind: str) -> Profile:
+    """A frame's profile, reporting its stages to ``on_stage``."""
+    report = None if on_stage is None else functools.partial(on_stage, index, kind)
+    return Profile(device, on_stage=report)
 
 
 def starts_shot(previous: np.ndarray, frame: np.ndarray, threshold: float) -> bool:
