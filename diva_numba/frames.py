@@ -138,6 +138,8 @@ def stylise_frames(
         lbfgs_iterations=params.guided_lbfgs_iterations,
         lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
     )
+    if on_stage is not None and finish is not None and finish.keys:
+        on_stage(first_todo, "prepare", "carrying the keyframes along the optical flow", None)
     finisher = (
         None if finish is None or finish.is_plain else finish.open(clip_path, plan, work.path)
     )

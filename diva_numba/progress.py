@@ -16,14 +16,17 @@ done the bar says the estimate is still to come.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections import deque
 from typing import Literal, TextIO
 
 #: How a frame was made (:attr:`~diva_numba.frames.FrameReport.kind`): a full analogy, an
-#: analogy seeded from the previous frame, or from the keyframes alone.
-FrameKind = Literal["full", "seeded", "keyframes"]
+#: analogy seeded from the previous frame, or from the keyframes alone. Stages of the
+#: run before its frames (the keyframes' propagation) come as ``"prepare"``.
+FrameKind = Literal["full", "seeded", "keyframes", "prepare"]
 
 #: How progress is shown: a bar redrawn in place, one line per event, or not at all.
 Mode = Literal["bar", "lines", "off"]
@@ -33,11 +36,21 @@ RECENT_FRAMES = 12
 
 
 def display_mode(stream: TextIO | None = None, *, quiet: bool = False) -> Mode:
-    """``off`` when quiet, ``bar`` on a terminal, else ``lines``."""
+    """``off`` when quiet, ``bar`` on a terminal, else ``lines``.
+
+    A terminal that reports no width (a pseudo-terminal nobody sized, as some
+    CI runners and ``script`` give) gets lines: a bar there shows nothing.
+    """
     if quiet:
         return "off"
     stream = stream or sys.stderr
-    return "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return "lines"
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return "bar"
+    return "bar" if columns > 0 else "lines"
 
 
 #: The stages a log (``lines``) shows of a full analogy; the bar shows every stage.
@@ -139,7 +152,9 @@ class VideoProgress:
         """A stage of frame ``index`` starts; full analogies show every stage."""
         if self.display is None:
             return
-        if kind == "full":
+        if kind == "prepare":
+            self.display.show(name)
+        elif kind == "full":
             text = f"frame {index}, full analogy, {stage_label(name, level)}"
             if self.mode == "lines":
                 self.display.show(text, line=name in MAIN_STAGES)

@@ -35,6 +35,7 @@ class Terminal(io.StringIO):
 def test_a_log_gets_one_line_per_main_stage_and_frame_without_carriage_returns():
     stream = io.StringIO()
     with VideoProgress(10, stream=stream) as progress:
+        progress.stage(0, "prepare", "carrying the keyframes along the optical flow", None)
         for name, level in FULL_STAGES:
             progress.stage(0, "full", name, level)
         progress.frame(0, "full", 60.0)
@@ -43,7 +44,8 @@ def test_a_log_gets_one_line_per_main_stage_and_frame_without_carriage_returns()
     text = stream.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
-    assert lines[0] == "transfer: frame 0, full analogy, features"
+    assert lines[0] == "transfer: carrying the keyframes along the optical flow"
+    assert lines[1] == "transfer: frame 0, full analogy, features"
     assert "transfer: frame 0, full analogy, level 4: deconvolution" in lines
     assert "transfer: frame 0, full analogy, level 1: patchmatch" in lines
     assert not any("normalize" in line or "blend" in line for line in lines)
@@ -54,7 +56,7 @@ def test_a_log_gets_one_line_per_main_stage_and_frame_without_carriage_returns()
         lines[-2] == "transfer: frame 0 (full) took 60.0 s; time left: after the first seeded frame"
     )
     assert lines[-1] == "transfer: frame 1 (seeded) took 2.0 s; about 0:16 left"
-    assert len(lines) == 1 + 5 + 4 + 1 + 2
+    assert len(lines) == 1 + 1 + 5 + 4 + 1 + 2
 
 
 def test_the_time_left_follows_the_latest_seeded_frames():

@@ -110,6 +110,7 @@ def test_the_example_script_runs_on_a_few_frames(tmp_path, tiny_model):
     )
     assert result.returncode == 0, result.stderr
     assert "installing" not in result.stderr
+    assert "transfer: carrying the keyframes along the optical flow" in result.stderr
     assert "transfer: frame 23, full analogy, level 5: patchmatch" in result.stderr
     assert "diva-numba: done in" in result.stderr
     assert result.stdout.strip() == "example-out.mp4"
