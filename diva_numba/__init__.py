@@ -7,6 +7,9 @@ The public API (see the README's "Python API" section and docs/DESIGN.md):
 * :func:`analogy_files` - the image analogy from files into a directory, as
   ``diva-numba analogy`` does; :func:`analogy` on arrays, with
   :class:`AnalogyModel` and :class:`AnalogyParams`;
+* :class:`Keyframe` (with :class:`KeyframeParams`) and :class:`ScaleOut`, the
+  other argument types of :func:`transfer_video`; :class:`RunSpec` and
+  :func:`run_transfer`, a run specified once, then run;
 * :func:`resolve_device` and :class:`Device`;
 * the errors: :class:`DivaError` and its kinds, each with the exit status the
   command line uses.
@@ -27,18 +30,23 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 _EXPORTS = {
-    "AnalogyModel": "deep_analogy",
-    "AnalogyParams": "deep_analogy",
-    "AnalogyResult": "deep_analogy",
-    "analogy": "deep_analogy",
-    "load_model": "deep_analogy",
-    "analogy_files": "analogy_io",
-    "TransferParams": "transfer",
-    "TransferResult": "transfer",
-    "transfer_video": "transfer",
-    "FrameReport": "frames",
-    "Device": "device",
-    "resolve_device": "device",
+    "AnalogyModel": "image_analogy.deep_analogy",
+    "AnalogyParams": "image_analogy.params",
+    "AnalogyResult": "image_analogy.deep_analogy",
+    "analogy": "image_analogy.deep_analogy",
+    "load_model": "image_analogy.deep_analogy",
+    "analogy_files": "run.analogy_files",
+    "TransferParams": "run.params",
+    "TransferResult": "run.transfer",
+    "transfer_video": "run.transfer",
+    "FrameReport": "run.frame_loop",
+    "Keyframe": "finishing.keyframes",
+    "KeyframeParams": "finishing.keyframes",
+    "ScaleOut": "run.spec",
+    "RunSpec": "run.spec",
+    "run_transfer": "run.transfer",
+    "Device": "gpu.device",
+    "resolve_device": "gpu.device",
     "DivaError": "errors",
     "InputError": "errors",
     "ModelError": "errors",

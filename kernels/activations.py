@@ -225,19 +225,30 @@ def relu_forward(values, *, bias=None, out=None):
     -------
     out, or values when ``out`` is omitted.
     """
+    if is_cuda_array(values):
+        return relu_forward_cuda(values, bias=bias, out=out)
+    return relu_forward_cpu(values, bias=bias, out=out)
+
+
+def relu_forward_cpu(values, *, bias=None, out=None):
+    """CPU twin of :func:`relu_forward`."""
+    channels = values.shape[0]
+    target = values if out is None else out
+    if bias is None:
+        bias = np.zeros(channels, dtype=values.dtype)
+    _relu_forward_cpu(values.reshape(channels, -1), bias, target.reshape(channels, -1))
+    return target
+
+
+def relu_forward_cuda(values, *, bias=None, out=None):
+    """CUDA kernel of :func:`relu_forward`."""
     channels = values.shape[0]
     rows = values.reshape(channels, -1)
     target = values if out is None else out
-    out_rows = target.reshape(channels, -1)
-    if is_cuda_array(values):
-        if bias is None:
-            bias = as_device(np.zeros(channels, dtype=values.dtype), like=values)
-        grid, block = launch_2d(channels, rows.shape[1])
-        _relu_forward_kernel[grid, block](rows, bias, out_rows)
-    else:
-        if bias is None:
-            bias = np.zeros(channels, dtype=values.dtype)
-        _relu_forward_cpu(rows, bias, out_rows)
+    if bias is None:
+        bias = as_device(np.zeros(channels, dtype=values.dtype), like=values)
+    grid, block = launch_2d(channels, rows.shape[1])
+    _relu_forward_kernel[grid, block](rows, bias, target.reshape(channels, -1))
     return target
 
 
@@ -256,13 +267,21 @@ def relu_backward(grad, activation):
     -------
     grad : the same array.
     """
-    flat_grad = grad.reshape(-1)
-    flat_activation = activation.reshape(-1)
     if is_cuda_array(grad):
-        grid, block = launch_1d(flat_grad.size)
-        _relu_backward_kernel[grid, block](flat_grad, flat_activation)
-    else:
-        _relu_backward_cpu(flat_grad, flat_activation)
+        return relu_backward_cuda(grad, activation)
+    return relu_backward_cpu(grad, activation)
+
+
+def relu_backward_cpu(grad, activation):
+    """CPU twin of :func:`relu_backward`."""
+    _relu_backward_cpu(grad.reshape(-1), activation.reshape(-1))
+    return grad
+
+
+def relu_backward_cuda(grad, activation):
+    """CUDA kernel of :func:`relu_backward`."""
+    grid, block = launch_1d(grad.size)
+    _relu_backward_kernel[grid, block](grad.reshape(-1), activation.reshape(-1))
     return grad
 
 
@@ -290,26 +309,37 @@ def maxpool_forward(values, *, bias=None, out=None, argmax=None, stream=0):
         Flat index ``y * W + x`` within the channel plane of each window's first
         maximum in row-major order.
     """
-    shape = _pooled_shape(values.shape)
     if is_cuda_array(values):
-        if out is None:
-            out = device_empty(shape, values.dtype, like=values)
-        if argmax is None:
-            argmax = device_empty(shape, np.int32, like=values)
-        grid, block = launch_2d(shape[0], shape[1] * shape[2])
-        if bias is None:
-            _maxpool_forward_kernel[grid, block, stream](values, out, argmax)
-        else:
-            _maxpool_relu_forward_kernel[grid, block, stream](values, bias, out, argmax)
+        return maxpool_forward_cuda(values, bias=bias, out=out, argmax=argmax, stream=stream)
+    return maxpool_forward_cpu(values, bias=bias, out=out, argmax=argmax)
+
+
+def maxpool_forward_cpu(values, *, bias=None, out=None, argmax=None):
+    """CPU twin of :func:`maxpool_forward`."""
+    shape = _pooled_shape(values.shape)
+    if out is None:
+        out = np.empty(shape, dtype=values.dtype)
+    if argmax is None:
+        argmax = np.empty(shape, dtype=np.int32)
+    if bias is None:
+        _maxpool_forward_cpu(values, out, argmax)
     else:
-        if out is None:
-            out = np.empty(shape, dtype=values.dtype)
-        if argmax is None:
-            argmax = np.empty(shape, dtype=np.int32)
-        if bias is None:
-            _maxpool_forward_cpu(values, out, argmax)
-        else:
-            _maxpool_relu_forward_cpu(values, bias, out, argmax)
+        _maxpool_relu_forward_cpu(values, bias, out, argmax)
+    return out, argmax
+
+
+def maxpool_forward_cuda(values, *, bias=None, out=None, argmax=None, stream=0):
+    """CUDA kernel of :func:`maxpool_forward`."""
+    shape = _pooled_shape(values.shape)
+    if out is None:
+        out = device_empty(shape, values.dtype, like=values)
+    if argmax is None:
+        argmax = device_empty(shape, np.int32, like=values)
+    grid, block = launch_2d(shape[0], shape[1] * shape[2])
+    if bias is None:
+        _maxpool_forward_kernel[grid, block, stream](values, out, argmax)
+    else:
+        _maxpool_relu_forward_kernel[grid, block, stream](values, bias, out, argmax)
     return out, argmax
 
 
@@ -332,14 +362,24 @@ def maxpool_backward(grad_pooled, argmax, height: int, width: int, *, out=None):
     grad : array, shape (C, H, W)
         ``grad_pooled`` at each window's maximum, zero elsewhere.
     """
-    shape = (grad_pooled.shape[0], height, width)
     if is_cuda_array(grad_pooled):
-        if out is None:
-            out = device_empty(shape, grad_pooled.dtype, like=grad_pooled)
-        grid, block = launch_2d(shape[0], height * width)
-        _maxpool_backward_kernel[grid, block](grad_pooled, argmax, out)
-    else:
-        if out is None:
-            out = np.empty(shape, dtype=grad_pooled.dtype)
-        _maxpool_backward_cpu(grad_pooled, argmax, out)
+        return maxpool_backward_cuda(grad_pooled, argmax, height, width, out=out)
+    return maxpool_backward_cpu(grad_pooled, argmax, height, width, out=out)
+
+
+def maxpool_backward_cpu(grad_pooled, argmax, height: int, width: int, *, out=None):
+    """CPU twin of :func:`maxpool_backward`."""
+    if out is None:
+        out = np.empty((grad_pooled.shape[0], height, width), dtype=grad_pooled.dtype)
+    _maxpool_backward_cpu(grad_pooled, argmax, out)
+    return out
+
+
+def maxpool_backward_cuda(grad_pooled, argmax, height: int, width: int, *, out=None):
+    """CUDA kernel of :func:`maxpool_backward`."""
+    shape = (grad_pooled.shape[0], height, width)
+    if out is None:
+        out = device_empty(shape, grad_pooled.dtype, like=grad_pooled)
+    grid, block = launch_2d(shape[0], height * width)
+    _maxpool_backward_kernel[grid, block](grad_pooled, argmax, out)
     return out

@@ -422,6 +422,30 @@ def carry_positions(positions, field, trusted, *, source_shape, field_source_sha
     -------
     positions
     """
+    if targets.is_cuda_array(positions):
+        return carry_positions_cuda(positions, field, trusted, source_shape=source_shape,
+                                    field_source_shape=field_source_shape)  # fmt: skip
+    return carry_positions_cpu(positions, field, trusted, source_shape=source_shape,
+                               field_source_shape=field_source_shape)  # fmt: skip
+
+
+def carry_positions_cpu(positions, field, trusted, *, source_shape, field_source_shape):
+    """CPU twin of :func:`carry_positions`."""
+    mask, scales = _carry_arguments(positions, field, trusted, source_shape, field_source_shape)
+    _carry_rows(positions, field, mask, scales)
+    return positions
+
+
+def carry_positions_cuda(positions, field, trusted, *, source_shape, field_source_shape):
+    """CUDA kernel of :func:`carry_positions`."""
+    mask, scales = _carry_arguments(positions, field, trusted, source_shape, field_source_shape)
+    grid, block = targets.launch_2d(*positions.shape[:2])
+    _carry_kernel[grid, block](positions, field, mask, *scales)
+    return positions
+
+
+def _carry_arguments(positions, field, trusted, source_shape, field_source_shape):
+    """The checked mask and the float32 size ratios of :func:`carry_positions`."""
     height, width = check_positions(positions)
     check_field(field, (*field.shape[:2], 2), "field")
     if tuple(trusted.shape) != (height, width):
@@ -430,12 +454,7 @@ def carry_positions(positions, field, trusted, *, source_shape, field_source_sha
     old_height, old_width = _check_shape(field_source_shape, "field_source_shape")
     scales = tuple(np.float32(n) for n in (new_height, old_height, new_width, old_width))
     mask = trusted.view(np.uint8) if trusted.dtype == np.bool_ else trusted
-    if targets.is_cuda_array(positions):
-        grid, block = targets.launch_2d(height, width)
-        _carry_kernel[grid, block](positions, field, mask, *scales)
-    else:
-        _carry_rows(positions, field, mask, scales)
-    return positions
+    return mask, scales
 
 
 def round_positions(positions, source_shape):

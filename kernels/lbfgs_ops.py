@@ -1,6 +1,6 @@
 """The two fused kernels of an L-BFGS iteration, on the optimiser's state rows.
 
-They carry the iteration of :mod:`diva_numba.lbfgs`, on a state held as the rows of
+They carry the iteration of :mod:`diva_numba.optim.lbfgs`, on a state held as the rows of
 one ``(rows, n)`` array (two points, the gradient, the direction, then the ``m``
 steps ``s`` and the ``m`` gradient changes ``y``), and reduce into the float64 scalar
 register as :mod:`diva_numba.kernels.reductions` describes:
@@ -216,23 +216,34 @@ def trial_scalars(
     """
     if not 0 <= history <= MAX_HISTORY:
         raise ValueError(f"history must be 0..{MAX_HISTORY}, got {history}")
-    count = trial_sum_count(history)
     rows_used = (current, trial, gradient_row, direction, first_history, history)
     layout = tuple(int(row) for row in rows_used)
     if is_cuda_array(rows):
-        if not is_cuda_array(loss):
-            loss = as_device(np.array([float(np.asarray(loss).reshape(()))]), like=rows)
-        work = work_for(work, rows, count)
-        blocks, threads = reduction_grid(rows.shape[1])
-        _trial_scalars_kernel[blocks, threads](
-            rows, gradient, loss.reshape(1), layout, work.partials, work.counter, scalars,
-            loss_slot, first_slot,
-        )  # fmt: skip
+        trial_scalars_cuda(rows, gradient, loss, scalars, layout, loss_slot, first_slot, work)
     else:
-        out = np.empty(count)
-        _trial_scalars_cpu(rows, gradient, layout, out)
-        scalars[first_slot : first_slot + count] = out
-        scalars[loss_slot] = float(np.asarray(loss).reshape(()))
+        trial_scalars_cpu(rows, gradient, loss, scalars, layout, loss_slot, first_slot)
+
+
+def trial_scalars_cpu(rows, gradient, loss, scalars, layout, loss_slot, first_slot):
+    """CPU twin of :func:`trial_scalars`, given its packed row ``layout``."""
+    count = trial_sum_count(layout[-1])
+    out = np.empty(count)
+    _trial_scalars_cpu(rows, gradient, layout, out)
+    scalars[first_slot : first_slot + count] = out
+    scalars[loss_slot] = float(np.asarray(loss).reshape(()))
+
+
+def trial_scalars_cuda(rows, gradient, loss, scalars, layout, loss_slot, first_slot, work=None):
+    """CUDA kernel of :func:`trial_scalars`, given its packed row ``layout``."""
+    count = trial_sum_count(layout[-1])
+    if not is_cuda_array(loss):
+        loss = as_device(np.array([float(np.asarray(loss).reshape(()))]), like=rows)
+    work = work_for(work, rows, count)
+    blocks, threads = reduction_grid(rows.shape[1])
+    _trial_scalars_kernel[blocks, threads](
+        rows, gradient, loss.reshape(1), layout, work.partials, work.counter, scalars,
+        loss_slot, first_slot,
+    )  # fmt: skip
 
 
 def lbfgs_step(
@@ -289,11 +300,22 @@ def lbfgs_step(
     rows_used = (current, previous, out, gradient_row, direction, first_history, history)
     layout = (int(mode), int(slot), *(int(row) for row in rows_used))
     if is_cuda_array(rows):
-        work = work_for(work, rows, 1)
-        blocks, threads = reduction_grid(rows.shape[1])
-        _lbfgs_step_kernel[blocks, threads](
-            rows, gradient, coefficients, float(step), layout, work.partials, work.counter,
-            scalars, slope_slot,
-        )  # fmt: skip
+        lbfgs_step_cuda(rows, gradient, coefficients, scalars, layout, float(step), slope_slot,
+                        work)  # fmt: skip
     else:
-        scalars[slope_slot] = _lbfgs_step_cpu(rows, gradient, coefficients, float(step), layout)
+        lbfgs_step_cpu(rows, gradient, coefficients, scalars, layout, float(step), slope_slot)
+
+
+def lbfgs_step_cpu(rows, gradient, coefficients, scalars, layout, step, slope_slot):
+    """CPU twin of :func:`lbfgs_step`, given its packed ``layout`` and ``coefficients``."""
+    scalars[slope_slot] = _lbfgs_step_cpu(rows, gradient, coefficients, step, layout)
+
+
+def lbfgs_step_cuda(rows, gradient, coefficients, scalars, layout, step, slope_slot, work=None):
+    """CUDA kernel of :func:`lbfgs_step`, given its packed ``layout`` and ``coefficients``."""
+    work = work_for(work, rows, 1)
+    blocks, threads = reduction_grid(rows.shape[1])
+    _lbfgs_step_kernel[blocks, threads](
+        rows, gradient, coefficients, step, layout, work.partials, work.counter, scalars,
+        slope_slot,
+    )  # fmt: skip

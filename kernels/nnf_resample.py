@@ -1,13 +1,11 @@
 """Moving nearest-neighbour fields between levels and between video frames.
 
-Three operations on int32 ``(H, W, 2)`` fields of absolute ``(y, x)`` matches:
+Two operations on int32 ``(H, W, 2)`` fields of absolute ``(y, x)`` matches:
 
 * :func:`upsample_field` carries a field to the next (finer) level;
 * :func:`pull_field` seeds ``phi_ab`` of frame ``t`` (frame -> style) from frame
   ``t - 1``: the frame moved, so each pixel takes the match of where its content
-  was;
-* :func:`push_field_targets` seeds ``phi_ba`` (style -> frame): the style image
-  never moves, but the frame positions its matches point at do.
+  was.
 
 Resampling conventions, used throughout:
 
@@ -117,15 +115,6 @@ def _pulled_match(field, flow, y, x, source_height, source_width):
     )
 
 
-@shared
-def _pushed_target(field, flow, y, x, frame_height, frame_width):
-    """(frame y, frame x, invalid): the match at (y, x) moved from frame t - 1 to frame t."""
-    match_y = clamp_index(field[y, x, 0], frame_height)
-    match_x = clamp_index(field[y, x, 1], frame_width)
-    new_y, new_x, inside = _follow_flow(match_y, match_x, flow, frame_height, frame_width)
-    return clamp_index(new_y, frame_height), clamp_index(new_x, frame_width), 0 if inside else 1
-
-
 # --------------------------------------------------------------------------- CPU twins
 
 
@@ -146,16 +135,6 @@ def _pull_rows(field, flow, source_height, source_width, out, invalid):
         for x in range(width):
             out[y, x, 0], out[y, x, 1], invalid[y, x] = _pulled_match(
                 field, flow, y, x, source_height, source_width
-            )
-
-
-@numba.njit(parallel=True, cache=True)
-def _push_rows(field, flow, frame_height, frame_width, out, invalid):
-    height, width = field.shape[0], field.shape[1]
-    for y in numba.prange(height):
-        for x in range(width):
-            out[y, x, 0], out[y, x, 1], invalid[y, x] = _pushed_target(
-                field, flow, y, x, frame_height, frame_width
             )
 
 
@@ -181,17 +160,6 @@ def _pull_kernel(field, flow, source_height, source_width, out, invalid):
         return
     out[y, x, 0], out[y, x, 1], invalid[y, x] = _pulled_match(
         field, flow, y, x, source_height, source_width
-    )
-
-
-@cuda.jit(cache=True)
-def _push_kernel(field, flow, frame_height, frame_width, out, invalid):
-    x, y = cuda.grid(2)
-    height, width = field.shape[0], field.shape[1]
-    if y >= height or x >= width:
-        return
-    out[y, x, 0], out[y, x, 1], invalid[y, x] = _pushed_target(
-        field, flow, y, x, frame_height, frame_width
     )
 
 
@@ -323,51 +291,6 @@ def pull_field_cuda(field, flow, *, source_shape):
     return _flow_op_cuda(_pull_kernel, field, flow, _check_shape(source_shape, "source_shape"))
 
 
-def push_field_targets(field, flow, *, frame_shape):
-    """Seed frame ``t``'s ``phi_ba`` (style -> frame) from frame ``t - 1``'s.
-
-    Every match ``v`` (a position in frame ``t - 1``, clamped into the frame)
-    moves with the content there: ``new = round(v + g(v))``, ``g`` the forward
-    flow. Where that leaves the frame the entry is marked invalid and clamped
-    back in.
-
-    Parameters
-    ----------
-    field : int32 array, shape (Hb, Wb, 2)
-        ``phi_ba`` of frame ``t - 1`` at this level (values in the frame map).
-    flow : float32 array, shape (Hf, Wf, 2)
-        Forward flow, frame ``t - 1`` -> ``t``, ``(dx, dy)``, at any resolution
-        (scaled to ``frame_shape``; see the module notes). A host array is
-        accepted by the CUDA path too.
-    frame_shape : (int, int)
-        The frame map's ``(H, W)`` at this level.
-
-    Returns
-    -------
-    field : int32 array, shape (Hb, Wb, 2)
-    invalid : uint8 array, shape (Hb, Wb)
-        1 where the moved match left the frame.
-
-    Notes
-    -----
-    Memory traffic floor: ``8 * Hf * Wf + 8 * Hb * Wb + 9 * Hb * Wb`` bytes; see
-    :func:`traffic_bytes`.
-    """
-    if targets.is_cuda_array(field):
-        return push_field_targets_cuda(field, flow, frame_shape=frame_shape)
-    return push_field_targets_cpu(field, flow, frame_shape=frame_shape)
-
-
-def push_field_targets_cpu(field, flow, *, frame_shape):
-    """CPU twin of :func:`push_field_targets`."""
-    return _flow_op_cpu(_push_rows, field, flow, _check_shape(frame_shape, "frame_shape"))
-
-
-def push_field_targets_cuda(field, flow, *, frame_shape):
-    """CUDA kernel of :func:`push_field_targets`."""
-    return _flow_op_cuda(_push_kernel, field, flow, _check_shape(frame_shape, "frame_shape"))
-
-
 def _flow_op_cpu(rows, field, flow, bounds):
     """Run a field-through-flow CPU loop: new field and invalid mask."""
     _check_field(field)
@@ -395,13 +318,13 @@ def traffic_bytes(kernel, *, field_shape, out_shape=None, flow_shape=None):
 
     Parameters
     ----------
-    kernel : {"upsample_field", "pull_field", "push_field_targets"}
+    kernel : {"upsample_field", "pull_field"}
     field_shape : tuple of int
         ``(H, W)`` or ``(H, W, 2)`` of the input field.
     out_shape : tuple of int, optional
         ``(Ht, Wt)`` of the upsampled field (``upsample_field`` only).
     flow_shape : tuple of int, optional
-        ``(Hf, Wf)`` or ``(Hf, Wf, 2)`` of the flow (the flow kernels only).
+        ``(Hf, Wf)`` or ``(Hf, Wf, 2)`` of the flow (``pull_field`` only).
 
     Returns
     -------
@@ -411,6 +334,6 @@ def traffic_bytes(kernel, *, field_shape, out_shape=None, flow_shape=None):
     field_pixels = field_shape[0] * field_shape[1]
     if kernel == "upsample_field":
         return 8 * field_pixels + 8 * out_shape[0] * out_shape[1]
-    if kernel in ("pull_field", "push_field_targets"):
+    if kernel == "pull_field":
         return 8 * flow_shape[0] * flow_shape[1] + (8 + 9) * field_pixels
     raise ValueError(f"unknown kernel {kernel!r}")

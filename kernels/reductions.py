@@ -1,6 +1,6 @@
 """The float64 scalar register and the one-launch reductions that write into it.
 
-The optimiser (:mod:`diva_numba.lbfgs`) keeps its scalars (dot products, the loss) in
+The optimiser (:mod:`diva_numba.optim.lbfgs`) keeps its scalars (dot products, the loss) in
 a small float64 "scalar register" array that lives on the same device as the
 vectors. Reductions write into slots of that register and vector updates
 (:mod:`diva_numba.kernels.vector_ops`) read their coefficients from it or take them
@@ -218,11 +218,21 @@ def dot(a, b, scalars, slot: int, *, work: ReductionWork | None = None) -> None:
         GPU scratch; allocated per call when omitted.
     """
     if is_cuda_array(a):
-        work = work_for(work, a, 1)
-        blocks, threads = reduction_grid(a.size)
-        _dot_kernel[blocks, threads](a, b, work.partials, work.counter, scalars, slot)
+        dot_cuda(a, b, scalars, slot, work=work)
     else:
-        scalars[slot] = _dot_cpu(a, b)
+        dot_cpu(a, b, scalars, slot)
+
+
+def dot_cpu(a, b, scalars, slot: int) -> None:
+    """CPU twin of :func:`dot`."""
+    scalars[slot] = _dot_cpu(a, b)
+
+
+def dot_cuda(a, b, scalars, slot: int, *, work: ReductionWork | None = None) -> None:
+    """CUDA kernels of :func:`dot` (two passes in a fixed order)."""
+    work = work_for(work, a, 1)
+    blocks, threads = reduction_grid(a.size)
+    _dot_kernel[blocks, threads](a, b, work.partials, work.counter, scalars, slot)
 
 
 def copy_scalar(value, scalars, slot: int) -> None:
@@ -231,9 +241,20 @@ def copy_scalar(value, scalars, slot: int) -> None:
     On the GPU neither form waits for the device: a one-element GPU array is copied by
     a kernel, a host number travels as a kernel argument.
     """
-    if not is_cuda_array(scalars):
-        scalars[slot] = float(np.asarray(value).reshape(()))
-    elif is_cuda_array(value):
+    if is_cuda_array(scalars):
+        copy_scalar_cuda(value, scalars, slot)
+    else:
+        copy_scalar_cpu(value, scalars, slot)
+
+
+def copy_scalar_cpu(value, scalars, slot: int) -> None:
+    """CPU twin of :func:`copy_scalar`."""
+    scalars[slot] = float(np.asarray(value).reshape(()))
+
+
+def copy_scalar_cuda(value, scalars, slot: int) -> None:
+    """CUDA kernel of :func:`copy_scalar`: a GPU ``value`` copied on the device."""
+    if is_cuda_array(value):
         _copy_scalar_kernel[1, 1](value.reshape(1), scalars, slot)
     else:
         _store_scalar_kernel[1, 1](float(np.asarray(value).reshape(())), scalars, slot)

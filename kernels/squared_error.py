@@ -1,6 +1,6 @@
 """The deconvolution's loss and its gradient, fused into one reduction.
 
-The deconvolution (:mod:`diva_numba.network`) minimises ``sum((a - target)**2)``
+The deconvolution (:mod:`diva_numba.network.subnetwork`) minimises ``sum((a - target)**2)``
 over the network's output ``a``; the last conv's output reaches the loss as the
 GEMM wrote it, before bias and ReLU, and :func:`relu_squared_error` applies them on
 the fly. Each public function writes the loss into a slot of the float64 scalar
@@ -106,13 +106,24 @@ def squared_error(output, target, *, grad_out, scalars, slot: int, work=None) ->
     work : ReductionWork, optional
     """
     if is_cuda_array(output):
-        work = work_for(work, output, 1)
-        blocks, threads = reduction_grid(output.size)
-        _squared_error_kernel[blocks, threads](
-            output, target, grad_out, work.partials, work.counter, scalars, slot
-        )
+        squared_error_cuda(output, target, grad_out=grad_out, scalars=scalars, slot=slot,
+                           work=work)  # fmt: skip
     else:
-        scalars[slot] = _squared_error_cpu(output, target, grad_out)
+        squared_error_cpu(output, target, grad_out=grad_out, scalars=scalars, slot=slot)
+
+
+def squared_error_cpu(output, target, *, grad_out, scalars, slot: int) -> None:
+    """CPU twin of :func:`squared_error`."""
+    scalars[slot] = _squared_error_cpu(output, target, grad_out)
+
+
+def squared_error_cuda(output, target, *, grad_out, scalars, slot: int, work=None) -> None:
+    """CUDA kernels of :func:`squared_error`."""
+    work = work_for(work, output, 1)
+    blocks, threads = reduction_grid(output.size)
+    _squared_error_kernel[blocks, threads](
+        output, target, grad_out, work.partials, work.counter, scalars, slot
+    )
 
 
 def relu_squared_error(
@@ -139,10 +150,24 @@ def relu_squared_error(
         the CPU. ``work`` must not serve another stream at the same time.
     """
     if is_cuda_array(pre_activation):
-        work = work_for(work, pre_activation, 1)
-        blocks, threads = reduction_grid(pre_activation.size)
-        _relu_squared_error_kernel[blocks, threads, stream](
-            pre_activation, bias, target, grad_out, work.partials, work.counter, scalars, slot
-        )
+        relu_squared_error_cuda(pre_activation, bias, target, grad_out=grad_out,
+                                scalars=scalars, slot=slot, work=work, stream=stream)  # fmt: skip
     else:
-        scalars[slot] = _relu_squared_error_cpu(pre_activation, bias, target, grad_out)
+        relu_squared_error_cpu(pre_activation, bias, target, grad_out=grad_out,
+                               scalars=scalars, slot=slot)  # fmt: skip
+
+
+def relu_squared_error_cpu(pre_activation, bias, target, *, grad_out, scalars, slot: int) -> None:
+    """CPU twin of :func:`relu_squared_error`."""
+    scalars[slot] = _relu_squared_error_cpu(pre_activation, bias, target, grad_out)
+
+
+def relu_squared_error_cuda(
+    pre_activation, bias, target, *, grad_out, scalars, slot: int, work=None, stream=0
+) -> None:
+    """CUDA kernels of :func:`relu_squared_error`."""
+    work = work_for(work, pre_activation, 1)
+    blocks, threads = reduction_grid(pre_activation.size)
+    _relu_squared_error_kernel[blocks, threads, stream](
+        pre_activation, bias, target, grad_out, work.partials, work.counter, scalars, slot
+    )

@@ -100,10 +100,20 @@ def copy(out, a, *, stream=0) -> None:
     if out.shape != a.shape or out.dtype != a.dtype:
         raise ValueError(f"copy of {a.dtype} {a.shape} into {out.dtype} {out.shape}")
     if is_cuda_array(out):
-        grid, block = launch_1d(out.size)
-        _copy_kernel[grid, block, stream](out, a)
+        copy_cuda(out, a, stream=stream)
     else:
-        _copy_cpu(out, a)
+        copy_cpu(out, a)
+
+
+def copy_cpu(out, a) -> None:
+    """CPU twin of :func:`copy`."""
+    _copy_cpu(out, a)
+
+
+def copy_cuda(out, a, *, stream=0) -> None:
+    """CUDA kernel of :func:`copy`."""
+    grid, block = launch_1d(out.size)
+    _copy_kernel[grid, block, stream](out, a)
 
 
 def combine(out, a, b, *, alpha: float, beta: float) -> None:
@@ -115,10 +125,20 @@ def combine(out, a, b, *, alpha: float, beta: float) -> None:
     alpha, beta : float
     """
     if is_cuda_array(out):
-        grid, block = launch_1d(out.size)
-        _combine_kernel[grid, block](out, a, b, float(alpha), float(beta))
+        combine_cuda(out, a, b, alpha=alpha, beta=beta)
     else:
-        _combine_cpu(out, a, b, float(alpha), float(beta))
+        combine_cpu(out, a, b, alpha=alpha, beta=beta)
+
+
+def combine_cpu(out, a, b, *, alpha: float, beta: float) -> None:
+    """CPU twin of :func:`combine`."""
+    _combine_cpu(out, a, b, float(alpha), float(beta))
+
+
+def combine_cuda(out, a, b, *, alpha: float, beta: float) -> None:
+    """CUDA kernel of :func:`combine`."""
+    grid, block = launch_1d(out.size)
+    _combine_kernel[grid, block](out, a, b, float(alpha), float(beta))
 
 
 def add_scaled(y, x, scalars, *, plus: int, minus: int, over: int) -> None:
@@ -136,10 +156,20 @@ def add_scaled(y, x, scalars, *, plus: int, minus: int, over: int) -> None:
         Slots of the scalar register.
     """
     if is_cuda_array(y):
-        grid, block = launch_1d(y.size)
-        _add_scaled_kernel[grid, block](y, x, scalars, plus, minus, over)
+        add_scaled_cuda(y, x, scalars, plus=plus, minus=minus, over=over)
     else:
-        _add_scaled_cpu(y, x, scalars, plus, minus, over)
+        add_scaled_cpu(y, x, scalars, plus=plus, minus=minus, over=over)
+
+
+def add_scaled_cpu(y, x, scalars, *, plus: int, minus: int, over: int) -> None:
+    """CPU twin of :func:`add_scaled`."""
+    _add_scaled_cpu(y, x, scalars, plus, minus, over)
+
+
+def add_scaled_cuda(y, x, scalars, *, plus: int, minus: int, over: int) -> None:
+    """CUDA kernel of :func:`add_scaled`."""
+    grid, block = launch_1d(y.size)
+    _add_scaled_kernel[grid, block](y, x, scalars, plus, minus, over)
 
 
 def scale(y, scalars, *, numerator: int, denominator: int) -> None:
@@ -153,7 +183,17 @@ def scale(y, scalars, *, numerator: int, denominator: int) -> None:
         Slots of the scalar register.
     """
     if is_cuda_array(y):
-        grid, block = launch_1d(y.size)
-        _scale_kernel[grid, block](y, scalars, numerator, denominator)
+        scale_cuda(y, scalars, numerator=numerator, denominator=denominator)
     else:
-        _scale_cpu(y, scalars, numerator, denominator)
+        scale_cpu(y, scalars, numerator=numerator, denominator=denominator)
+
+
+def scale_cpu(y, scalars, *, numerator: int, denominator: int) -> None:
+    """CPU twin of :func:`scale`."""
+    _scale_cpu(y, scalars, numerator, denominator)
+
+
+def scale_cuda(y, scalars, *, numerator: int, denominator: int) -> None:
+    """CUDA kernel of :func:`scale`."""
+    grid, block = launch_1d(y.size)
+    _scale_kernel[grid, block](y, scalars, numerator, denominator)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from diva_numba.errors import ModelError, OutputError
 from diva_numba.models.vgg import ONNX_FORMAT
-from diva_numba.outputs import PARTIAL_SUFFIX, AtomicFile
+from diva_numba.outputs import PARTIAL_SUFFIX, AtomicFile, file_sha256
 
 #: Environment variable that overrides the cache directory.
 CACHE_ENV = "DIVA_NUMBA_CACHE"
@@ -76,15 +76,6 @@ def _cached_wheel() -> Path:
     return cache_dir() / "downloads" / default_source()["wheel"]
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_command(requirement: str, destination: Path) -> list[str]:
     """The pip command line that downloads ``requirement``'s wheel into ``destination``."""
     return [
@@ -111,7 +102,7 @@ def _verify_model(path: Path) -> tuple[bool, dict]:
     if record.get("format") != ONNX_FORMAT:
         return False, record
     try:
-        verified = path.stat().st_size == record.get("size") and sha256_of(path) == record.get(
+        verified = path.stat().st_size == record.get("size") and file_sha256(path) == record.get(
             "sha256"
         )
     except OSError:
@@ -169,7 +160,7 @@ def _verify_source_file(path: Path, source: dict) -> str:
         raise ModelError(f"{path} does not exist or is not a file")
     expected = source["sha256"] if zipfile.is_zipfile(path) else source["member_sha256"]
     what = source["wheel"] if zipfile.is_zipfile(path) else Path(source["member"]).name
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ModelError(
             f"{path}: SHA-256 mismatch (expected {expected}, got {actual}); "

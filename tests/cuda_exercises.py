@@ -56,7 +56,6 @@ def _exercise_nnf_resample(rng):
     nnf_resample.upsample_field(field, target_shape=(8, 10), source_shape=(8, 10))
     nnf_resample.pull_field(field, flow, source_shape=(4, 5))
     nnf_resample.pull_field(field, gpu(flow), source_shape=(4, 5))
-    nnf_resample.push_field_targets(field, flow, frame_shape=(4, 5))
 
 
 def _exercise_patch_distance(rng):
@@ -207,7 +206,7 @@ def _exercise_field_smoothing(rng):
 def _exercise_network(rng):
     """The deconvolution's own calls: views and reshapes of its workspace buffers."""
     from diva_numba.models.readers import tiny_weights
-    from diva_numba.network import SubNetwork
+    from diva_numba.network.subnetwork import SubNetwork
 
     for start, end in ((0, 2), (1, 3)):
         network = SubNetwork(tiny_weights(0, width=2).layers, start, end)
@@ -225,7 +224,7 @@ def _exercise_lbfgs(rng):
     curvature. That carries the run through steepest descent, accepted pairs and the
     two-loop recursion.
     """
-    from diva_numba import lbfgs
+    from diva_numba.optim import lbfgs
 
     def objective(x):
         return gpu(np.ones(1)), gpu(np.zeros(x.shape, np.float32))

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 
 
 def _skip_reason() -> str | None:
@@ -19,7 +19,7 @@ def _skip_reason() -> str | None:
     if os.environ.get("DIVA_TEST_GPU") != "1":
         return "real-GPU tests: set DIVA_TEST_GPU=1 on a machine with a CUDA GPU and CuPy"
     try:
-        from diva_numba.device import cuda_status
+        from diva_numba.gpu.device import cuda_status
 
         with warnings.catch_warnings():  # a library's import-time warning is not an error here
             warnings.simplefilter("ignore")

@@ -184,23 +184,6 @@ def pull_field(field, flow, source_shape):
     return out, invalid
 
 
-def push_field_targets(field, flow, frame_shape):
-    """Matches ``(H, W, 2)`` into a frame pushed along ``flow`` -> (matches, uint8 ``(H, W)``).
-
-    Each match (clamped into ``frame_shape``) moves by the flow at its position and
-    is clamped again; ``invalid`` marks matches the flow moves out of the frame.
-    """
-    out = np.empty_like(field)
-    invalid = np.empty(field.shape[:2], dtype=np.uint8)
-    for y in range(field.shape[0]):
-        for x in range(field.shape[1]):
-            vy, vx = _clamp(field[y, x, 0], frame_shape[0]), _clamp(field[y, x, 1], frame_shape[1])
-            qy, qx, inside = _moved(vy, vx, flow, frame_shape)
-            out[y, x] = _clamp(qy, frame_shape[0]), _clamp(qx, frame_shape[1])
-            invalid[y, x] = not inside
-    return out, invalid
-
-
 # --- per-pixel channel maths (normalize.py) ---------------------------------------------
 
 

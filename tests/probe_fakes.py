@@ -5,7 +5,7 @@ other (``cuda.grid`` returns the current thread), so the kernel body the probe
 compiles on a real GPU is what runs here too; :class:`FakeCupy` keeps its arrays on
 the host. Each failure mode of a real set-up is injected by a keyword: the error a
 compile or launch raises, a ``matmul`` that raises, wrong values read back.
-:func:`install` puts both behind ``diva_numba.device`` with a fresh probe cache.
+:func:`install` puts both behind ``diva_numba.gpu.device`` with a fresh probe cache.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import types
 import numpy as np
 from numba.core.errors import TypingError
 
-import diva_numba.device as device_module
-import diva_numba.info as info_module
+import diva_numba.cli.system_info as info_module
+import diva_numba.gpu.device as device_module
 
 GPU_NAME = "Fake GPU 80 GB"
 
@@ -185,7 +185,7 @@ class FakeCupy(types.SimpleNamespace):
 
 
 def install(monkeypatch, cuda: FakeCuda | None = None, cupy: FakeCupy | None = None):
-    """Put the fakes behind ``diva_numba.device``'s probe, with a probe cache of their own.
+    """Put the fakes behind ``diva_numba.gpu.device``'s probe, with a probe cache of their own.
 
     The real, cached ``cuda_status`` is left alone (and restored as it was): each test
     gets a fresh cache, so that the probe runs again against its fakes.

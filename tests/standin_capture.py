@@ -15,7 +15,7 @@ What real CUDA, CuPy and cuBLAS do, as far as this project's graphs depend on it
   that the caller swaps between calls gives stale results, which the tests see), and
   raises if that memory was freed since the capture;
 * :class:`FakeCublas` stands in for the ``ctypes`` libcublas of
-  ``diva_numba.cublas_capture``: the same calls, on raw addresses of stand-in device
+  ``diva_numba.gpu.cublas_capture``: the same calls, on raw addresses of stand-in device
   memory, column-major as cuBLAS is; ``cublasSetStream`` drops the handle's workspace
   (as cuBLAS does), and a product recorded without a workspace of the caller's raises
   (cuBLAS would allocate one during the capture);
@@ -176,7 +176,7 @@ class _Handle:
 
 
 class FakeCublas:
-    """The calls of libcublas that ``diva_numba.cublas_capture`` makes, on stand-in memory."""
+    """The calls of libcublas that ``diva_numba.gpu.cublas_capture`` makes, on stand-in memory."""
 
     def __init__(self):
         self._handles: dict[int, _Handle] = {}

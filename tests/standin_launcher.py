@@ -20,7 +20,7 @@ and block indices, shared and local memory), and it differs in two ways:
   drops it). While a stream captures a CUDA graph (:mod:`standin_capture`), a launch on
   it is recorded, not run, and a launch on any other stream raises, as it would escape
   the graph. :func:`install_launcher` also puts the capture's other stand-ins in place:
-  ``numba.cuda.external_stream`` and the libcublas of ``diva_numba.cublas_capture``.
+  ``numba.cuda.external_stream`` and the libcublas of ``diva_numba.gpu.cublas_capture``.
 """
 
 from __future__ import annotations
@@ -269,13 +269,13 @@ def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
     """Route every simulated kernel launch through the lean launcher, counting it.
 
     Also: launches keep their stream, ``numba.cuda.external_stream`` and the libcublas
-    of ``diva_numba.cublas_capture`` are the stand-ins of :mod:`standin_capture`, no
-    stream captures, and ``diva_numba.launch_graphs`` makes its capture streams afresh.
+    of ``diva_numba.gpu.cublas_capture`` are the stand-ins of :mod:`standin_capture`, no
+    stream captures, and ``diva_numba.gpu.launch_graphs`` makes its capture streams afresh.
     """
     from numba import cuda
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
-    from diva_numba import cublas_capture, launch_graphs
+    from diva_numba.gpu import cublas_capture, launch_graphs
 
     stock_call, stock_getitem = FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__
 

@@ -1,19 +1,20 @@
-"""The appearance alignment: colour models, the flow, which positions are kept, its level."""
+"""The appearance alignment: colour models, the flow, which positions are kept, its scale."""
 
 import cv2
 import numpy as np
 import pytest
 
-from diva_numba import alignment, resolve_device
-from diva_numba.alignment import (
+from diva_numba import resolve_device
+from diva_numba.synthesis import alignment
+from diva_numba.synthesis.alignment import (
     AlignmentParams,
     align_positions,
     aligned_positions,
-    alignment_level,
+    alignment_scale,
     lightness_curve,
     local_affine,
 )
-from diva_numba.synthesis import SynthesisParams, level_sizes, synthesize
+from diva_numba.synthesis.pyramid import SynthesisParams, scale_sizes, synthesize
 
 CPU = resolve_device("cpu")
 
@@ -96,7 +97,7 @@ def test_only_shifts_between_min_shift_and_reach_inside_the_exemplar_are_kept(mo
     shape = (4, 6)
     positions = np.stack(np.indices(shape), axis=-1).astype(np.float32) + 10
     shifts = np.zeros(shape, np.float32)
-    shifts[0] = [0.5, 1.9, 2.1, 8.0, 16.0, 16.1]  # in level px, two level px per working px
+    shifts[0] = [0.5, 1.9, 2.1, 8.0, 16.0, 16.1]  # in scale px, two scale px per working px
     shifts[1, :] = 12.0
     flow = positions + np.stack([shifts, 0 * shifts], axis=-1)
     flow[1, 0] = [-2.0, 10.0]  # outside B': would be clamped into it
@@ -110,19 +111,19 @@ def test_only_shifts_between_min_shift_and_reach_inside_the_exemplar_are_kept(mo
     np.testing.assert_array_equal(result[~accepted], positions[~accepted])
 
 
-def test_the_alignment_runs_at_the_largest_level_below_fine_from():
+def test_the_alignment_runs_at_the_largest_scale_below_fine_from():
     params = AlignmentParams()
-    sizes = level_sizes((144, 256), (1080, 1920))
-    assert alignment_level(sizes, sizes, fine_from=3.0, params=params) == 1
-    sizes = level_sizes((75, 112), (150, 225))
-    assert alignment_level(sizes, sizes, fine_from=3.0, params=params) == len(sizes) - 1
-    assert alignment_level(sizes, sizes, fine_from=3.0, params=AlignmentParams(rounds=0)) is None
+    sizes = scale_sizes((144, 256), (1080, 1920))
+    assert alignment_scale(sizes, sizes, fine_from=3.0, params=params) == 1
+    sizes = scale_sizes((75, 112), (150, 225))
+    assert alignment_scale(sizes, sizes, fine_from=3.0, params=params) == len(sizes) - 1
+    assert alignment_scale(sizes, sizes, fine_from=3.0, params=AlignmentParams(rounds=0)) is None
     tiny = [(12, 20), (15, 40)]
-    assert alignment_level(tiny, tiny, fine_from=3.0, params=params) is None
+    assert alignment_scale(tiny, tiny, fine_from=3.0, params=params) is None
 
 
 def test_tiny_images_synthesise_without_the_alignment(rng):
-    """Levels under 16 px a side are left alone (OpenCV's DIS crashes on some)."""
+    """Scales under 16 px a side are left alone (OpenCV's DIS crashes on some)."""
     image = textured(rng, 12, 40)
     field = np.stack(np.indices((6, 20)), axis=-1).astype(np.int32)
     result = synthesize(image, image, field, image[::2, ::2], exemplar_work_shape=(6, 20),

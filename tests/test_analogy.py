@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from skimage import data
 
-from diva_numba.deep_analogy import (
+from diva_numba.gpu.device import resolve_device
+from diva_numba.image_analogy.deep_analogy import (
     ALPHA_PRESETS,
     AnalogyModel,
     AnalogyParams,
-    FrameGuide,
+    WarmStart,
     analogy,
 )
-from diva_numba.device import resolve_device
-from diva_numba.imageio import resize
+from diva_numba.images import resize
 
 FAST = AnalogyParams(patchmatch_iterations=2, lbfgs_iterations=2)
 
@@ -74,9 +74,9 @@ def test_reused_latent_b_skips_the_reverse_direction(tiny, rng):
     a = random_image(rng, 40, 40)
     bp = random_image(rng, 40, 40)
     first = analogy(tiny, a, bp, params=FAST)
-    guide = FrameGuide(latent_b=first.latent_b, fields_ab={lv: f for lv, (f, _) in
-                                                          first.level_fields.items()})  # fmt: skip
-    second = analogy(tiny, a, bp, params=FAST, guide=guide)
+    fields_ab = {lv: f for lv, (f, _) in first.level_fields.items()}
+    warm_start = WarmStart(latent_b=first.latent_b, fields_ab=fields_ab)
+    second = analogy(tiny, a, bp, params=FAST, warm_start=warm_start)
     assert second.b is None and second.nnf_ba is None
     assert second.a_prime.shape == a.shape
 

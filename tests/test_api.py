@@ -13,8 +13,8 @@ from diva_numba.environment import RUNTIME_DEFAULTS
 
 
 def test_every_public_name_resolves_to_what_it_says():
-    import diva_numba.deep_analogy  # noqa: F401  (a submodule import must not shadow the API)
-    import diva_numba.transfer  # noqa: F401
+    import diva_numba.image_analogy.deep_analogy  # noqa: F401  (a submodule import must not shadow the API)
+    import diva_numba.run.transfer  # noqa: F401
 
     for name in diva_numba.__all__:
         assert getattr(diva_numba, name) is not None
@@ -51,8 +51,8 @@ def test_command_line_defaults_come_from_the_parameters(command, expected):
 
 def test_the_cli_uses_the_library_defaults(monkeypatch, tmp_path):
     from diva_numba import TransferParams
-    from diva_numba.cli_transfer import _transfer_params
-    from diva_numba.device import Device
+    from diva_numba.cli.transfer_command import _transfer_params
+    from diva_numba.gpu.device import Device
 
     options = {"alpha": "paper", "mask": "sigmoid", "iters": 10, "lbfgs_iters": None, "seed": 0,
                "guided_iters": 3, "guided_lbfgs_iters": None, "temporal_weight": 1.0,

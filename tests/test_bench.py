@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from diva_numba import bench
 from diva_numba.bench import backends
-from diva_numba.cli_bench import bench as bench_command
-from diva_numba.device import Device
+from diva_numba.cli.bench_command import bench as bench_command
+from diva_numba.gpu.device import Device
 from diva_numba.kernels import targets
 from diva_numba.models import vgg
 
@@ -44,7 +44,7 @@ def dims(shape_text):
 
 def expected_work(kernel, case, shape):
     """(bytes, flops) of a case from first principles: 4-byte values read and written once."""
-    if kernel in ("upsample_field", "pull_field", "push_field_targets"):
+    if kernel in ("upsample_field", "pull_field"):
         height, width, _ = shape
         if kernel == "upsample_field":
             return 8 * height * width + 8 * (2 * height) * (2 * width), None

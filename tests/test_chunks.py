@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from diva_numba.chunks import Chunk, blend_join, find_cuts, join_weight, plan_chunks
+from diva_numba.run.chunks import Chunk, blend_join, join_weight, plan_chunks
+from diva_numba.video.shots import find_cuts
 
 
 def covered(chunks):

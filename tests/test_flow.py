@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from clips import pan_frames, photo, random_origin
 
-from diva_numba.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
 
 WIDTH, HEIGHT = 96, 64
 

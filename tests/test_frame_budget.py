@@ -10,10 +10,12 @@ from clips import pan_frames, write_clip
 from inputs import random_quadratic
 from skimage import data
 
-import diva_numba.frames as frame_loop
-from diva_numba import AnalogyParams, TransferParams, anchors, transfer_video
-from diva_numba.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
-from diva_numba.network import SubNetwork
+import diva_numba.run.frame_loop as frame_loop
+from diva_numba import AnalogyParams, TransferParams, transfer_video
+from diva_numba.network.subnetwork import SubNetwork
+from diva_numba.optim.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
+from diva_numba.run import anchors
+from diva_numba.video.shots import shot_distance
 
 PARAMS = TransferParams.for_device(
     "cpu", work_size=64,
@@ -40,10 +42,9 @@ def test_shot_cuts_are_told_from_motion():
     pan = pan_frames(6, width=96, height=64, step=(6, 3))
     other = cv2.resize(data.coffee(), (96, 64), interpolation=cv2.INTER_AREA)
     assert not any(
-        frame_loop.starts_shot(a, b, PARAMS.cut_threshold)
-        for a, b in zip(pan, pan[1:], strict=False)
+        PARAMS.cuts.is_cut(shot_distance(a, b)) for a, b in zip(pan, pan[1:], strict=False)
     )
-    assert frame_loop.starts_shot(pan[-1], other, PARAMS.cut_threshold)
+    assert PARAMS.cuts.is_cut(shot_distance(pan[-1], other))
 
 
 def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS, solved_levels=None):
@@ -64,11 +65,11 @@ def run_counting(tmp_path, frames, tiny_model, monkeypatch, params=PARAMS, solve
         solved_levels[-1].add(self.end_level)
         return real_loss(self, x, target, **options)
 
-    def analogy(*args, guide=None, **kwargs):
+    def analogy(*args, warm_start=None, **kwargs):
         evaluations.append(0)
         solved_levels.append(set())
-        seeded.append(guide is not None)
-        return real_analogy(*args, guide=guide, **kwargs)
+        seeded.append(warm_start is not None)
+        return real_analogy(*args, warm_start=warm_start, **kwargs)
 
     monkeypatch.setattr(SubNetwork, "loss_and_gradient", loss_and_gradient)
     monkeypatch.setattr(frame_loop, "analogy", analogy)

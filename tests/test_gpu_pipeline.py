@@ -3,7 +3,7 @@
 Skipped as tests/test_gpu.py is (``DIVA_TEST_GPU=1`` and a usable GPU), which tests
 the kernels one by one. Here the feature extractor, the VGG sub-networks (cuBLAS GEMMs
 through ``cupy.matmul``), L-BFGS, ``analogy()`` and ``transfer_video()`` run on a CUDA
-:class:`~diva_numba.device.Device` against the CPU.
+:class:`~diva_numba.gpu.device.Device` against the CPU.
 
     DIVA_TEST_GPU=1 python -m pytest -q tests/test_gpu_pipeline.py            # tiny model
     DIVA_TEST_GPU=1 python -m pytest -q tests/test_gpu_pipeline.py -m model   # real VGG-19
@@ -24,11 +24,11 @@ import pytest
 from gpu_checks import SKIP_REASON, assert_on_gpu, field_agreement
 from inputs import vgg_weights
 
-from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
-from diva_numba.device import resolve_device, to_host
-from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
+from diva_numba.gpu.device import resolve_device, to_host
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.models import vgg
-from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve
+from diva_numba.network.subnetwork import FEATURE_LEVELS, SubNetwork, deconvolve
+from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 EXAMPLE = TOOLS / "example"
@@ -84,7 +84,7 @@ def assert_features_close(got, expected, *, rtol=1e-4, scale_atol=1e-4):
 
 
 def test_feature_extractor_on_gpu_matches_cpu(cp, rng, tiny_model, gpu, cpu):
-    from diva_numba.features import FeatureExtractor
+    from diva_numba.network.features import FeatureExtractor
 
     image = random_image(rng, 53, 71)
     on_gpu = FeatureExtractor(tiny_model, gpu)

@@ -69,26 +69,11 @@ def test_pull_matches_reference(rng, case):
     np.testing.assert_array_equal(invalid, expected_invalid)
 
 
-@pytest.mark.parametrize("case", FLOW_CASES)
-def test_push_matches_reference(rng, case):
-    frame_shape, flow_shape = case
-    field_shape = (int(rng.integers(1, 9)), int(rng.integers(1, 9)))
-    field = random_field(rng, field_shape, (frame_shape[0] + 1, frame_shape[1] + 1))
-    flow = random_flow(rng, flow_shape, spread=3.0)
-    result, invalid = nnf_resample.push_field_targets(field, flow, frame_shape=frame_shape)
-    expected, expected_invalid = naive.push_field_targets(field, flow, frame_shape)
-    np.testing.assert_array_equal(result, expected)
-    np.testing.assert_array_equal(invalid, expected_invalid)
-
-
 def test_zero_flow_keeps_the_fields(rng):
     field = random_field(rng, (6, 5), (7, 8))
     flow = np.zeros((12, 10, 2), dtype=np.float32)
     pulled, invalid = nnf_resample.pull_field_cpu(field, flow, source_shape=(7, 8))
     np.testing.assert_array_equal(pulled, field)
-    assert not invalid.any()
-    pushed, invalid = nnf_resample.push_field_targets_cpu(field, flow, frame_shape=(7, 8))
-    np.testing.assert_array_equal(pushed, field)
     assert not invalid.any()
 
 
@@ -103,16 +88,6 @@ def test_pull_follows_a_translation_at_half_resolution(rng):
     np.testing.assert_array_equal(invalid[:, :2], 1)
     np.testing.assert_array_equal(invalid[:, 2:], 0)
     np.testing.assert_array_equal(pulled[:, :2], field[:, :1].repeat(2, axis=1))
-
-
-def test_push_moves_matches_down_and_marks_leavers(rng):
-    field = random_field(rng, (4, 4), (6, 7))
-    flow = np.zeros((6, 7, 2), dtype=np.float32)
-    flow[..., 1] = 1.6  # rounds to 2 rows down
-    pushed, invalid = nnf_resample.push_field_targets_cpu(field, flow, frame_shape=(6, 7))
-    np.testing.assert_array_equal(pushed[..., 0], np.minimum(field[..., 0] + 2, 5))
-    np.testing.assert_array_equal(pushed[..., 1], field[..., 1])
-    np.testing.assert_array_equal(invalid, field[..., 0] + 2 > 5)
 
 
 def test_non_finite_flow_marks_invalid_without_moving(rng):
@@ -143,8 +118,8 @@ def test_bad_inputs_raise():
         nnf_resample.upsample_field(field, target_shape=(0, 6), source_shape=(6, 6))
     with pytest.raises(ValueError, match="flow"):
         nnf_resample.pull_field(field, np.zeros((3, 3), np.float32), source_shape=(3, 3))
-    with pytest.raises(ValueError, match="frame_shape"):
-        nnf_resample.push_field_targets(field, np.zeros((3, 3, 2), np.float32), frame_shape=(3,))
+    with pytest.raises(ValueError, match="source_shape"):
+        nnf_resample.pull_field(field, np.zeros((3, 3, 2), np.float32), source_shape=(3,))
 
 
 def test_traffic_bytes():

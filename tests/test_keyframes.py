@@ -14,21 +14,27 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import pan_frames, photo, write_clip
 
-import diva_numba.frames as frame_loop
+import diva_numba.run.frame_loop as frame_loop
 from diva_numba import Interrupted, TransferParams, transfer_video
 from diva_numba.cli import cli
-from diva_numba.compositing import lab_chroma, preserve_colour
-from diva_numba.deep_analogy import AnalogyParams
-from diva_numba.flow import compose
-from diva_numba.imageio import load_image, save_image
-from diva_numba.keyframes import (
+from diva_numba.finishing.compositing import preserve_colour
+from diva_numba.finishing.keyframes import (
     Keyframe,
     KeyframeParams,
     KeyframeSet,
     parse_key,
     propagate_all,
 )
+from diva_numba.image_analogy.deep_analogy import AnalogyParams
+from diva_numba.images import load_image, save_image
 from diva_numba.video import read_frames
+from diva_numba.video.flow import compose
+
+
+def lab_chroma(rgb: np.ndarray) -> np.ndarray:
+    """a* and b* of an RGB uint8 image, float32 ``(H, W, 2)`` (CIE L*a*b*, D65)."""
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[..., 1:]
+
 
 WIDTH, HEIGHT, FRAMES, STEP, ORIGIN = 96, 64, 18, (4, 2), (120, 120)
 PARAMS = TransferParams.for_device(

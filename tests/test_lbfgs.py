@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from inputs import random_quadratic
 
-from diva_numba.lbfgs import (
+from diva_numba.optim.lbfgs import (
     CONVERGED,
     LINE_SEARCH_FAILED,
     MAX_ITERATIONS,
     LBFGSParams,
     minimize_lbfgs,
 )
-from diva_numba.line_search import strong_wolfe_line_search
+from diva_numba.optim.line_search import strong_wolfe_line_search
 
 
 def rosenbrock(x):
@@ -258,7 +258,7 @@ def test_works_on_shaped_arrays(rng):
 @pytest.mark.parametrize("pairs", [[], [1], [2, 0, 3], [3, 1, 0, 2]])
 def test_two_loop_on_inner_products_is_the_vector_recursion(rng, pairs):
     """The direction from the Gram matrix is the two-loop recursion's ``-H g``."""
-    from diva_numba.lbfgs import _State
+    from diva_numba.optim.lbfgs import _State
 
     history, size = 4, 15
     state = _State(np.zeros(size), history)

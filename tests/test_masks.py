@@ -9,11 +9,11 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
-import diva_numba.frames as frame_loop
+import diva_numba.run.frame_loop as frame_loop
 from diva_numba import InputError, TransferParams, transfer_video
 from diva_numba.cli import cli
-from diva_numba.deep_analogy import AnalogyParams
-from diva_numba.imageio import load_image, save_image
+from diva_numba.image_analogy.deep_analogy import AnalogyParams
+from diva_numba.images import load_image, save_image
 from diva_numba.video import read_frames
 
 WIDTH, HEIGHT, FRAMES = 64, 48, 6
@@ -140,8 +140,8 @@ def test_after_a_mask_that_does_not_fit_the_fixed_command_runs(clip, tmp_path, t
 
 def test_the_analogy_sees_no_content_outside_the_mask(tmp_path):
     """Masked-out pixels are filled from the mask's surroundings before the analogy."""
-    from diva_numba.compositing import Mask
-    from diva_numba.finishing import Finisher
+    from diva_numba.finishing.compositing import Mask
+    from diva_numba.finishing.finisher import Finisher
 
     box = moving_box(1)[0]
     save_image(tmp_path / "mask.png", box)

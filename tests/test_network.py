@@ -11,7 +11,7 @@ from inputs import vgg_weights
 
 from diva_numba.errors import ModelError
 from diva_numba.models import vgg
-from diva_numba.network import FEATURE_LEVELS, SubNetwork, deconvolve, full_forward
+from diva_numba.network.subnetwork import FEATURE_LEVELS, SubNetwork, deconvolve
 
 #: Tiny stand-ins for VGG-19's 64..512 channels, per block.
 TINY_CHANNELS = {"1": 3, "2": 4, "3": 5, "4": 6, "5": 7}
@@ -52,11 +52,11 @@ def test_forward_matches_reference(rng, start, end):
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_full_forward_matches_reference_at_every_level(rng):
+def test_forward_from_level_0_matches_reference_at_every_level(rng):
     weights = tiny_weights(rng)
     height, width = 19, 13  # odd sizes: every pool rounds up
     image = random_input(rng, 0, height, width)
-    features = full_forward(weights, image)
+    features = SubNetwork(weights, 0, 5, max_workspaces=1).forward_levels(image, FEATURE_LEVELS)
     expected = reference_levels(weights, image.astype(np.float64), 0, 5)
     assert len(features) == len(FEATURE_LEVELS)
     for level, feature in zip(FEATURE_LEVELS, features, strict=True):

@@ -16,9 +16,9 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
-import diva_numba.analogy_io as analogy_io
-import diva_numba.frames as frame_loop
 import diva_numba.outputs as outputs
+import diva_numba.run.analogy_files as analogy_io
+import diva_numba.run.frame_loop as frame_loop
 from diva_numba import OutputError, analogy_files, transfer_video
 from diva_numba.cli import cli
 

@@ -7,12 +7,11 @@ import pytest
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 
-from diva_numba.poisson import (
+from diva_numba.finishing.poisson import (
     PoissonParams,
     blend,
     divergence,
     gradients,
-    screened_poisson,
     solve_anchored,
     solve_screened,
 )
@@ -29,6 +28,15 @@ def negative_laplacian(height: int, width: int):
     return sparse.kron(sparse.eye(height), second_difference(width)) + sparse.kron(
         second_difference(height), sparse.eye(width)
     )
+
+
+def screened_poisson(anchor, gx, gy, screening):
+    """The image closest to ``anchor`` whose gradients are closest to ``(gx, gy)``.
+
+    Minimises ``|u - anchor|^2 + screening * |grad u - g|^2`` with the module's own
+    pieces, as the blend composes them.
+    """
+    return solve_screened(anchor - screening * divergence(gx, gy), screening)
 
 
 def sparse_solve(rhs, anchoring, screening):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from clips import pan_frames, write_clip
 
 from diva_numba.cli import cli
-from diva_numba.progress import AnalogyProgress, VideoProgress, clock, display_mode
+from diva_numba.run.progress import AnalogyProgress, VideoProgress, clock, display_mode
 
 FULL_STAGES = [("features", None)] + [
     (name, level)

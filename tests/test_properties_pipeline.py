@@ -19,11 +19,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from property_checks import SEEDS, SIDES, assert_field_inside, assert_finite, assert_normalized
 
-from diva_numba import deep_analogy as analogy_module
-from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
-from diva_numba.device import resolve_device
+from diva_numba.finishing.refine import refine_photo, wls_smooth
+from diva_numba.gpu.device import resolve_device
+from diva_numba.image_analogy import deep_analogy as analogy_module
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.models import vgg
-from diva_numba.refine import refine_photo, wls_smooth
 
 # --------------------------------------------------------------------------- pipeline
 

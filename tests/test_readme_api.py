@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diva_numba.imageio import load_image
+from diva_numba.images import load_image
 from diva_numba.video import probe_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from diva_numba.refine import WLSParams, refine_photo, wls_smooth
+from diva_numba.finishing.refine import WLSParams, refine_photo, wls_smooth
 
 
 def dense_wls(image, guide, params):

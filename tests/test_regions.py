@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 from inputs import vgg_weights
 
-from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import vgg
-from diva_numba.network import SubNetwork, deconvolve
-from diva_numba.regions import changed_boxes, deconvolve_boxes, pooling_factor, receptive_radius
+from diva_numba.network.regions import (
+    changed_boxes,
+    deconvolve_boxes,
+    pooling_factor,
+    receptive_radius,
+)
+from diva_numba.network.subnetwork import SubNetwork, deconvolve
+from diva_numba.optim.lbfgs import LBFGSParams
 
 CHANNELS = {"1": 3, "2": 4, "3": 5, "4": 6, "5": 7}
 DECONVOLUTIONS = [(3, 5), (2, 4), (1, 3), (0, 2)]

@@ -20,16 +20,17 @@ from clips import pan_frames, write_clip
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'diva-numba[ray]')")
 
 from diva_numba import TransferParams, transfer_video  # noqa: E402
-from diva_numba.chunks import blend_join, join_weight, plan_chunks  # noqa: E402
 from diva_numba.cli import cli  # noqa: E402
-from diva_numba.deep_analogy import AnalogyParams, load_model  # noqa: E402
-from diva_numba.device import resolve_device  # noqa: E402
-from diva_numba.frames import stylise_frames  # noqa: E402
-from diva_numba.imageio import load_image  # noqa: E402
-from diva_numba.planning import plan_transfer  # noqa: E402
-from diva_numba.scale_out import ScaleOut  # noqa: E402
+from diva_numba.gpu.device import resolve_device  # noqa: E402
+from diva_numba.image_analogy.deep_analogy import AnalogyParams, load_model  # noqa: E402
+from diva_numba.images import load_image  # noqa: E402
+from diva_numba.run.chunks import blend_join, join_weight, plan_chunks  # noqa: E402
+from diva_numba.run.frame_loop import stylise_frames  # noqa: E402
+from diva_numba.run.planning import plan_transfer  # noqa: E402
+from diva_numba.run.scale_out import ScaleOut  # noqa: E402
+from diva_numba.run.spec import RunSpec  # noqa: E402
+from diva_numba.run.workdir import WorkDirectory, run_manifest  # noqa: E402
 from diva_numba.video import probe_video  # noqa: E402
-from diva_numba.workdir import WorkDirectory, run_manifest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def one_process_frames(clip, style, model, chunk, folder: Path) -> dict[int, np.
     plan = dataclasses.replace(plan, start=chunk.start, end=chunk.end)
     manifest = run_manifest(style, clip, plan, PARAMS, device)
     work = WorkDirectory.open(folder / f"{chunk.start}-{chunk.end}", manifest, resume=False)
-    stylise_frames(load_model(model, device), plan, clip, work, PARAMS)
+    stylise_frames(load_model(model, device), RunSpec(style, clip, PARAMS), plan, work)
     return {i: load_image(work.frame_path(i)) for i in range(chunk.start, chunk.end)}
 
 

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 from clips import pan_frames, photo, write_clip
 
-from diva_numba.imageio import save_image
-from diva_numba.keyframes import Keyframe, KeyframeParams, KeyframeSet, finish, propagate_all
+from diva_numba.finishing.keyframes import (
+    Keyframe,
+    KeyframeParams,
+    KeyframeSet,
+    composite_keys,
+    propagate_all,
+)
+from diva_numba.images import save_image
 from diva_numba.video import read_frames
 
 SCALE, FRAMES = 2, 18
@@ -115,7 +121,7 @@ def measure(two_palettes, params: KeyframeParams) -> dict:
     seams, to_a, to_b, to_c, seconds = [], [], [], [], []
     for t, layers in enumerate(two_palettes["layers"]):
         start = time.perf_counter()
-        out = finish(layers, two_palettes["c"][t], params)
+        out = composite_keys(layers, two_palettes["c"][t], params)
         seconds.append(time.perf_counter() - start)
         weights = [layers.coverage * w for w in layers.weights] + [1 - layers.coverage]
         seams.append(seam_ratio(out, weights))

@@ -1,4 +1,4 @@
-"""The full-resolution synthesis: level schedule, exact copies, guides, the real model's fields."""
+"""The full-resolution synthesis: scale schedule, exact copies, guides, the real model's fields."""
 
 import cv2
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 from skimage import data
 
 from diva_numba import resolve_device
-from diva_numba.alignment import AlignmentParams
 from diva_numba.bench.truth import deformed_pair, field_error, identity_error
-from diva_numba.imageio import resize
+from diva_numba.images import resize
 from diva_numba.kernels.nnf_resample import upsample_field
-from diva_numba.synthesis import SynthesisParams, TemporalGuide, level_sizes, synthesize
+from diva_numba.synthesis.alignment import AlignmentParams
+from diva_numba.synthesis.pyramid import SynthesisParams, TemporalGuide, scale_sizes, synthesize
 
 CPU = resolve_device("cpu")
 
@@ -36,8 +36,8 @@ def identity(shape):
         ((200, 300), (100, 150)),
     ],  # fmt: skip
 )
-def test_levels_climb_in_steps_of_at_most_two(work, output):
-    sizes = level_sizes(work, output)
+def test_scales_climb_in_steps_of_at_most_two(work, output):
+    sizes = scale_sizes(work, output)
     assert sizes[0] == work and sizes[-1] == output
     for small, large in zip(sizes, sizes[1:], strict=False):
         assert max(large[0] / small[0], large[1] / small[1]) <= 2.0 + 1e-9
@@ -105,7 +105,7 @@ def test_a_video_frame_keeps_the_matches_its_flow_vouches_for(rng, coarse_search
                         exemplar_work_shape=(24, 32), device=CPU, params=params,
                         temporal=guide)  # fmt: skip
 
-    assert len(result.levels) == 3
+    assert len(result.scales) == 3
     vouched = np.ones((96, 128), bool)
     vouched[40 - 3 : 60 + 3, 50 - 3 : 80 + 3] = False  # the occlusion grown by a patch
     np.testing.assert_array_equal(result.field[vouched], previous_field[vouched])

@@ -9,8 +9,8 @@ from skimage import data
 
 from diva_numba import AnalogyParams, TransferParams, transfer_video
 from diva_numba.bench.truth import lab_distance, painted_pan
-from diva_numba.imageio import load_image, save_image
-from diva_numba.metrics import warp_error
+from diva_numba.images import load_image, save_image
+from diva_numba.video.metrics import warp_error
 
 FRAMES = 9
 

@@ -9,11 +9,11 @@ from cli_checks import assert_one_error
 from click.testing import CliRunner
 from clips import audio_span, pan_frames, write_clip
 
-import diva_numba.frames as frame_loop
+import diva_numba.run.frame_loop as frame_loop
 from diva_numba.cli import cli
-from diva_numba.imageio import load_image
-from diva_numba.metrics import video_warp_error
+from diva_numba.images import load_image
 from diva_numba.video import probe_video, read_frames
+from diva_numba.video.metrics import video_warp_error
 
 FAST = ["--iters", "2", "--guided-iters", "1", "--lbfgs-iters", "2", "--guided-lbfgs-iters", "1"]
 

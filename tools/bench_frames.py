@@ -7,7 +7,7 @@ Each config is ``GUIDED_LBFGS_ITERS:MIN_DECREASE:NEW_CONTENT_SHARE`` (a seeded f
 deconvolves only with at least that share of new pixels), ``default``, or
 ``NAME=VALUE[,NAME=VALUE...]`` of :class:`~diva_numba.TransferParams` fields (numbers,
 ``true``/``false``, words; ``synthesis.NAME`` for the fields of
-:class:`~diva_numba.synthesis.SynthesisParams`), e.g.
+:class:`~diva_numba.synthesis.pyramid.SynthesisParams`), e.g.
 ``new_content_share=0.1,deconvolve_new_only=false`` or ``synthesis.fine_from=2``. The cases:
 
 * ``pan``: a pan over a photo whose frame 0 is painted (the style image): the
@@ -42,8 +42,8 @@ from clips import write_clip  # noqa: E402
 
 from diva_numba import AnalogyParams, TransferParams, transfer_video  # noqa: E402
 from diva_numba.bench.truth import lab_distance, paint, painted_pan  # noqa: E402
-from diva_numba.imageio import load_image, save_image  # noqa: E402
-from diva_numba.metrics import warp_error  # noqa: E402
+from diva_numba.images import load_image, save_image  # noqa: E402
+from diva_numba.video.metrics import warp_error  # noqa: E402
 
 
 def pan_case(count, width, height, step=(1.0, 3.0)):

@@ -40,8 +40,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage import data  # noqa: E402
 
-from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, Profile, analogy  # noqa: E402
-from diva_numba.device import device_kind, resolve_device  # noqa: E402
+from diva_numba.gpu.device import device_kind, resolve_device  # noqa: E402
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, Profile, analogy  # noqa: E402
 from diva_numba.models.store import ensure_model  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent / "example"

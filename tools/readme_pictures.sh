@@ -35,7 +35,7 @@ import numpy as np
 from skimage import data
 
 from diva_numba import AnalogyParams, analogy_files
-from diva_numba.imageio import load_image, resize, save_image
+from diva_numba.images import load_image, resize, save_image
 
 scratch = Path(sys.argv[1])
 astronaut = resize(data.astronaut(), 256, 256)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from diva_numba.device import Device
+from diva_numba.gpu.device import Device
 
 #: Bytes per float32 or int32.
 FLOAT_BYTES = 4

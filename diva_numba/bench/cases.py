@@ -28,7 +28,7 @@ SIZES = ("small", "real")
 # Kernel names by the group of cases that times them, in the order they run.
 _FEATURE_MAP_KERNELS = ("normalize", "response_mask", "blend")
 _SEARCH_KERNELS = ("patch_distance", "patchmatch_iteration", "patchmatch")
-_FIELD_KERNELS = ("vote", "upsample_field", "pull_field", "push_field_targets")
+_FIELD_KERNELS = ("vote", "upsample_field", "pull_field")
 _CONVOLUTION_HELPER_KERNELS = (
     "im2col",
     "col2im",
@@ -244,12 +244,10 @@ def _field_cases(sizes: _Sizes) -> list[_Case]:
         field = backend.upload(_coherent_field(rng, coarse, coarse))
         return lambda: nnf_resample.upsample_field(field, target_shape=fine, source_shape=fine)
 
-    def flow_call(backend, rng, function, shape):
+    def pull_call(backend, rng, shape):
         field = backend.upload(_coherent_field(rng, shape, shape))
         flow = backend.upload(rng.uniform(-4, 4, (*shape, 2)).astype(np.float32))
-        if function is nnf_resample.pull_field:
-            return lambda: function(field, flow, source_shape=shape)
-        return lambda: function(field, flow, frame_shape=shape)
+        return lambda: nnf_resample.pull_field(field, flow, source_shape=shape)
 
     cases = []
     for level, patch_size in ((4, 3), (1, 5), (0, 3)):
@@ -273,16 +271,15 @@ def _field_cases(sizes: _Sizes) -> list[_Case]:
             bytes=nnf_resample.traffic_bytes("upsample_field", field_shape=coarse, out_shape=fine),
         )
     )
-    for kernel in ("pull_field", "push_field_targets"):
-        cases.append(
-            _Case(
-                kernel,
-                "relu1_1, flow of the same size",
-                (*fine, 2),
-                _bind(flow_call, getattr(nnf_resample, kernel), fine),
-                bytes=nnf_resample.traffic_bytes(kernel, field_shape=fine, flow_shape=fine),
-            )
+    cases.append(
+        _Case(
+            "pull_field",
+            "relu1_1, flow of the same size",
+            (*fine, 2),
+            _bind(pull_call, fine),
+            bytes=nnf_resample.traffic_bytes("pull_field", field_shape=fine, flow_shape=fine),
         )
+    )
     return cases
 
 
@@ -410,7 +407,7 @@ def _deconvolution_cases(sizes: _Sizes) -> list[_Case]:
     ``deconvolve`` calls it: on a GPU its CUDA graph is replayed (captured in the
     warm-up call), the input copied in and the target loaded once.
     """
-    from diva_numba.network import SubNetwork
+    from diva_numba.network.subnetwork import SubNetwork
 
     weights = _random_weights(np.random.default_rng(0), sizes.channel_divisor)
     networks = {end: SubNetwork(weights, end - 2, end) for end in (5, 4, 3, 2)}

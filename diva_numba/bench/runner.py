@@ -19,7 +19,7 @@ import numpy as np
 from diva_numba.bench.backends import make_backend, measure_limits
 from diva_numba.bench.cases import KERNEL_NAMES, SIZES, benchmark_cases
 from diva_numba.bench.report import BenchReport, Measurement, shape_text
-from diva_numba.device import Device
+from diva_numba.gpu.device import Device
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Shared set-up of the CUDA-simulator tests: small blocks, and the stand-in GPU device.
 
 Blocks are shrunk so that tiny inputs span several. The ``gpu`` fixture is a CUDA
-:class:`~diva_numba.device.Device` whose CuPy is the stand-in of tests/cupy_standin.py
+:class:`~diva_numba.gpu.device.Device` whose CuPy is the stand-in of tests/cupy_standin.py
 (with its launcher, streams, graphs and libcublas), with the counters of what it does.
 """
 
@@ -10,7 +10,7 @@ import sys
 import cupy_standin
 import pytest
 
-from diva_numba.device import Device
+from diva_numba.gpu.device import Device
 from diva_numba.kernels import reductions, targets
 
 

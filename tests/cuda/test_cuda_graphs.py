@@ -21,15 +21,18 @@ import standin_capture
 from numba import cuda
 from numba.core import config
 
-from diva_numba import cublas_capture, deep_analogy, features, launch_graphs, network_graphs
-from diva_numba import network as network_module
-from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
+from diva_numba.gpu import cublas_capture, launch_graphs
+from diva_numba.image_analogy import deep_analogy
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.kernels import vector_ops
 from diva_numba.kernels.targets import kernel_array
-from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import tiny_weights, vgg
-from diva_numba.network import SubNetwork, deconvolve
-from diva_numba.transfer import TransferParams
+from diva_numba.network import features
+from diva_numba.network import graphs as network_graphs
+from diva_numba.network import subnetwork as network_module
+from diva_numba.network.subnetwork import SubNetwork, deconvolve
+from diva_numba.optim.lbfgs import LBFGSParams
+from diva_numba.run.transfer import TransferParams
 
 pytestmark = [
     pytest.mark.cudasim,

@@ -1,7 +1,7 @@
 """The CUDA code path end to end, under the CUDA simulator, on a CuPy stand-in.
 
 ``analogy()`` and a three-frame ``transfer_video()`` run on a CUDA
-:class:`~diva_numba.device.Device` with the tiny model: CuPy calls go to the NumPy-backed
+:class:`~diva_numba.gpu.device.Device` with the tiny model: CuPy calls go to the NumPy-backed
 stand-in of ``tests/cupy_standin.py`` (installed as ``sys.modules["cupy"]``), the
 Numba kernels run under the simulator (its lean launcher), and the results are
 compared with the CPU path's. The stand-in refuses implicit conversions to NumPy, so a
@@ -37,17 +37,17 @@ from clips import pan_frames, photo, write_clip
 from numba import cuda
 from numba.core import config
 
-import diva_numba.workdir as workdir
-from diva_numba.alignment import AlignmentParams
-from diva_numba.deep_analogy import AnalogyModel, AnalogyParams, analogy
-from diva_numba.imageio import load_image
+import diva_numba.run.workdir as workdir
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, analogy
+from diva_numba.images import load_image
 from diva_numba.kernels import lbfgs_ops
 from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
-from diva_numba.lbfgs import LBFGSParams
 from diva_numba.models import vgg
-from diva_numba.network import SubNetwork, deconvolve
-from diva_numba.synthesis import SynthesisParams, synthesize
-from diva_numba.transfer import TransferParams, transfer_video
+from diva_numba.network.subnetwork import SubNetwork, deconvolve
+from diva_numba.optim.lbfgs import LBFGSParams
+from diva_numba.run.transfer import TransferParams, transfer_video
+from diva_numba.synthesis.alignment import AlignmentParams
+from diva_numba.synthesis.pyramid import SynthesisParams, synthesize
 
 pytestmark = [
     pytest.mark.cudasim,
@@ -83,7 +83,7 @@ PATCHMATCH_LAUNCHES_PER_ROUND = 5
 PATCHMATCH_LAUNCHES_PER_CALL = 1
 #: Host->device and device->host transfers of a seeded video frame, the L-BFGS's
 #: per-evaluation reads not counted. Uploads: the frame's features and flow, one packed
-#: upload of the synthesis' maps per level (the style's stay on the device), and the flow
+#: upload of the synthesis' maps per scale (the style's stay on the device), and the flow
 #: at the output size that carries the previous output's field; downloads: the
 #: working-size A' and field, the synthesised frame, the state. A seeded frame skips the
 #: appearance alignment; the first frame of a shot pays its round trip (below).
@@ -358,7 +358,7 @@ def test_analogy_on_the_gpu_matches_the_cpu(gpu, cpu, tiny_model):
 
 
 def test_the_aligned_synthesis_on_the_gpu_matches_the_cpu(gpu, cpu):
-    """Two levels, the alignment at the second: same field as the CPU's, its transfers counted.
+    """Two scales, the alignment at the second: same field as the CPU's, its transfers counted.
 
     B' is A moved by 3 px in another look (blurred, channels reversed) and the working
     field is the identity: the guides (A against itself at the working size) cannot see

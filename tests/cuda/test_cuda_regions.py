@@ -8,9 +8,9 @@ import pytest
 from inputs import vgg_weights
 from numba import config
 
-from diva_numba.lbfgs import LBFGSParams
-from diva_numba.network import SubNetwork, deconvolve
-from diva_numba.regions import changed_boxes, deconvolve_boxes
+from diva_numba.network.regions import changed_boxes, deconvolve_boxes
+from diva_numba.network.subnetwork import SubNetwork, deconvolve
+from diva_numba.optim.lbfgs import LBFGSParams
 
 pytestmark = [
     pytest.mark.cudasim,

@@ -16,8 +16,7 @@ from device_checks import FLOAT_TOLERANCE, assert_on_device
 from inputs import random_quadratic, vgg_weights
 from numba import cuda
 
-from diva_numba import network as network_module
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import (
     activations,
     im2col,
@@ -27,8 +26,9 @@ from diva_numba.kernels import (
     targets,
     vector_ops,
 )
-from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
 from diva_numba.models import vgg
+from diva_numba.network import subnetwork as network_module
+from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 
 pytestmark = pytest.mark.cudasim
 

@@ -13,7 +13,7 @@ from device_checks import FLOAT_TOLERANCE, assert_on_device
 from inputs import feature_pairs, identity, random_field
 from numba import cuda
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import field_prior, field_smoothing
 
 pytestmark = pytest.mark.cudasim

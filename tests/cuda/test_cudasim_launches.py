@@ -21,10 +21,10 @@ from inputs import random_quadratic, vgg_weights
 from numba import cuda
 from numba.cuda.simulator.kernel import FakeCUDAKernel
 
-from diva_numba import network as network_module
-from diva_numba.device import to_host
-from diva_numba.lbfgs import LBFGSParams, minimize_lbfgs
+from diva_numba.gpu.device import to_host
 from diva_numba.models import vgg
+from diva_numba.network import subnetwork as network_module
+from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 
 pytestmark = pytest.mark.cudasim
 

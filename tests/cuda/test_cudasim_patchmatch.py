@@ -14,7 +14,7 @@ from device_checks import assert_on_device
 from inputs import feature_pairs, random_field
 from numba import cuda
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import patch_distance, patchmatch
 
 pytestmark = pytest.mark.cudasim

@@ -10,7 +10,7 @@ from device_checks import FLOAT_TOLERANCE, assert_on_device
 from inputs import random_flow
 from numba import cuda
 
-from diva_numba.device import to_host
+from diva_numba.gpu.device import to_host
 from diva_numba.kernels import nnf_resample, normalize, targets, voting
 
 pytestmark = pytest.mark.cudasim
@@ -120,20 +120,6 @@ def test_pull_field_with_host_flow(rng, flow_shape):
     np.testing.assert_array_equal(to_host(invalid), expected_invalid)
 
 
-@pytest.mark.parametrize("flow_shape", [(9, 7), (13, 11)])
-def test_push_field_targets(rng, flow_shape):
-    field = rng.integers(0, 9, size=(5, 7, 2)).astype(np.int32)
-    flow = random_flow(rng, flow_shape, 3.0)
-    result, invalid = nnf_resample.push_field_targets_cuda(
-        cuda.to_device(field), cuda.to_device(flow), frame_shape=(9, 7)
-    )
-    expected, expected_invalid = nnf_resample.push_field_targets_cpu(
-        field, flow, frame_shape=(9, 7)
-    )
-    np.testing.assert_array_equal(to_host(result), expected)
-    np.testing.assert_array_equal(to_host(invalid), expected_invalid)
-
-
 class FakeGpuArray:
     """Anything exposing ``__cuda_array_interface__`` counts as a GPU array."""
 
@@ -153,7 +139,6 @@ class FakeGpuArray:
             lambda f, g: f(g, target_shape=(2, 2), source_shape=(2, 2)),
         ),
         (nnf_resample, "pull_field", lambda f, g: f(g, g, source_shape=(2, 2))),
-        (nnf_resample, "push_field_targets", lambda f, g: f(g, g, frame_shape=(2, 2))),
     ],
 )
 def test_dispatchers_route_gpu_arrays_to_cuda(monkeypatch, module, name, call):

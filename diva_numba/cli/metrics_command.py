@@ -1,0 +1,96 @@
+"""``diva-numba metrics``: measurements of finished videos."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from diva_numba.cli.common import as_user_errors
+from diva_numba.video.flow import DEFAULT_PRESET
+
+
+@click.group()
+def metrics():
+    """Measure videos, e.g. how much a stylised video flickers."""
+
+
+@metrics.command("warp-error")
+@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--reference",
+    "-r",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The input video whose motion the output should follow.",
+)
+@click.option(
+    "--flow-preset",
+    type=click.Choice(["ultrafast", "fast", "medium"]),
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help="DIS optical flow preset used on the reference.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@as_user_errors
+def warp_error(output: str, reference: str, flow_preset: str, as_json: bool):
+    """Temporal warping error of OUTPUT, and of the reference for comparison.
+
+    For each pair of consecutive frames: the mean absolute difference
+    (0..255, averaged over RGB) between frame t and frame t-1 warped into it
+    by the reference's optical flow, over pixels the flow is reliable for.
+    Lower is steadier; the reference's own value is the floor. Measured at
+    OUTPUT's size.
+    """
+    from tqdm import tqdm
+
+    from diva_numba.video.metrics import video_warp_error
+
+    def progress(frames, total):
+        # disable=None: a bar on a terminal only, never in logs or pipes.
+        return tqdm(frames, total=total, desc="warp error", unit="frame", leave=False, disable=None)
+
+    result = video_warp_error(output, reference, preset=flow_preset, progress=progress)
+    if as_json:
+        click.echo(json.dumps(_as_dict(result, output, reference, flow_preset), indent=2))
+        return
+    click.echo(
+        f"warping error of {output} against the motion of {reference} "
+        f"(0..255, at {result.width}x{result.height}, DIS {flow_preset})"
+    )
+    click.echo(f"{'frames':>12}  {'output':>8}  {'reference':>9}  {'reliable':>8}")
+    for pair, (out, ref, valid) in enumerate(
+        zip(result.output, result.reference, result.valid_fraction, strict=True)
+    ):
+        label = f"{pair}-{pair + 1}"
+        click.echo(f"{label:>12}  {out:8.3f}  {ref:9.3f}  {valid:8.1%}")
+    click.echo(f"{'mean':>12}  {result.output_mean:8.3f}  {result.reference_mean:9.3f}")
+
+
+def _as_dict(result, output: str, reference: str, flow_preset: str) -> dict:
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(float(value), 6)
+
+    return {
+        "output": output,
+        "reference": reference,
+        "width": result.width,
+        "height": result.height,
+        "flow_preset": flow_preset,
+        "pairs": [
+            {
+                "frames": [pair, pair + 1],
+                "output": number(out),
+                "reference": number(ref),
+                "reliable_fraction": number(valid),
+            }
+            for pair, (out, ref, valid) in enumerate(
+                zip(result.output, result.reference, result.valid_fraction, strict=True)
+            )
+        ],
+        "mean": {"output": number(result.output_mean), "reference": number(result.reference_mean)},
+    }
+
+
+__all__ = ["metrics"]

@@ -1,0 +1,446 @@
+"""The frame loop of a video run: frame 0 a full analogy, later frames seeded from the last.
+
+Every later frame inherits from the one before it (docs/DESIGN.md section 3):
+
+* the fields ``phi_ab`` of every level, moved along the backward optical flow;
+  pixels the flow marks occluded start from the coarser level instead;
+* fewer PatchMatch rounds, and A''s deconvolutions warm-started from the
+  previous solutions, moved the same way;
+* B's latent features (the style image with the clip's look), which change
+  slowly, are reused, and the style image's VGG features are computed once;
+* the full-resolution synthesis (:mod:`diva_numba.synthesis.pyramid`) takes the
+  previous output, moved along the flow, as a guide of its patch distance
+  where the flow is reliable (``temporal_weight``). Every output pixel is
+  copied from the style image: earlier outputs are never resampled into the
+  frame, so nothing blurs or drifts with time.
+
+The deep analogy works on the frames at the working size; the synthesis
+brings its field to the output size (the clip's own by default).
+
+What a frame inherits stays on the run's device from frame to frame (fields,
+deconvolution solutions, B's latent features) and is moved there: the flow and
+the occlusion mask go up once per frame, the fields through
+:func:`~diva_numba.kernels.nnf_resample.pull_field`, the solutions by a gather at
+the positions it gives, the mask by array-module code. State is saved in the
+:class:`~diva_numba.run.workdir.WorkDirectory` after every frame, so a run continues
+where it stopped: one device->host copy of it, then the files are written in
+the background while the next frame is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from diva_numba.gpu.device import Device, array_module, download_together, to_device
+from diva_numba.gpu.timing import Profile
+from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
+from diva_numba.images import resize, save_image
+from diva_numba.kernels.nnf_resample import pull_field
+from diva_numba.models import vgg
+from diva_numba.run import anchors
+from diva_numba.run.planning import TransferPlan
+from diva_numba.run.progress import FrameKind
+from diva_numba.run.spec import RunSpec
+from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
+from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
+from diva_numba.video import read_frames
+from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.shots import shot_distance
+
+
+@dataclass
+class FrameReport:
+    """What the frame loop tells its caller after each frame.
+
+    Attributes
+    ----------
+    index : int
+        The frame's index in the clip.
+    done, total : int
+        Frames of the run finished so far (this one included), and in all.
+    seconds : float
+        Time this frame took.
+    input_frame, output_frame : uint8 array (H, W, 3)
+        The frame and its stylised output, at the output size.
+    profile : Profile
+        Time per stage and level of this frame's analogy.
+    kind : {"full", "seeded", "keyframes"}
+        How the frame was made: a full analogy, seeded from the previous frame,
+        or from the keyframes alone (:data:`~diva_numba.run.progress.FrameKind`).
+    """
+
+    index: int
+    done: int
+    total: int
+    seconds: float
+    input_frame: np.ndarray
+    output_frame: np.ndarray
+    profile: object
+    kind: FrameKind = "full"
+
+
+#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
+StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
+
+
+def stylise_frames(
+    model: AnalogyModel,
+    spec: RunSpec,
+    plan: TransferPlan,
+    work: WorkDirectory,
+    *,
+    on_frame: Callable[[FrameReport], None] | None = None,
+    on_stage: StageCallback | None = None,
+) -> None:
+    """Stylise every frame of the plan not yet in ``work``, saving state after each.
+
+    Parameters
+    ----------
+    model : AnalogyModel
+    spec : RunSpec
+        The run: its clip, parameters, keyframes, mask and colour (with
+        keyframes the deep analogy runs only on frames with content no
+        keyframe shows; its state then carries over from the last frame it
+        ran on).
+    plan : TransferPlan
+        Frame range, working size and the style image at its working size
+        (a chunk's own range on a scale-out worker).
+    work : WorkDirectory
+        Holds the finished frames; frames already done are skipped (resume).
+    on_frame : callable, optional
+        Called after every finished frame (progress bars, previews).
+    on_stage : callable, optional
+        ``on_stage(index, kind, stage, level)`` as every stage of a frame's
+        analogy starts (:mod:`diva_numba.run.progress`).
+    """
+    done = work.finished_frames(plan.start, plan.end)
+    if plan.start + done >= plan.end:
+        return
+    if on_stage is not None and spec.keys:
+        on_stage(plan.start + done, "prepare", "carrying the keyframes along the optical flow",
+                 None)  # fmt: skip
+    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path), on_stage=on_stage)
+    if done:
+        loop.resume(work)
+    with BackgroundWriter() as writer:
+        for index, frame in _output_frames(spec.clip, plan, plan.start + done):
+            writer.check()
+            started = time.perf_counter()
+            outcome = loop.frame(index, frame)
+            writer.submit(_frame_writer(work, outcome))
+            if on_frame is not None:
+                seconds = time.perf_counter() - started
+                on_frame(FrameReport(index, index + 1 - plan.start, plan.end - plan.start,
+                                     seconds, frame, outcome.output, outcome.profile,
+                                     outcome.kind))  # fmt: skip
+
+
+@dataclass
+class FrameOutcome:
+    """What one frame leaves: its state for the next, its output, what to save.
+
+    Attributes
+    ----------
+    state : FrameState
+        What the next frame inherits (on the run's device).
+    output : uint8 array (H, W, 3)
+        The finished frame at the output size.
+    profile : Profile or None
+        Time per stage of its analogy (None when keyframes covered it).
+    latent_b : dict or None
+        B's latent features when this frame made them afresh (saved with it).
+    kind : {"full", "seeded", "keyframes"}
+        How it was made.
+    """
+
+    state: FrameState
+    output: np.ndarray
+    profile: object | None = None
+    latent_b: dict | None = None
+    kind: FrameKind = "keyframes"
+
+
+class FrameLoop:
+    """The frames of one run, by kind: covered by keyframes, a cold start, or seeded.
+
+    Holds what is fixed for the run (model, parameters, plan, finishing, the
+    style image's features) and what one frame hands the next (its
+    :class:`FrameState` and B's latent features). :meth:`frame` tells the
+    kinds apart; :meth:`covered`, :meth:`cold_start` and :meth:`seeded` each
+    make one kind and return its :class:`FrameOutcome`.
+
+    Parameters
+    ----------
+    model : AnalogyModel
+    params : TransferParams
+    plan : TransferPlan
+    finisher : Finisher or None
+    on_stage : callable, optional
+        Told as each stage of a frame's analogy starts (:data:`StageCallback`).
+    """
+
+    def __init__(self, model: AnalogyModel, params, plan: TransferPlan, finisher=None, *,
+                 on_stage: StageCallback | None = None):  # fmt: skip
+        self.model = model
+        self.on_stage = on_stage
+        self.device = model.device
+        self.params = params
+        self.plan = plan
+        self.finisher = finisher
+        self.features_bp = model.features(plan.style)
+        self.seeded_analogy = dataclasses.replace(
+            params.analogy,
+            lbfgs_iterations=params.guided_lbfgs_iterations,
+            lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
+        )
+        # A seeded frame's matches come from the photo flow between frames; the appearance
+        # alignment's noise, different from frame to frame, would make them wander: it runs
+        # on a shot's first frame only (docs/DESIGN.md section 10).
+        self.seeded_synthesis = dataclasses.replace(
+            params.synthesis, alignment=dataclasses.replace(params.synthesis.alignment, rounds=0)
+        )
+        self.exemplar_cache = ExemplarCache()
+        self.state: FrameState | None = None
+        self.latent_b: dict | None = None
+
+    def resume(self, work: WorkDirectory) -> None:
+        """Continue from the last finished frame's state in ``work``."""
+        self.state = _state_on_device(work.load_state(), self.device)
+        latent_b = work.load_latent_b()
+        if latent_b is not None:
+            # Level 0, B's pixels, guides the synthesis on the host.
+            self.latent_b = {
+                lv: v if lv == 0 else to_device(v, self.device) for lv, v in latent_b.items()
+            }
+
+    def frame(self, index: int, frame: np.ndarray) -> FrameOutcome:
+        """Frame ``index`` (uint8, output size) made by its kind; the loop moves on to it."""
+        params, state = self.params, self.state
+        work_frame = resize(frame, *self.plan.work_shape)
+        # A new shot is a new start: a full analogy, B's latent features made afresh.
+        cut = state is not None and params.cuts.is_cut(shot_distance(state.input_frame, work_frame))
+        refresh_b = (
+            self.latent_b is None
+            or params.independent
+            or cut
+            or (params.refresh_b_every and (index - self.plan.start) % params.refresh_b_every == 0)
+        )
+        if self.finisher is not None and not self.finisher.needs_analogy(index):
+            outcome = self.covered(index, frame, work_frame)
+        elif state is None or not state.fields_ab or params.independent or cut:
+            outcome = self.cold_start(index, frame, work_frame)
+        else:
+            outcome = self.seeded(index, frame, work_frame, refresh_b=bool(refresh_b))
+        self.state = outcome.state
+        return outcome
+
+    def covered(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
+        """A frame the keyframes cover: no analogy; its state stays the last analogy's."""
+        finished = self.finisher(index, frame, None)
+        state = (
+            FrameState(index, work_frame, finished, {}, {})
+            if self.state is None
+            else dataclasses.replace(self.state, index=index)
+        )
+        return FrameOutcome(state, finished)
+
+    def cold_start(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
+        """A full image analogy (frame 0, a new shot, ``independent``); B made afresh."""
+        result = analogy(
+            self.model, self._analogy_input(index, work_frame), self.plan.style,
+            params=self.params.analogy, features_bp=self.features_bp,
+            profile=self._profile(index, "full"),
+        )  # fmt: skip
+        self.latent_b = {**result.latent_b, 0: result.b}
+        return self._synthesised(
+            index, frame, work_frame, result, self.params.synthesis, refreshed=True, kind="full"
+        )
+
+    def seeded(
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
+    ) -> FrameOutcome:
+        """A frame seeded from the previous one along the optical flow (section 3)."""
+        state, params = self.state, self.params
+        forward, backward = flow_pair(state.input_frame, work_frame, preset=params.flow_preset)
+        occluded = occlusion_mask(forward, backward)
+        followed = {
+            lv: anchors.follow(state.anchor(lv), backward, occluded) for lv in state.deconv_ab
+        }
+        warm_start = _warm_start(state, backward, followed, occluded, self.plan, params,
+                                 self.device)  # fmt: skip
+        if not refresh_b:
+            warm_start.latent_b = _feature_levels(self.latent_b)
+        warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(followed, params)
+        result = analogy(
+            self.model, self._analogy_input(index, work_frame), self.plan.style,
+            params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
+            profile=self._profile(index, "seeded"),
+        )  # fmt: skip
+        # The guide is made at the output size: part of the full-resolution stage.
+        with result.profile.stage("synthesis"):
+            temporal = _temporal_guide(
+                state, backward, occluded, params, self.plan.style_full.shape[:2]
+            )
+        solutions, state_anchors = anchors.settle(
+            followed, warm_start, state.deconv_ab, result.deconvolutions
+        )
+        if refresh_b:
+            self.latent_b = {**result.latent_b, 0: result.b}
+        return self._synthesised(
+            index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
+            temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind="seeded",
+        )  # fmt: skip
+
+    def _profile(self, index: int, kind: FrameKind) -> Profile:
+        """A frame's profile, reporting its stages to ``on_stage``."""
+        report = None if self.on_stage is None else functools.partial(self.on_stage, index, kind)
+        return Profile(self.device, on_stage=report)
+
+    def _analogy_input(self, index: int, work_frame: np.ndarray) -> np.ndarray:
+        if self.finisher is None:
+            return work_frame
+        return self.finisher.analogy_input(index, work_frame)
+
+    def _synthesised(
+        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, kind: FrameKind,
+        temporal=None, solutions=None, state_anchors=None,
+    ) -> FrameOutcome:  # fmt: skip
+        """The output at full resolution from the analogy's ``result``, and the new state."""
+        with result.profile.stage("synthesis"):
+            synthesized = synthesize(
+                frame, self.plan.style_full, result.level_fields[1][0], self.latent_b[0],
+                exemplar_work_shape=self.plan.style.shape[:2], device=self.device,
+                params=synthesis, temporal=temporal, cache=self.exemplar_cache,
+            )  # fmt: skip
+        state_anchors = state_anchors or {}
+        state = FrameState(
+            index=index,
+            input_frame=work_frame,
+            output_frame=synthesized.image,
+            fields_ab={lv: fields[0] for lv, fields in result.level_fields.items()},
+            deconv_ab=dict(result.deconvolutions) if solutions is None else solutions,
+            anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
+            anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
+            output_field=synthesized.field,
+        )
+        output = synthesized.image
+        finished = output if self.finisher is None else self.finisher(index, frame, output)
+        return FrameOutcome(
+            state, finished, result.profile, self.latent_b if refreshed else None, kind
+        )
+
+
+def _feature_levels(latent_b: dict) -> dict:
+    """B's latent features (levels 1..4) without its pixels (level 0)."""
+    return {level: value for level, value in latent_b.items() if level > 0}
+
+
+def _state_on_device(state: FrameState, device: Device) -> FrameState:
+    """A loaded state with its fields and solutions on ``device`` (one upload each)."""
+    return dataclasses.replace(
+        state,
+        fields_ab={lv: to_device(v, device) for lv, v in state.fields_ab.items()},
+        deconv_ab={lv: to_device(v, device) for lv, v in state.deconv_ab.items()},
+        output_field=None if state.output_field is None else to_device(state.output_field, device),
+    )
+
+
+def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
+    """Host copies of a frame's results (one transfer), and the job that writes them.
+
+    The files are written in this order, each atomically: the frame, B's latent
+    features when refreshed, the state. The state names the last finished frame,
+    so whenever a run stops, every frame it names is on disk with what the next
+    frame needs.
+    """
+    state, latent_b, output = outcome.state, outcome.latent_b, outcome.output
+    arrays = {("field", lv): v for lv, v in state.fields_ab.items()}
+    if state.output_field is not None:
+        arrays["output_field"] = state.output_field
+    arrays.update({("deconv", lv): v for lv, v in state.deconv_ab.items()})
+    arrays.update({("latent", lv): v for lv, v in (latent_b or {}).items()})
+    host = download_together(arrays)
+    host_state = dataclasses.replace(
+        state,
+        fields_ab={lv: host["field", lv] for lv in state.fields_ab},
+        deconv_ab={lv: host["deconv", lv] for lv in state.deconv_ab},
+        output_field=host.get("output_field"),
+    )
+    host_latent_b = None if latent_b is None else {lv: host["latent", lv] for lv in latent_b}
+
+    def write() -> None:
+        save_image(work.frame_path(state.index), output)
+        if host_latent_b is not None:
+            work.save_latent_b(host_latent_b)
+        work.save_state(host_state)
+
+    return write
+
+
+def _output_frames(clip_path: Path, plan, first: int) -> Iterator:
+    for index, frame in read_frames(clip_path, start=first, end=plan.end):
+        yield index, resize(frame, *plan.output_shape)
+
+
+def _warm_start(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
+           params, device: Device) -> WarmStart:  # fmt: skip
+    """Seeds for frame t from frame t-1's state, on ``device``.
+
+    The fields move along the backward flow (PatchMatch refines them every
+    frame); each level's solution moves once from its anchor frame, along the
+    flow of ``followed`` (:func:`diva_numba.run.anchors.follow`). The state's fields and
+    solutions are on ``device``; the flows go up in one transfer and the
+    occlusion mask in another, and every level is moved there.
+    """
+    warm_start = WarmStart(patchmatch_iterations=params.guided_patchmatch_iterations)
+    style_shape = plan.style.shape[:2]
+    levels = list(followed)
+    flows = to_device(np.stack([backward] + [followed[lv][0] for lv in levels]), device)
+    occluded_by_level = anchors.pooled_masks(
+        to_device(occluded, device), max(state.fields_ab, default=1)
+    )
+    xp = array_module(flows)
+    for level, previous in state.fields_ab.items():
+        seeded, invalid = pull_field(
+            previous, flows[0], source_shape=vgg.level_shape(*style_shape, level)
+        )
+        warm_start.fields_ab[level] = seeded
+        warm_start.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
+    for slot, level in enumerate(levels, start=1):
+        warm_start.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
+    return warm_start
+
+
+def _temporal_guide(
+    state: FrameState, backward: np.ndarray, occluded: np.ndarray, params, exemplar_shape
+) -> TemporalGuide | None:
+    """Guide (c) of the synthesis: the previous output and its field moved into this frame.
+
+    The flow and the occlusion mask come from the working size: a DIS flow at
+    the output size costs far more and moves the guide by less than a pixel.
+    The previous output's field (into the exemplar at its own size) moves with
+    its content (:func:`~diva_numba.kernels.nnf_resample.pull_field`, on the
+    field's device) and seeds the synthesis where the flow is trusted.
+    """
+    if params.temporal_weight == 0:
+        return None
+    previous_output = state.output_frame
+    height, width = previous_output.shape[:2]
+    scale = np.array([width / backward.shape[1], height / backward.shape[0]], np.float32)
+    flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR) * scale
+    reliable = 1.0 - occluded.astype(np.float32)
+    reliability = cv2.resize(reliable, (width, height), interpolation=cv2.INTER_LINEAR)
+    field = None
+    if state.output_field is not None:
+        field, _ = pull_field(state.output_field, flow, source_shape=exemplar_shape)
+    return TemporalGuide(
+        warp_image(previous_output, flow), reliability, params.temporal_weight, field
+    )
