@@ -52,9 +52,7 @@ def test_a_log_gets_one_line_per_main_stage_and_frame_without_carriage_returns()
     assert lines[-3] == "transfer: frame 0, full analogy, synthesis"
     # Frame 0's minute is not extrapolated: the estimate waits for a seeded frame, then
     # counts the 8 frames to come at its 2 s.
-    assert (
-        lines[-2] == "transfer: frame 0 (full) took 60.0 s; time left: after the first seeded frame"
-    )
+    assert lines[-2] == "transfer: frame 0 (full) took 60.0 s; time left: after the next frame"
     assert lines[-1] == "transfer: frame 1 (seeded) took 2.0 s; about 0:16 left"
     assert len(lines) == 1 + 1 + 5 + 4 + 1 + 2
 
@@ -74,7 +72,7 @@ def test_a_terminal_gets_the_stages_on_the_bar():
     with VideoProgress(4, mode="bar", stream=stream) as progress:
         progress.stage(0, "full", "deconvolution", 3)
     assert "frame 0, full analogy, level 3: deconvolution" in stream.getvalue()
-    assert "time left: after the first seeded frame" in stream.getvalue()
+    assert "time left: after the next frame" in stream.getvalue()
     assert display_mode(stream) == "bar"
     assert display_mode(io.StringIO()) == "lines"
     assert display_mode(stream, quiet=True) == "off"

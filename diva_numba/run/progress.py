@@ -83,8 +83,9 @@ class _Display:
 
             self.bar = tqdm(
                 total=total, initial=initial, unit=unit, desc=what, file=self.stream,
-                dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s |{bar}| "
-                "{elapsed} {postfix}",
+                dynamic_ncols=True,
+                # A bar of fixed width, so that it stays put while the stage text changes.
+                bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s |{bar:24}| {elapsed}{postfix}",
             )  # fmt: skip
 
     def show(self, text: str, *, advance: int = 0, line: bool = True) -> None:
@@ -144,7 +145,7 @@ class VideoProgress:
 
     def _left(self) -> str:
         left = self.time_left()
-        return "time left: after the first seeded frame" if left is None else (
+        return "time left: after the next frame" if left is None else (
             f"about {clock(left)} left"
         )  # fmt: skip
 
