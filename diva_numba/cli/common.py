@@ -22,8 +22,14 @@ class UserError(click.ClickException):
 
 
 def notice(message: str) -> None:
-    """One line to stderr that the user should read but that is not an error."""
-    click.echo(f"diva-numba: {message}", err=True)
+    """One line to stderr that the user should read but that is not an error.
+
+    Written above a progress bar on screen (the bar is drawn again below it),
+    so that the two do not share a line.
+    """
+    from tqdm import tqdm
+
+    tqdm.write(f"diva-numba: {message}", file=sys.stderr)
 
 
 def device_option(command):
