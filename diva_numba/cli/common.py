@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import math
 import sys
 
 import click
@@ -20,9 +22,31 @@ class UserError(click.ClickException):
         self.exit_code = error.exit_code
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that also refuses NaN and infinity.
+
+    ``click.FloatRange`` lets both through: NaN compares false with every bound,
+    and an open upper bound admits infinity.
+    """
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def notice(message: str) -> None:
-    """One line to stderr that the user should read but that is not an error."""
-    click.echo(f"diva-numba: {message}", err=True)
+    """One line to stderr that the user should read but that is not an error.
+
+    Written above a progress bar on screen (the bar is drawn again below it),
+    so that the two do not share a line.
+    """
+    from tqdm import tqdm
+
+    tqdm.write(f"diva-numba: {message}", file=sys.stderr)
 
 
 def device_option(command):
@@ -46,9 +70,27 @@ def device_option(command):
     @functools.wraps(command)
     def wrapper(*args, device_name: str, **kwargs):
         device = resolve_device(device_name)
-        if device.note:
+        if device.note and not kwargs.get("quiet"):
             notice(device.note)
         return command(*args, device=device, **kwargs)
+
+    return wrapper
+
+
+def quiet_option(command):
+    """Add ``-q/--quiet``: no progress, notices or summary on stderr; errors still show."""
+
+    @click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No progress, notices or summary on standard error (errors still show).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, quiet: bool, **kwargs):
+        if quiet:
+            logging.getLogger("diva_numba").setLevel(logging.WARNING)
+        return command(*args, quiet=quiet, **kwargs)
 
     return wrapper
 
@@ -93,6 +135,7 @@ def by_device(defaults: dict[str, object]) -> str:
 
 __all__ = [
     "Device",
+    "FiniteFloat",
     "UserError",
     "as_user_errors",
     "ask_cpu_fallback",
@@ -101,4 +144,5 @@ __all__ = [
     "device_option",
     "is_interactive",
     "notice",
+    "quiet_option",
 ]

@@ -30,6 +30,7 @@ SHARED_OPTIONS = frozenset({
     "output", "size", "work_size", "start", "end", "independent", "work_dir", "resume",
     "keep_frames", "preview", "crf", "chroma", "region_mask", "mask_feather",
     "preserve_colour", "overwrite", "model_path", "seed", "device_name", "method", "help",
+    "quiet", "as_json",
 })  # fmt: skip
 #: The options of the neural-style method alone.
 NEURAL_OPTIONS = frozenset({

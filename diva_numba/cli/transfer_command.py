@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import click
@@ -10,11 +12,13 @@ import numpy as np
 from diva_numba.cli.analogy_command import INPUT_IMAGE, analogy_options, analogy_params
 from diva_numba.cli.common import (
     Device,
+    FiniteFloat,
     as_user_errors,
     ask_cpu_fallback,
     by_device,
     default_of,
     device_option,
+    quiet_option,
 )
 from diva_numba.cli.stylise_command import (
     MethodCommand,
@@ -24,6 +28,7 @@ from diva_numba.cli.stylise_command import (
 )
 from diva_numba.finishing.keyframes import Keyframe, parse_key
 from diva_numba.neural_style.params import NEURAL_WORK_SIZE_BY_DEVICE
+from diva_numba.run.progress import clock
 from diva_numba.run.scale_out import ScaleOut
 from diva_numba.run.transfer import GUIDED_LBFGS_BY_DEVICE, WORK_SIZE_BY_DEVICE, TransferParams
 
@@ -83,7 +88,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--temporal-weight",
-    type=click.FloatRange(0.0),
+    type=FiniteFloat(0.0, 1000.0),
     default=default_of(TransferParams, "temporal_weight"),
     show_default=True,
     help="Weight of the previous output, moved along the flow, as a guide of the "
@@ -113,7 +118,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--crf",
-    type=click.FloatRange(0, 51),
+    type=FiniteFloat(0, 51),
     default=default_of(TransferParams, "crf"),
     show_default=True,
     help="H.264 quality (lower is better; 18 is visually lossless).",
@@ -150,7 +155,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--mask-feather",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0, 8192),
     default=default_of(TransferParams, "mask_feather"),
     show_default=True,
     metavar="PX",
@@ -179,12 +184,25 @@ PREVIEW_ROWS = 4
     help="With --workers: most frames per chunk; longer shots are split into chunks "
     f"that overlap by {default_of(ScaleOut, 'overlap')} frames, blended at the joins.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@analogy_options
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT (and OUTPUT.preview.png, and frames an earlier run kept in "
+    "--keep-frames) if they exist; never an input of the run.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the closing summary as one JSON object on standard output, in place of "
+    "OUTPUT's path.",
+)
+@quiet_option
+@analogy_options(video=True)
 @neural_options(video=True)
 @device_option
 @as_user_errors
-def transfer(style, clip, output, device, method, **options):
+def transfer(style, clip, output, device, quiet, as_json, method, **options):
     """Give every frame of CLIP the look of the STYLE image, without flicker.
 
     Frame 0 is a full image analogy; later frames are seeded from the previous
@@ -197,14 +215,18 @@ def transfer(style, clip, output, device, method, **options):
     previous output moved along the optical flow, held to it by a temporal loss
     where the flow is trusted (Ruder et al.): for paintings that share nothing
     with the footage.
+
+    Progress goes to standard error (on a terminal a bar, with the stages of
+    frame 0 and the time left; otherwise one line per stage and frame), then a
+    closing summary: the output, the preview, the time per frame, the warping
+    error. Standard output gets OUTPUT's path, or the summary as JSON with --json.
     """
     from diva_numba.run.spec import RunSpec
     from diva_numba.run.transfer import run_transfer
 
     refuse_other_method(click.get_current_context(), method)
-    preview = _Preview(output) if options["preview"] else None
     scale_out = _scale_out(options)
-    if scale_out is not None and preview is not None:
+    if scale_out is not None and options["preview"]:
         raise click.UsageError("--preview works in one process only; leave out --workers")
     if method == "neural-style":
         params = neural_params(device, options, independent=options["independent"],
@@ -223,6 +245,13 @@ def transfer(style, clip, output, device, method, **options):
         end=options["end"],
         scale_out=scale_out,
     )
+    preview = None
+    if options["preview"]:
+        # A resumed run goes on updating the preview of the run it continues.
+        work_dir = options["work_dir"] or output.with_name(output.name + ".work")
+        resuming = options["resume"] and work_dir.is_dir()
+        overwrite = options["overwrite"] or resuming
+        preview = _Preview(output, overwrite=overwrite, inputs=spec.inputs())
     result = run_transfer(
         spec,
         output,
@@ -232,12 +261,57 @@ def transfer(style, clip, output, device, method, **options):
         overwrite=options["overwrite"],
         keep_frames=options["keep_frames"],
         on_frame=preview,
-        progress=True,
+        progress=not quiet,
         cpu_fallback=ask_cpu_fallback,
     )
     if options["profile"] and result.last_profile is not None:
-        click.echo(result.last_profile.table())
-    click.echo(str(output))
+        click.echo(result.last_profile.table(), err=as_json)
+    summary = transfer_summary(result, None if preview is None else preview.path)
+    if not quiet:
+        click.echo(summary_text(summary), err=True)
+    click.echo(json.dumps(summary) if as_json else str(output))
+
+
+def transfer_summary(result, preview: Path | None) -> dict:
+    """What a finished run made and how long it took, as ``--json`` prints it."""
+    flicker = result.warp_error
+    per_frame = result.seconds / result.frames_computed if result.frames_computed else None
+    return {
+        "output": str(result.output),
+        "preview": None if preview is None else str(preview),
+        "frames": result.frames,
+        "frames_computed": result.frames_computed,
+        "width": result.width,
+        "height": result.height,
+        "seconds": round(result.seconds, 2),
+        "seconds_per_frame": None if per_frame is None else round(per_frame, 3),
+        "warp_error": None if flicker is None else _rounded(flicker.output_mean),
+        "input_warp_error": None if flicker is None else _rounded(flicker.reference_mean),
+    }
+
+
+def summary_text(summary: dict) -> str:
+    """The closing summary on standard error: a few lines a person reads at a glance."""
+    lines = [
+        f"diva-numba: done in {clock(summary['seconds'])}: {summary['output']} "
+        f"({summary['width']} x {summary['height']}, {summary['frames']} frames)"
+    ]
+    if summary["seconds_per_frame"] is not None:
+        resumed = summary["frames"] - summary["frames_computed"]
+        note = f" ({resumed} frames were done before --resume)" if resumed else ""
+        lines.append(f"  time:    {summary['seconds_per_frame']:.2f} s per frame{note}")
+    if summary["preview"] is not None:
+        lines.append(f"  preview: {summary['preview']} (input | output, a few frames)")
+    if summary["warp_error"] is not None:
+        lines.append(
+            f"  flicker: warping error {summary['warp_error']:.2f} "
+            f"(the input clip's own: {summary['input_warp_error']:.2f}; lower is steadier)"
+        )
+    return "\n".join(lines)
+
+
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 3)
 
 
 def _transfer_params(device: Device, options: dict) -> TransferParams:
@@ -293,10 +367,18 @@ def _scale_out(options: dict) -> ScaleOut | None:
 
 
 class _Preview:
-    """Keeps OUTPUT.preview.png showing input | output of a few frames."""
+    """Keeps OUTPUT.preview.png showing input | output of a few frames.
 
-    def __init__(self, output: Path):
+    The file follows the rule of every output (checked before any work): an
+    existing one is replaced only with --overwrite, an input never.
+    """
+
+    def __init__(self, output: Path, *, overwrite: bool, inputs: list[Path]):
+        from diva_numba.outputs import check_target, remove_partials
+
         self.path = output.with_name(output.name + ".preview.png")
+        check_target(self.path, overwrite=overwrite, inputs=inputs)
+        remove_partials(self.path.parent, [self.path.name])
         self.rows: list[np.ndarray] = []
 
     def __call__(self, report) -> None:

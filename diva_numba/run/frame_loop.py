@@ -30,6 +30,7 @@ the background while the next frame is computed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,13 +39,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from diva_numba.finishing.finisher import Finisher
 from diva_numba.gpu.device import Device, array_module, download_together, to_device
+from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchors
+from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
+from diva_numba.run.progress import FrameKind
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
@@ -69,6 +74,9 @@ class FrameReport:
         The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
+    kind : {"full", "seeded", "keyframes"}
+        How the frame was made: a full analogy, seeded from the previous frame,
+        or from the keyframes alone (:data:`~diva_numba.run.progress.FrameKind`).
     """
 
     index: int
@@ -78,6 +86,11 @@ class FrameReport:
     input_frame: np.ndarray
     output_frame: np.ndarray
     profile: object
+    kind: FrameKind = "full"
+
+
+#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
+StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
 
 
 def stylise_frames(
@@ -87,6 +100,7 @@ def stylise_frames(
     work: WorkDirectory,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
+    on_stage: StageCallback | None = None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
 
@@ -105,11 +119,17 @@ def stylise_frames(
         Holds the finished frames; frames already done are skipped (resume).
     on_frame : callable, optional
         Called after every finished frame (progress bars, previews).
+    on_stage : callable, optional
+        ``on_stage(index, kind, stage, level)`` as every stage of a frame's
+        analogy starts (:mod:`diva_numba.run.progress`).
     """
     done = work.finished_frames(plan.start, plan.end)
     if plan.start + done >= plan.end:
         return
-    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path))
+    if on_stage is not None and spec.keys:
+        on_stage(plan.start + done, "prepare", "carrying the keyframes along the optical flow",
+                 None)  # fmt: skip
+    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path), on_stage=on_stage)
     if done:
         loop.resume(work)
     with BackgroundWriter() as writer:
@@ -121,7 +141,8 @@ def stylise_frames(
             if on_frame is not None:
                 seconds = time.perf_counter() - started
                 on_frame(FrameReport(index, index + 1 - plan.start, plan.end - plan.start,
-                                     seconds, frame, outcome.output, outcome.profile))  # fmt: skip
+                                     seconds, frame, outcome.output, outcome.profile,
+                                     outcome.kind))  # fmt: skip
 
 
 @dataclass
@@ -138,12 +159,15 @@ class FrameOutcome:
         Time per stage of its analogy (None when keyframes covered it).
     latent_b : dict or None
         B's latent features when this frame made them afresh (saved with it).
+    kind : {"full", "seeded", "keyframes"}
+        How it was made.
     """
 
     state: FrameState
     output: np.ndarray
-    profile: object | None = None
+    profile: Profile | None = None
     latent_b: dict | None = None
+    kind: FrameKind = "keyframes"
 
 
 class FrameLoop:
@@ -161,10 +185,21 @@ class FrameLoop:
     params : TransferParams
     plan : TransferPlan
     finisher : Finisher or None
+    on_stage : callable, optional
+        Told as each stage of a frame's analogy starts (:data:`StageCallback`).
     """
 
-    def __init__(self, model: AnalogyModel, params, plan: TransferPlan, finisher=None):
+    def __init__(
+        self,
+        model: AnalogyModel,
+        params: TransferParams,
+        plan: TransferPlan,
+        finisher: Finisher | None = None,
+        *,
+        on_stage: StageCallback | None = None,
+    ):
         self.model = model
+        self.on_stage = on_stage
         self.device = model.device
         self.params = params
         self.plan = plan
@@ -231,10 +266,11 @@ class FrameLoop:
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.params.analogy, features_bp=self.features_bp,
+            profile=self._profile(index, "full"),
         )  # fmt: skip
         self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
-            index, frame, work_frame, result, self.params.synthesis, refreshed=True
+            index, frame, work_frame, result, self.params.synthesis, refreshed=True, kind="full"
         )
 
     def seeded(
@@ -255,6 +291,7 @@ class FrameLoop:
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
+            profile=self._profile(index, "seeded"),
         )  # fmt: skip
         # The guide is made at the output size: part of the full-resolution stage.
         with result.profile.stage("synthesis"):
@@ -268,8 +305,13 @@ class FrameLoop:
             self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
             index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
-            temporal=temporal, solutions=solutions, state_anchors=state_anchors,
+            temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind="seeded",
         )  # fmt: skip
+
+    def _profile(self, index: int, kind: FrameKind) -> Profile:
+        """A frame's profile, reporting its stages to ``on_stage``."""
+        report = None if self.on_stage is None else functools.partial(self.on_stage, index, kind)
+        return Profile(self.device, on_stage=report)
 
     def _analogy_input(self, index: int, work_frame: np.ndarray) -> np.ndarray:
         if self.finisher is None:
@@ -277,8 +319,8 @@ class FrameLoop:
         return self.finisher.analogy_input(index, work_frame)
 
     def _synthesised(
-        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, temporal=None,
-        solutions=None, state_anchors=None,
+        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, kind: FrameKind,
+        temporal=None, solutions=None, state_anchors=None,
     ) -> FrameOutcome:  # fmt: skip
         """The output at full resolution from the analogy's ``result``, and the new state."""
         with result.profile.stage("synthesis"):
@@ -300,7 +342,9 @@ class FrameLoop:
         )
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)
-        return FrameOutcome(state, finished, result.profile, self.latent_b if refreshed else None)
+        return FrameOutcome(
+            state, finished, result.profile, self.latent_b if refreshed else None, kind
+        )
 
 
 def _feature_levels(latent_b: dict) -> dict:

@@ -40,7 +40,7 @@ from diva_numba.images import resize, save_image
 from diva_numba.neural_style.params import NeuralStyleParams
 from diva_numba.neural_style.styler import NeuralStyler, deliver
 from diva_numba.outputs import AtomicFile
-from diva_numba.run.frame_loop import FrameReport
+from diva_numba.run.frame_loop import FrameReport, StageCallback
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, WorkDirectory
@@ -102,6 +102,7 @@ def stylise_neural_frames(
     work: WorkDirectory,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
+    on_stage: StageCallback | None = None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
 
@@ -120,6 +121,8 @@ def stylise_neural_frames(
         Frames already done are skipped; the next one continues from the saved state.
     on_frame : callable, optional
         Called after every finished frame.
+    on_stage : callable, optional
+        ``on_stage(index, kind, stage, None)`` as a frame's optimisation starts.
     """
     params = spec.params
     done = work.finished_frames(plan.start, plan.end)
@@ -140,7 +143,10 @@ def stylise_neural_frames(
             content = styler.preprocess(work_frame)
             if history and params.cuts.is_cut(shot_distance(history[0].input_frame, work_frame)):
                 history = []
-            if not history or params.independent:
+            kind = "full" if not history or params.independent else "seeded"
+            if on_stage is not None:
+                on_stage(index, kind, "optimising the pixels (L-BFGS)", None)
+            if kind == "full":
                 result = styler.optimise(
                     content, styler.start(content, seed=params.seed + index),
                     iterations=params.iterations,
@@ -167,7 +173,7 @@ def stylise_neural_frames(
                 seconds = time.perf_counter() - started
                 total = plan.end - plan.start
                 on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
-                                     finished, None))  # fmt: skip
+                                     finished, None, kind))  # fmt: skip
 
 
 def _frame_writer(work: WorkDirectory, history: list[Previous], output: np.ndarray):

@@ -1,11 +1,13 @@
 """Video style transfer: plan a run, stylise its frames, encode the result.
 
-:func:`transfer_video` is the whole job, as ``diva-numba transfer`` runs it:
-it checks every input and the output before any frame is processed, keeps
+:func:`transfer_video` is the whole job: it builds the run's
+:class:`~diva_numba.run.spec.RunSpec` from its arguments and hands it to
+:func:`run_transfer`, which ``diva-numba transfer`` calls with the spec it built.
+That checks every input and the output before any frame is processed, keeps
 per-frame state in a work directory (:mod:`diva_numba.run.workdir`) so that an
-interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`; frame 0
-a full image analogy, later frames seeded along the optical flow, docs/DESIGN.md
-section 3), falls back to the CPU when a GPU runs out of memory if asked to,
+interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`;
+frame 0 a full image analogy, later frames seeded along the optical flow,
+docs/DESIGN.md section 3), falls back to the CPU when a GPU runs out of memory if asked to,
 and encodes the finished frames with the clip's timing and audio under a
 temporary name that becomes the output only when the video is complete.
 """
@@ -17,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,9 +30,16 @@ from diva_numba.finishing.keyframes import Keyframe
 from diva_numba.gpu.device import Device, resolve_device, within_memory
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import load_model
-from diva_numba.images import load_image
 from diva_numba.neural_style.params import NeuralStyleParams
-from diva_numba.outputs import check_free_space, check_target, refuse_inputs
+from diva_numba.outputs import (
+    AtomicFile,
+    check_free_space,
+    check_target,
+    make_directory,
+    mark_directory,
+    refuse_inputs,
+    remove_partials,
+)
 from diva_numba.run.frame_loop import FrameReport, stylise_frames
 from diva_numba.run.neural_frame_loop import stylise_neural_frames
 from diva_numba.run.params import (
@@ -39,12 +49,12 @@ from diva_numba.run.params import (
     TransferParams,
 )
 from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
+from diva_numba.run.progress import VideoProgress
 from diva_numba.run.scale_out import run_chunks
 from diva_numba.run.spec import RunSpec, ScaleOut
-from diva_numba.run.workdir import WorkDirectory
-from diva_numba.video import (
-    VideoWriter,
-)
+from diva_numba.run.workdir import WorkDirectory, WorkLock
+from diva_numba.video import VideoWriter, read_frames
+from diva_numba.video.metrics import WarpError, warp_error
 
 log = logging.getLogger("diva_numba")
 
@@ -79,15 +89,46 @@ def encode_video(
     Frames keep the clip's timing: its exact rate, or for a variable rate each
     frame's own time (``plan.frame_times``).
     """
+    kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
     if keep_frames is not None:
-        keep_frames.mkdir(parents=True, exist_ok=True)
+        make_directory(keep_frames)
+        remove_partials(keep_frames, kept)
+        mark_directory(keep_frames, kept)
     settings = plan.writer_settings(clip_path, crf=crf, chroma=chroma)
     with VideoWriter(output, **settings, overwrite=overwrite) as writer:
-        for index in range(plan.start, plan.end):
-            frame = load_image(work.frame_path(index))
-            writer.write(frame)
+        for index, name in zip(range(plan.start, plan.end), kept, strict=True):
+            writer.write(work.read_frame(index))
             if keep_frames is not None:
-                shutil.copyfile(work.frame_path(index), keep_frames / f"{index:06d}.png")
+                with AtomicFile(keep_frames / name) as temp:
+                    shutil.copyfile(work.frame_path(index), temp)
+
+
+def kept_frame_name(index: int) -> str:
+    """The name of frame ``index`` in the ``keep_frames`` directory."""
+    return f"{index:06d}.png"
+
+
+def check_run_paths(output: Path, work_dir: Path, keep_frames: Path | None) -> None:
+    """Refuse a work directory that is, holds or lies in another output of the run.
+
+    Everything in the work directory is deleted when the video is written.
+
+    Raises
+    ------
+    OutputError
+    """
+    work = work_dir.resolve()
+    for what, other in (("the output", output), ("--keep-frames", keep_frames)):
+        if other is None:
+            continue
+        resolved = other.resolve()
+        if resolved.is_relative_to(work) or work.is_relative_to(resolved):
+            raise OutputError(
+                f"work directory {work_dir} and {what} {other} overlap (the work directory is "
+                "deleted when the video is written); choose another --work-dir"
+            )
+    if keep_frames is not None and keep_frames.resolve() == output.resolve():
+        raise OutputError(f"--keep-frames {keep_frames} is the output; choose another directory")
 
 
 @dataclass
@@ -105,6 +146,14 @@ class TransferResult:
     last_profile : Profile or None
         Time per stage and level of the last frame computed in this call (None
         when every frame was already done and only encoding ran).
+    seconds : float
+        Wall time of the call.
+    frames_computed : int
+        Frames stylised in this call (fewer than ``frames`` after ``resume``).
+    warp_error : WarpError or None
+        Flicker of the result: its warping error, and the input clip's own
+        (:mod:`diva_numba.metrics`), measured on the finished frames before
+        encoding; None for a single frame.
     """
 
     output: Path
@@ -112,6 +161,9 @@ class TransferResult:
     width: int
     height: int
     last_profile: Profile | None = None
+    seconds: float = 0.0
+    frames_computed: int = 0
+    warp_error: WarpError | None = None
 
 
 def transfer_video(
@@ -164,11 +216,15 @@ def transfer_video(
     overwrite : bool, default False
         Replace ``output`` if it exists (never an input of the run).
     keep_frames : path-like, optional
-        Also copy the output frames there as PNG files.
+        Also copy the output frames there as PNG files (``NNNNNN.png``). The
+        directory may exist; files already there are replaced only with
+        ``overwrite``, and only those the tool wrote (never an input).
     on_frame : callable, optional
         Called with a :class:`~diva_numba.run.frame_loop.FrameReport` after every frame.
     progress : bool, default False
-        Show a progress bar (seconds per frame, time left) on stderr.
+        Report progress on stderr (:mod:`diva_numba.run.progress`): on a terminal a
+        bar with the stages of full analogies and the time left, otherwise one
+        line per stage of a full analogy and per frame.
     cpu_fallback : bool or callable, default False
         When ``device`` was "auto", the GPU was chosen and it runs out of
         memory: continue on the CPU from the frame that failed (True), or ask
@@ -238,10 +294,12 @@ def run_transfer(
     this; the other arguments, and what it returns and raises, are those of
     :func:`transfer_video`.
     """
+    started = time.perf_counter()
     output = Path(output)
     device = device if isinstance(device, Device) else resolve_device(device)
     work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
-    plan = _checked_plan(spec, output, work_dir, overwrite=overwrite, resume=resume)
+    keep_frames = None if keep_frames is None else Path(keep_frames)
+    plan = _checked_plan(spec, output, work_dir, keep_frames, overwrite=overwrite, resume=resume)
     total = plan.end - plan.start
     keep_hint = (
         f"the finished frames are kept in {work_dir}; fix that and run the same command "
@@ -258,20 +316,21 @@ def run_transfer(
         counter.done = work.finished_frames(plan.start, plan.end)
         if counter.done:
             log.info("resuming after %d of %d frames", counter.done, total)
-        analogy_model = load_model(spec.model, on)
+        analogy_model = load_model(spec.model, on, progress=progress)
         # The neural-style method has a frame loop of its own (run.neural_frame_loop).
-        loop = (
-            stylise_neural_frames if isinstance(spec.params, NeuralStyleParams) else stylise_frames
-        )
+        neural = isinstance(spec.params, NeuralStyleParams)
+        loop = stylise_neural_frames if neural else stylise_frames
         try:
             with counter:
-                loop(analogy_model, spec, plan, work, on_frame=counter.frame)
+                loop(analogy_model, spec, plan, work, on_frame=counter.frame,
+                     on_stage=counter.stage)  # fmt: skip
         except OutputError as exc:
             raise OutputError(f"{exc}; {keep_hint}") from None
         return work
 
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), WorkLock(work_dir):
+            remove_partials(output.parent, [output.name])
             # The fingerprint, once (it hashes the inputs): inside, so Ctrl-C stops it too.
             manifest.update(spec.manifest(plan, device))
             if spec.scale_out is None:
@@ -284,24 +343,45 @@ def run_transfer(
             try:
                 encode_video(
                     plan, spec.clip, work, output, crf=spec.params.crf,
-                    chroma=spec.params.chroma, overwrite=overwrite,
-                    keep_frames=None if keep_frames is None else Path(keep_frames),
+                    chroma=spec.params.chroma, overwrite=overwrite, keep_frames=keep_frames,
                 )  # fmt: skip
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
+            flicker = _warp_error(plan, spec.clip, work)
+            shutil.rmtree(work_dir, ignore_errors=True)
     except KeyboardInterrupt:
+        if not work_dir.exists():
+            raise Interrupted("interrupted before the first frame was finished") from None
         raise Interrupted(
             f"interrupted after {counter.done} of {total} frames; the work is kept in "
             f"{work_dir}; run the same command with --resume to continue"
         ) from None
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return TransferResult(output, total, plan.width, plan.height, counter.last_profile)
+    return TransferResult(
+        output, total, plan.width, plan.height, counter.last_profile,
+        seconds=time.perf_counter() - started, frames_computed=counter.computed,
+        warp_error=flicker,
+    )  # fmt: skip
+
+
+def _warp_error(plan: TransferPlan, clip: Path, work: WorkDirectory) -> WarpError | None:
+    """Warping error of the finished frames against the clip's motion (None for one frame)."""
+    if plan.end - plan.start < 2:
+        return None
+    finished = (work.read_frame(index) for index in range(plan.start, plan.end))
+    inputs = (frame for _, frame in read_frames(clip, start=plan.start, end=plan.end))
+    return warp_error(finished, inputs)
 
 
 def _checked_plan(
-    spec: RunSpec, output: Path, work_dir: Path, *, overwrite: bool, resume: bool
+    spec: RunSpec,
+    output: Path,
+    work_dir: Path,
+    keep_frames: Path | None,
+    *,
+    overwrite: bool,
+    resume: bool,
 ) -> TransferPlan:
-    """The run's plan, once every input, the output and the work directory passed their checks.
+    """The run's plan, once every input and every output passed their checks.
 
     Raises
     ------
@@ -310,7 +390,12 @@ def _checked_plan(
     inputs = spec.inputs()
     check_target(output, overwrite=overwrite, inputs=inputs)
     refuse_inputs(work_dir, inputs)
+    check_run_paths(output, work_dir, keep_frames)
     plan = plan_transfer(spec.style, spec.clip, spec.params, start=spec.start, end=spec.end)
+    if keep_frames is not None:
+        kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
+        check_target(keep_frames, overwrite=overwrite, inputs=inputs, directory=True,
+                     members=kept)  # fmt: skip
     spec.check(plan)
     check_encoding(plan, spec.clip, output, crf=spec.params.crf, chroma=spec.params.chroma)
     if not (resume and work_dir.exists()):
@@ -320,45 +405,46 @@ def _checked_plan(
 
 
 class _FrameCounter:
-    """Counts finished frames, passes reports on, and draws the optional progress bar."""
+    """Counts finished frames, passes reports on, and reports the optional progress."""
 
     def __init__(self, on_frame, total: int, *, progress: bool):
         self.on_frame = on_frame
         self.total = total
         self.progress = progress
         self.done = 0
+        self.computed = 0
         self.last_profile = None
-        self.bar = None
+        self.reporter: VideoProgress | None = None
 
     def __enter__(self):
         if self.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total, initial=self.done, unit="frame", dynamic_ncols=True,
-                desc="transfer",
-            )  # fmt: skip
+            self.reporter = VideoProgress(self.total, self.done).__enter__()
         return self
 
     def __exit__(self, *exc_info):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.reporter is not None:
+            self.reporter.__exit__(*exc_info)
+            self.reporter = None
 
     def advance(self, frames: int) -> None:
         """Count ``frames`` more finished frames made elsewhere (by workers)."""
         if frames <= 0:
             return
         self.done += frames
-        if self.bar is not None:
-            self.bar.update(frames)
+        self.computed += frames
+        if self.reporter is not None:
+            self.reporter.advance(frames)
+
+    def stage(self, index: int, kind: str, name: str, level: int | None) -> None:
+        if self.reporter is not None:
+            self.reporter.stage(index, kind, name, level)
 
     def frame(self, report: FrameReport) -> None:
         self.done = report.done
+        self.computed += 1
         self.last_profile = report.profile
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{report.seconds:.1f} s/frame")
-            self.bar.update(1)
+        if self.reporter is not None:
+            self.reporter.frame(report.index, report.kind, report.seconds)
         if self.on_frame is not None:
             self.on_frame(report)
 

@@ -4,6 +4,7 @@
   a time, to H.264 (libx264, ``yuv420p``, BT.709 tagged) at an exact frame rate
   or at given frame times, optionally copies a source file's audio, and only
   ever leaves a complete file under the final name.
+  The same frames always give the same file (:mod:`diva_numba.video.x264`).
 * ``_AudioCopy`` streams the audio packets of a source file, cut to the frames
   the output shows, into the output container without re-encoding them.
 
@@ -26,7 +27,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from diva_numba.errors import OutputError
-from diva_numba.outputs import AtomicFile
+from diva_numba.outputs import AtomicFile, check_target
 from diva_numba.video.probe import (
     _frame_rate,
     _open_input,
@@ -35,6 +36,7 @@ from diva_numba.video.probe import (
     frame_times,
     probe_video,
 )
+from diva_numba.video.x264 import x264_options
 
 #: Containers the writer produces, by file suffix.
 OUTPUT_FORMATS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -183,13 +185,7 @@ class VideoWriter:
                 raise ValueError(
                     f"frame_times must increase by at least {self._time_base} s per frame"
                 )
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise OutputError(f"{self.path}: directory {directory} does not exist")
-        if self.path.is_dir():
-            raise OutputError(f"{self.path} is a directory")
-        if self.path.exists() and not self.overwrite:
-            raise OutputError(f"{self.path} already exists")
+        check_target(self.path, overwrite=self.overwrite)
 
     def __enter__(self) -> VideoWriter:
         # FFmpeg creates the file itself (honouring the umask); the random name
@@ -229,7 +225,9 @@ class VideoWriter:
         stream.codec_context.color_primaries = 1
         stream.codec_context.color_trc = 1
         stream.codec_context.color_range = 1  # limited ("MPEG") range
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        # The same frames must give the same file: x264_options() keeps x264 off the
+        # routines whose output depends on the process's history.
+        stream.options = {"crf": str(self.crf), "preset": self.preset, **x264_options()}
         self._stream = stream
 
     def write(self, frame: np.ndarray) -> None:
