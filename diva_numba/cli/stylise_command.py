@@ -261,6 +261,7 @@ def refuse_other_method(ctx: click.Context, method: str) -> None:
     "model_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="DIVA_NUMBA_MODEL",
+    show_envvar=True,
     help="ONNX feature model to use instead of the default one (fetched on first use).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")

@@ -14,7 +14,7 @@ from diva_numba.gpu.device import Device, device_kind
 from diva_numba.video.shots import CutDetection
 
 #: Long side of the frames the optimisation works on, by device (BENCHMARKS.md,
-#: "Neural style": a later frame at 256 px costs about 20 s on two CPU cores).
+#: "Neural style": a later frame at 256 px takes about 13 s on two quiet CPU cores).
 NEURAL_WORK_SIZE_BY_DEVICE = {"cuda": 512, "cpu": 256}
 #: L-BFGS iterations of a shot's first frame (and of a still image), by device.
 FIRST_ITERATIONS_BY_DEVICE = {"cuda": 500, "cpu": 200}
