@@ -35,21 +35,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from diva_numba.gpu.device import Device, array_module, download_together, to_device
+from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchors
+from diva_numba.run.anchor_frames import (
+    carried_work_field,
+    carry_anchor,
+    covered_share,
+    moved_guide,
+    needs_anchor,
+)
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
 from diva_numba.video import read_frames
-from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.flow import flow_pair, occlusion_mask
 from diva_numba.video.shots import shot_distance
 
 
@@ -138,12 +145,16 @@ class FrameOutcome:
         Time per stage of its analogy (None when keyframes covered it).
     latent_b : dict or None
         B's latent features when this frame made them afresh (saved with it).
+    anchor : bool
+        The frame is an anchor frame (its whole state is saved for the frames
+        carried from it).
     """
 
     state: FrameState
     output: np.ndarray
     profile: object | None = None
     latent_b: dict | None = None
+    anchor: bool = False
 
 
 class FrameLoop:
@@ -184,10 +195,25 @@ class FrameLoop:
         self.exemplar_cache = ExemplarCache()
         self.state: FrameState | None = None
         self.latent_b: dict | None = None
+        # Anchor frames (docs/DESIGN.md section 3) carry frames along the temporal guide;
+        # painted keyframes, where given, do that job instead.
+        self.anchoring = (
+            params.anchors.enabled
+            and not params.independent
+            and params.temporal_weight > 0
+            and (finisher is None or finisher.keys is None)
+        )
+        self.anchor: FrameState | None = None
 
     def resume(self, work: WorkDirectory) -> None:
         """Continue from the last finished frame's state in ``work``."""
         self.state = _state_on_device(work.load_state(), self.device)
+        if self.anchoring and self.state.anchor_frame >= 0:
+            self.anchor = (
+                self.state
+                if self.state.anchor_frame == self.state.index
+                else _state_on_device(work.load_anchor(self.state.anchor_frame), self.device)
+            )
         latent_b = work.load_latent_b()
         if latent_b is not None:
             # Level 0, B's pixels, guides the synthesis on the host.
@@ -207,14 +233,63 @@ class FrameLoop:
             or cut
             or (params.refresh_b_every and (index - self.plan.start) % params.refresh_b_every == 0)
         )
+        anchored = self.anchoring and self.anchor is not None
         if self.finisher is not None and not self.finisher.needs_analogy(index):
             outcome = self.covered(index, frame, work_frame)
-        elif state is None or not state.fields_ab or params.independent or cut:
+        elif state is None or params.independent or cut or not (anchored or state.fields_ab):
             outcome = self.cold_start(index, frame, work_frame)
+        elif anchored:
+            outcome = self.from_anchor(index, frame, work_frame, refresh_b=bool(refresh_b))
         else:
             outcome = self.seeded(index, frame, work_frame, refresh_b=bool(refresh_b))
+        if self.anchoring and outcome.profile is not None and outcome.state.fields_ab:
+            outcome.state.anchor_frame = index
+            outcome.anchor = True
+            self.anchor = outcome.state
         self.state = outcome.state
         return outcome
+
+    def from_anchor(
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
+    ) -> FrameOutcome:
+        """A frame of an analogy with anchor frames: a new anchor, or carried from the last."""
+        params = self.params
+        profile = Profile(self.device)
+        with profile.stage("flow"):
+            carried = carry_anchor(self.anchor, self.state, work_frame, params.keyframes)
+        coverage = covered_share(carried.reliability, params.anchors)
+        if needs_anchor(index, self.anchor.index, coverage, params.anchors):
+            flows = (carried.from_key, carried.to_key)
+            return self.seeded(index, frame, work_frame, refresh_b=refresh_b, base=self.anchor,
+                               flows=flows)  # fmt: skip
+        return self.carried(index, frame, work_frame, carried, profile)
+
+    def carried(self, index: int, frame: np.ndarray, work_frame: np.ndarray, carried,
+                profile: Profile) -> FrameOutcome:  # fmt: skip
+        """A frame carried from its anchor: the anchor's output field moved along the flow to the
+        anchor's frame, the style image searched only where the anchor does not cover."""
+        anchor = self.anchor
+        covered = (carried.reliability >= self.params.anchors.covered_from).astype(np.float32)
+        with profile.stage("synthesis"):
+            temporal = moved_guide(
+                anchor.output_frame, anchor.output_field, carried.to_key, covered,
+                self.params.temporal_weight, self.plan.style_full.shape[:2],
+            )  # fmt: skip
+            work_field = carried_work_field(
+                anchor, carried.to_key, self.plan.style.shape[:2], self.device
+            )
+            synthesized = synthesize(
+                frame, self.plan.style_full, work_field, self.latent_b[0],
+                exemplar_work_shape=self.plan.style.shape[:2], device=self.device,
+                params=self.seeded_synthesis, temporal=temporal, cache=self.exemplar_cache,
+            )  # fmt: skip
+        state = FrameState(
+            index, work_frame, synthesized.image, {}, {}, anchor_frame=anchor.index,
+            anchor_frame_flows=(carried.to_key, carried.from_key),
+        )  # fmt: skip
+        output = synthesized.image
+        finished = output if self.finisher is None else self.finisher(index, frame, output)
+        return FrameOutcome(state, finished, profile)
 
     def covered(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A frame the keyframes cover: no analogy; its state stays the last analogy's."""
@@ -238,11 +313,15 @@ class FrameLoop:
         )
 
     def seeded(
-        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
-    ) -> FrameOutcome:
-        """A frame seeded from the previous one along the optical flow (section 3)."""
-        state, params = self.state, self.params
-        forward, backward = flow_pair(state.input_frame, work_frame, preset=params.flow_preset)
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,
+        base: FrameState | None = None, flows: tuple | None = None,
+    ) -> FrameOutcome:  # fmt: skip
+        """A frame seeded along the optical flow (section 3) from the previous one, or from
+        ``base`` (an anchor frame) along ``flows`` (from it, to it)."""
+        state, params = base or self.state, self.params
+        forward, backward = flows or flow_pair(
+            state.input_frame, work_frame, preset=params.flow_preset
+        )
         occluded = occlusion_mask(forward, backward)
         followed = {
             lv: anchors.follow(state.anchor(lv), backward, occluded) for lv in state.deconv_ab
@@ -322,7 +401,8 @@ def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
     """Host copies of a frame's results (one transfer), and the job that writes them.
 
     The files are written in this order, each atomically: the frame, B's latent
-    features when refreshed, the state. The state names the last finished frame,
+    features when refreshed, an anchor frame's state, the state (then the older
+    anchors go). The state names the last finished frame,
     so whenever a run stops, every frame it names is on disk with what the next
     frame needs.
     """
@@ -345,7 +425,11 @@ def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
         save_image(work.frame_path(state.index), output)
         if host_latent_b is not None:
             work.save_latent_b(host_latent_b)
+        if outcome.anchor:
+            work.save_anchor(host_state)
         work.save_state(host_state)
+        if outcome.anchor:
+            work.drop_anchors_but(state.index)
 
     return write
 
@@ -389,23 +473,13 @@ def _temporal_guide(
 ) -> TemporalGuide | None:
     """Guide (c) of the synthesis: the previous output and its field moved into this frame.
 
-    The flow and the occlusion mask come from the working size: a DIS flow at
-    the output size costs far more and moves the guide by less than a pixel.
     The previous output's field (into the exemplar at its own size) moves with
-    its content (:func:`~diva_numba.kernels.nnf_resample.pull_field`, on the
-    field's device) and seeds the synthesis where the flow is trusted.
+    its content and seeds the synthesis where the flow is trusted
+    (:func:`~diva_numba.run.anchor_frames.moved_guide`).
     """
     if params.temporal_weight == 0:
         return None
-    previous_output = state.output_frame
-    height, width = previous_output.shape[:2]
-    scale = np.array([width / backward.shape[1], height / backward.shape[0]], np.float32)
-    flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR) * scale
-    reliable = 1.0 - occluded.astype(np.float32)
-    reliability = cv2.resize(reliable, (width, height), interpolation=cv2.INTER_LINEAR)
-    field = None
-    if state.output_field is not None:
-        field, _ = pull_field(state.output_field, flow, source_shape=exemplar_shape)
-    return TemporalGuide(
-        warp_image(previous_output, flow), reliability, params.temporal_weight, field
-    )
+    return moved_guide(
+        state.output_frame, state.output_field, backward, 1.0 - occluded.astype(np.float32),
+        params.temporal_weight, exemplar_shape,
+    )  # fmt: skip
