@@ -76,6 +76,11 @@ class FrameReport:
         The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
+    kind : str
+        How the frame was made: ``"cold start"`` (a full analogy), ``"seeded"``
+        (from the previous frame), ``"anchor"`` (an anchor frame seeded from the
+        previous anchor), ``"carried"`` (from its anchor, no analogy) or
+        ``"covered"`` (by keyframes).
     """
 
     index: int
@@ -85,6 +90,7 @@ class FrameReport:
     input_frame: np.ndarray
     output_frame: np.ndarray
     profile: object
+    kind: str = ""
 
 
 def stylise_frames(
@@ -128,7 +134,8 @@ def stylise_frames(
             if on_frame is not None:
                 seconds = time.perf_counter() - started
                 on_frame(FrameReport(index, index + 1 - plan.start, plan.end - plan.start,
-                                     seconds, frame, outcome.output, outcome.profile))  # fmt: skip
+                                     seconds, frame, outcome.output, outcome.profile,
+                                     outcome.kind))  # fmt: skip
 
 
 @dataclass
@@ -148,6 +155,8 @@ class FrameOutcome:
     anchor : bool
         The frame is an anchor frame (its whole state is saved for the frames
         carried from it).
+    kind : str
+        As :attr:`FrameReport.kind`.
     """
 
     state: FrameState
@@ -155,16 +164,19 @@ class FrameOutcome:
     profile: object | None = None
     latent_b: dict | None = None
     anchor: bool = False
+    kind: str = ""
 
 
 class FrameLoop:
-    """The frames of one run, by kind: covered by keyframes, a cold start, or seeded.
+    """The frames of one run, by kind: covered by keyframes, a cold start, seeded, an anchor
+    frame or carried from one.
 
     Holds what is fixed for the run (model, parameters, plan, finishing, the
     style image's features) and what one frame hands the next (its
     :class:`FrameState` and B's latent features). :meth:`frame` tells the
-    kinds apart; :meth:`covered`, :meth:`cold_start` and :meth:`seeded` each
-    make one kind and return its :class:`FrameOutcome`.
+    kinds apart; :meth:`covered`, :meth:`cold_start`, :meth:`seeded` (an anchor
+    frame too) and :meth:`carried` each make one kind and return its
+    :class:`FrameOutcome`.
 
     Parameters
     ----------
@@ -289,7 +301,7 @@ class FrameLoop:
         )  # fmt: skip
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)
-        return FrameOutcome(state, finished, profile)
+        return FrameOutcome(state, finished, profile, kind="carried")
 
     def covered(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A frame the keyframes cover: no analogy; its state stays the last analogy's."""
@@ -299,7 +311,7 @@ class FrameLoop:
             if self.state is None
             else dataclasses.replace(self.state, index=index)
         )
-        return FrameOutcome(state, finished)
+        return FrameOutcome(state, finished, kind="covered")
 
     def cold_start(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A full image analogy (frame 0, a new shot, ``independent``); B made afresh."""
@@ -309,8 +321,9 @@ class FrameLoop:
         )  # fmt: skip
         self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
-            index, frame, work_frame, result, self.params.synthesis, refreshed=True
-        )
+            index, frame, work_frame, result, self.params.synthesis, refreshed=True,
+            kind="cold start",
+        )  # fmt: skip
 
     def seeded(
         self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,
@@ -348,6 +361,7 @@ class FrameLoop:
         return self._synthesised(
             index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
             temporal=temporal, solutions=solutions, state_anchors=state_anchors,
+            kind="seeded" if base is None else "anchor",
         )  # fmt: skip
 
     def _analogy_input(self, index: int, work_frame: np.ndarray) -> np.ndarray:
@@ -357,7 +371,7 @@ class FrameLoop:
 
     def _synthesised(
         self, index, frame, work_frame, result, synthesis, *, refreshed: bool, temporal=None,
-        solutions=None, state_anchors=None,
+        solutions=None, state_anchors=None, kind: str = "",
     ) -> FrameOutcome:  # fmt: skip
         """The output at full resolution from the analogy's ``result``, and the new state."""
         with result.profile.stage("synthesis"):
@@ -379,7 +393,8 @@ class FrameLoop:
         )
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)
-        return FrameOutcome(state, finished, result.profile, self.latent_b if refreshed else None)
+        latent_b = self.latent_b if refreshed else None
+        return FrameOutcome(state, finished, result.profile, latent_b, kind=kind)
 
 
 def _feature_levels(latent_b: dict) -> dict:
