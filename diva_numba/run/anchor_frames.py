@@ -34,12 +34,12 @@ import cv2
 import numpy as np
 
 from diva_numba.finishing.keyframes import KeyframeParams, Propagation, propagate, step_flows
-from diva_numba.gpu.device import to_device
+from diva_numba.gpu.device import array_module, to_device
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run.workdir import FrameState
 from diva_numba.synthesis.temporal_guide import TemporalGuide
-from diva_numba.video.flow import warp_image
+from diva_numba.video.flow import occlusion_mask, warp_image
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,20 @@ def needs_anchor(index: int, anchor: int, coverage: float, params: AnchorParams)
     return index - anchor >= params.max_spacing or coverage < params.min_coverage
 
 
-def carry_anchor(
-    anchor: FrameState, previous: FrameState, work_frame: np.ndarray, params: KeyframeParams
-) -> Propagation:
+def carry_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarray, step,
+                 params: KeyframeParams) -> Propagation:  # fmt: skip
     """The anchor frame carried into ``work_frame``, the frame after ``previous``.
 
     The flow to the anchor starts from the previous frame's, composed with the
-    step between the two frames, and is refined directly against the anchor's
-    frame, as a keyframe's propagation is.
+    ``step`` between the two frames (flows to the previous frame and from it:
+    :func:`~diva_numba.finishing.keyframes.step_flows`), and is refined directly
+    against the anchor's frame, as a keyframe's propagation is.
     """
     if previous.index == anchor.index or previous.anchor_frame_flows is None:
         zero = np.zeros((*work_frame.shape[:2], 2), np.float32)
         before = Propagation(anchor.index, zero, zero, None)
     else:
         before = Propagation(anchor.index, *previous.anchor_frame_flows, None)
-    step = step_flows(work_frame, previous.input_frame, params.flow_preset)
     return propagate(anchor.input_frame, anchor.index, work_frame, step, before, params)
 
 
@@ -156,7 +155,81 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     return TemporalGuide(warp_image(output, moved), trusted, weight, field)
 
 
+def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device) -> TemporalGuide:
+    """One guide: the anchor's output where it covers the frame, the previous frame's elsewhere.
+
+    Where the anchor covers (its reliability at least 1/2 at the output size) the
+    anchor's output and field, moved along the flow re-anchored on it, guide and
+    seed the synthesis: nothing drifts there. Elsewhere (content the anchor
+    does not show: disocclusions, new content) the previous frame's output,
+    moved one frame along the step flow, keeps the synthesis from searching
+    afresh, and flickering, on every frame. Without a previous guide (or either
+    field) the anchor's stands alone. The fields go to ``device``.
+    """
+    if previous is None or previous.field is None or anchor.field is None:
+        return anchor
+    own = anchor.reliability >= 0.5
+    own_field = to_device(own[..., None], device)
+    field = array_module(own_field).where(
+        own_field, to_device(anchor.field, device), to_device(previous.field, device)
+    )
+    return TemporalGuide(
+        np.where(own[..., None], anchor.previous, previous.previous),
+        np.where(own, anchor.reliability, previous.reliability).astype(np.float32),
+        anchor.weight,
+        field,
+    )
+
+
+def step_guide(state: FrameState, backward: np.ndarray, occluded: np.ndarray, params,
+               exemplar_shape) -> TemporalGuide | None:  # fmt: skip
+    """Guide (c) of the synthesis: the previous output and its field moved one frame on.
+
+    ``backward`` is the flow from this frame to the previous one, ``occluded``
+    its untrusted pixels (uint8), both at the working size; None when
+    ``params.temporal_weight`` is 0.
+    """
+    if params.temporal_weight == 0:
+        return None
+    return moved_guide(
+        state.output_frame, state.output_field, backward, 1.0 - occluded.astype(np.float32),
+        params.temporal_weight, exemplar_shape,
+    )  # fmt: skip
+
+
+def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarray, params,
+                  exemplar_shape, device, profile):  # fmt: skip
+    """The anchor carried into the frame after ``previous``, and the frame's synthesis guide.
+
+    Returns
+    -------
+    carried : Propagation
+        The flows to and from the anchor and their reliability (working size).
+    covered : float32 array (h, w)
+        1 where the anchor covers the frame (reliability at least
+        ``params.anchors.covered_from``), else 0.
+    temporal : TemporalGuide
+        :func:`joined` of the anchor's output moved in and the previous frame's.
+    """
+    with profile.stage("flow"):
+        backward, forward = step_flows(work_frame, previous.input_frame, params.flow_preset)
+        carried = carry_anchor(anchor, previous, work_frame, (backward, forward), params.keyframes)
+        covered = (carried.reliability >= params.anchors.covered_from).astype(np.float32)
+    with profile.stage("synthesis"):
+        temporal = joined(
+            moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
+                        params.temporal_weight, exemplar_shape),
+            step_guide(previous, backward, occlusion_mask(forward, backward), params,
+                       exemplar_shape),
+            device,
+        )  # fmt: skip
+    return carried, covered, temporal
+
+
 __all__ = [
+    "follow_anchor",
+    "step_guide",
+    "joined",
     "AnchorParams",
     "carried_work_field",
     "carry_anchor",

@@ -43,18 +43,17 @@ from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analo
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
-from diva_numba.run import anchors
+from diva_numba.run import anchor_frames, anchors
 from diva_numba.run.anchor_frames import (
     carried_work_field,
-    carry_anchor,
     covered_share,
-    moved_guide,
     needs_anchor,
+    step_guide,
 )
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
-from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
+from diva_numba.synthesis.pyramid import ExemplarCache, synthesize
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask
 from diva_numba.video.shots import shot_distance
@@ -264,29 +263,31 @@ class FrameLoop:
     def from_anchor(
         self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
     ) -> FrameOutcome:
-        """A frame of an analogy with anchor frames: a new anchor, or carried from the last."""
+        """A frame of an analogy with anchor frames: a new anchor, or carried from the last.
+
+        Either way its synthesis is guided by the anchor's output where the anchor
+        covers it and by the previous frame's elsewhere
+        (:func:`~diva_numba.run.anchor_frames.follow_anchor`).
+        """
         params = self.params
         profile = Profile(self.device)
-        with profile.stage("flow"):
-            carried = carry_anchor(self.anchor, self.state, work_frame, params.keyframes)
-        coverage = covered_share(carried.reliability, params.anchors)
-        if needs_anchor(index, self.anchor.index, coverage, params.anchors):
+        carried, covered, temporal = anchor_frames.follow_anchor(
+            self.anchor, self.state, work_frame, params, self.plan.style_full.shape[:2],
+            self.device, profile,
+        )  # fmt: skip
+        if needs_anchor(index, self.anchor.index, covered_share(covered, params.anchors),
+                        params.anchors):  # fmt: skip
             flows = (carried.from_key, carried.to_key)
             return self.seeded(index, frame, work_frame, refresh_b=refresh_b, base=self.anchor,
-                               flows=flows)  # fmt: skip
-        return self.carried(index, frame, work_frame, carried, profile)
+                               flows=flows, temporal=temporal)  # fmt: skip
+        return self.carried(index, frame, work_frame, carried, temporal, profile)
 
-    def carried(self, index: int, frame: np.ndarray, work_frame: np.ndarray, carried,
+    def carried(self, index: int, frame: np.ndarray, work_frame: np.ndarray, carried, temporal,
                 profile: Profile) -> FrameOutcome:  # fmt: skip
         """A frame carried from its anchor: the anchor's output field moved along the flow to the
-        anchor's frame, the style image searched only where the anchor does not cover."""
+        anchor's frame, the style image searched only where no earlier output vouches."""
         anchor = self.anchor
-        covered = (carried.reliability >= self.params.anchors.covered_from).astype(np.float32)
         with profile.stage("synthesis"):
-            temporal = moved_guide(
-                anchor.output_frame, anchor.output_field, carried.to_key, covered,
-                self.params.temporal_weight, self.plan.style_full.shape[:2],
-            )  # fmt: skip
             work_field = carried_work_field(
                 anchor, carried.to_key, self.plan.style.shape[:2], self.device
             )
@@ -296,8 +297,8 @@ class FrameLoop:
                 params=self.seeded_synthesis, temporal=temporal, cache=self.exemplar_cache,
             )  # fmt: skip
         state = FrameState(
-            index, work_frame, synthesized.image, {}, {}, anchor_frame=anchor.index,
-            anchor_frame_flows=(carried.to_key, carried.from_key),
+            index, work_frame, synthesized.image, {}, {}, output_field=synthesized.field,
+            anchor_frame=anchor.index, anchor_frame_flows=(carried.to_key, carried.from_key),
         )  # fmt: skip
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)
@@ -327,10 +328,11 @@ class FrameLoop:
 
     def seeded(
         self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,
-        base: FrameState | None = None, flows: tuple | None = None,
+        base: FrameState | None = None, flows: tuple | None = None, temporal=None,
     ) -> FrameOutcome:  # fmt: skip
         """A frame seeded along the optical flow (section 3) from the previous one, or from
-        ``base`` (an anchor frame) along ``flows`` (from it, to it)."""
+        ``base`` (an anchor frame) along ``flows`` (from it, to it) with the synthesis'
+        guide ``temporal``."""
         state, params = base or self.state, self.params
         forward, backward = flows or flow_pair(
             state.input_frame, work_frame, preset=params.flow_preset
@@ -349,10 +351,11 @@ class FrameLoop:
             params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
         )  # fmt: skip
         # The guide is made at the output size: part of the full-resolution stage.
-        with result.profile.stage("synthesis"):
-            temporal = _temporal_guide(
-                state, backward, occluded, params, self.plan.style_full.shape[:2]
-            )
+        if temporal is None:
+            with result.profile.stage("synthesis"):
+                temporal = step_guide(
+                    state, backward, occluded, params, self.plan.style_full.shape[:2]
+                )
         solutions, state_anchors = anchors.settle(
             followed, warm_start, state.deconv_ab, result.deconvolutions
         )
@@ -481,20 +484,3 @@ def _warm_start(state: FrameState, backward: np.ndarray, followed: dict, occlude
     for slot, level in enumerate(levels, start=1):
         warm_start.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
     return warm_start
-
-
-def _temporal_guide(
-    state: FrameState, backward: np.ndarray, occluded: np.ndarray, params, exemplar_shape
-) -> TemporalGuide | None:
-    """Guide (c) of the synthesis: the previous output and its field moved into this frame.
-
-    The previous output's field (into the exemplar at its own size) moves with
-    its content and seeds the synthesis where the flow is trusted
-    (:func:`~diva_numba.run.anchor_frames.moved_guide`).
-    """
-    if params.temporal_weight == 0:
-        return None
-    return moved_guide(
-        state.output_frame, state.output_field, backward, 1.0 - occluded.astype(np.float32),
-        params.temporal_weight, exemplar_shape,
-    )  # fmt: skip
