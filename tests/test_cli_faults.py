@@ -88,11 +88,11 @@ def fake_gpu(monkeypatch, *, automatic: bool):
 
 
 def load_model_failing_on_gpu(real_load_model, calls):
-    def load(model_path, device):
+    def load(model_path, device, **options):
         calls.append(device.kind)
         if device.is_cuda:
             raise GPU_OUT_OF_MEMORY[0]
-        return real_load_model(model_path, device)
+        return real_load_model(model_path, device, **options)
 
     return load
 
@@ -157,9 +157,9 @@ def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, mon
     real_load_model, real_analogy = transfer_module.load_model, frame_loop.analogy
     devices, frames_run = [], []
 
-    def load(model_path, device):
+    def load(model_path, device, **options):
         devices.append(device.kind)
-        model = real_load_model(model_path, cli_common.resolve_device("cpu"))
+        model = real_load_model(model_path, cli_common.resolve_device("cpu"), **options)
         model.pretend_gpu = device.is_cuda
         return model
 

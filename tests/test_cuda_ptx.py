@@ -26,6 +26,12 @@ signature is scanned for float64 instructions (moves, loads and stores aside), a
 the Python lines they come from are reported; :data:`FLOAT64_BY_DESIGN` lists the
 kernels whose float64 is deliberate, with the reason.
 
+The compiler is libNVVM: numba-cuda's from the wheels (``pip install
+"numba-cuda[cu13]"``), else a CUDA toolkit's. Where there is neither (the test extras
+install Numba alone), the tests skip, saying so; ``DIVA_TEST_PTX=1`` turns that skip,
+and a missing ``ptxas``, into failures: the CUDA toolchain check
+(tools/cuda-toolchain-check.sh) sets it, and ``DIVA_PTX_REPORT=FILE`` to keep the report.
+
 Run this file as a script to print the JSON report the test reads.
 """
 
@@ -43,6 +49,7 @@ import sys
 import tempfile
 import traceback
 
+import numba
 import numpy as np
 import pytest
 from cuda_exercises import CALLER_EXERCISES, EXERCISES
@@ -156,7 +163,34 @@ def _find_ptxas():
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
         if home and os.access(os.path.join(home, "bin", "ptxas"), os.X_OK):
             return os.path.join(home, "bin", "ptxas")
-    return shutil.which("ptxas")
+    try:  # the nvidia-cuda-nvcc wheel's, which matches the NVVM of the wheels
+        from cuda.pathfinder import find_nvidia_binary_utility
+    except ImportError:
+        return shutil.which("ptxas")
+    return find_nvidia_binary_utility("ptxas")
+
+
+def _toolchain_versions(ptxas):
+    """Which numba-cuda, libNVVM and ptxas compiled the report (for its reader)."""
+    from numba.cuda.cudadrv import nvvm
+
+    versions = {"numba": numba.__version__, "nvvm_ir": str(nvvm.NVVM().get_ir_version())}
+    try:
+        from importlib.metadata import version
+
+        versions["numba_cuda"] = version("numba-cuda")
+    except Exception:
+        versions["numba_cuda"] = None  # numba's own CUDA target
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        versions["libnvvm"] = load_nvidia_dynamic_lib("nvvm").abs_path
+    except Exception:
+        versions["libnvvm"] = None
+    if ptxas:
+        done = subprocess.run([ptxas, "--version"], capture_output=True, text=True)
+        versions["ptxas"] = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else None
+    return versions
 
 
 #: Kernels whose float64 arithmetic on float32 data is deliberate: (module, kernel)
@@ -305,6 +339,8 @@ def compile_report():
     return {
         "status": "ok",
         "ptxas": ptxas,
+        "toolchain": _toolchain_versions(ptxas),
+        "float64_by_design": sorted(f"{module}.{kernel}" for module, kernel in FLOAT64_BY_DESIGN),
         "modules": modules,
         "caller_errors": {name: exercise_errors.get(name) for name in CALLER_EXERCISES},
     }
@@ -339,8 +375,17 @@ def ptx_report():
             report = _run_compiler({"CUDA_HOME": home})
             if report["status"] == "ok":
                 break
+    required = os.environ.get("DIVA_TEST_PTX") == "1"
     if report["status"] != "ok":
-        pytest.skip(f"cannot compile CUDA kernels here: {report['reason']}")
+        why = f"cannot compile CUDA kernels here: {report['reason']}"
+        if required:
+            pytest.fail(f"DIVA_TEST_PTX=1 but {why}", pytrace=False)
+        pytest.skip(why)
+    if required and not report["ptxas"]:
+        pytest.fail("DIVA_TEST_PTX=1 but no ptxas to assemble for sm_90", pytrace=False)
+    if os.environ.get("DIVA_PTX_REPORT"):
+        with open(os.environ["DIVA_PTX_REPORT"], "w") as handle:
+            json.dump(report, handle, indent=1)
     return report
 
 

@@ -272,3 +272,11 @@ def test_real_corrupted_cache_is_fetched_again(real_model, monkeypatch, tmp_path
     copy.write_bytes(b"damaged")
     assert store.ensure_model(progress=False) == copy
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == good_sha
+
+
+def test_a_log_gets_one_line_per_fetch_stage(fake_source, capfd):
+    store.fetch_model(progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    stages = [line for line in err.splitlines() if line.startswith("VGG-19 model: ")]
+    assert stages == [f"VGG-19 model: {s}" for s in ("download", "verify", "convert", "export")]

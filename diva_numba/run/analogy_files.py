@@ -18,9 +18,11 @@ import numpy as np
 
 from diva_numba.finishing.compositing import preserve_colour as preserve_colour_of
 from diva_numba.gpu.device import Device, resolve_device, to_host, within_memory
+from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyParams, AnalogyResult, analogy, load_model
 from diva_numba.images import MAX_AREA, load_image, resize, save_image, working_size
 from diva_numba.outputs import atomic_directory, check_target
+from diva_numba.run.progress import AnalogyProgress
 from diva_numba.synthesis.pyramid import SynthesisParams, synthesize
 
 log = logging.getLogger("diva_numba")
@@ -46,6 +48,7 @@ def analogy_files(
     preserve_colour: bool = False,
     overwrite: bool = False,
     cpu_fallback: bool | Callable[[str], bool] = False,
+    progress: bool = False,
 ) -> AnalogyResult:
     """Image analogy A : A' :: B : B' from two image files into a directory.
 
@@ -85,6 +88,10 @@ def analogy_files(
     overwrite : bool, default False
     cpu_fallback : bool or callable, default False
         See :func:`~diva_numba.gpu.device.within_memory`.
+    progress : bool, default False
+        Report the stages on stderr as they start
+        (:class:`~diva_numba.run.progress.AnalogyProgress`: a bar on a terminal, one
+        line per stage otherwise), and the model's download.
 
     Returns
     -------
@@ -111,7 +118,13 @@ def analogy_files(
     synthesis = synthesis or SynthesisParams()
 
     def compute(on: Device) -> AnalogyResult:
-        result = analogy(load_model(model, on), a, bp, params=params)
+        analogy_model = load_model(model, on, progress=progress)
+        with AnalogyProgress(mode=None if progress else "off") as reporter:
+            profile = Profile(on, on_stage=reporter.stage)
+            return finish(analogy(analogy_model, a, bp, params=params, profile=profile), on)
+
+    def finish(result: AnalogyResult, on: Device) -> AnalogyResult:
+        """A' and B synthesised at the output sizes, refined and recoloured as asked."""
         with result.profile.stage("synthesis"):
             # A' copies B''s pixels, B copies A's: the same synthesis both ways.
             options = {"device": on, "params": synthesis}

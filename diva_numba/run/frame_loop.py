@@ -30,6 +30,7 @@ the background while the next frame is computed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diva_numba.finishing.finisher import Finisher
 from diva_numba.gpu.device import Device, array_module, download_together, to_device
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
@@ -50,7 +52,9 @@ from diva_numba.run.anchor_frames import (
     needs_anchor,
     step_guide,
 )
+from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
+from diva_numba.run.progress import FrameKind
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, synthesize
@@ -75,11 +79,11 @@ class FrameReport:
         The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
-    kind : str
-        How the frame was made: ``"cold start"`` (a full analogy), ``"seeded"``
-        (from the previous frame), ``"anchor"`` (an anchor frame seeded from the
-        previous anchor), ``"carried"`` (from its anchor, no analogy) or
-        ``"covered"`` (by keyframes).
+    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
+        How the frame was made: a full analogy, seeded from the previous frame,
+        an anchor frame seeded from the previous anchor, carried from its anchor
+        frame (no analogy), or from the keyframes alone
+        (:data:`~diva_numba.run.progress.FrameKind`).
     """
 
     index: int
@@ -89,7 +93,11 @@ class FrameReport:
     input_frame: np.ndarray
     output_frame: np.ndarray
     profile: object
-    kind: str = ""
+    kind: FrameKind = "full"
+
+
+#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
+StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
 
 
 def stylise_frames(
@@ -99,6 +107,7 @@ def stylise_frames(
     work: WorkDirectory,
     *,
     on_frame: Callable[[FrameReport], None] | None = None,
+    on_stage: StageCallback | None = None,
 ) -> None:
     """Stylise every frame of the plan not yet in ``work``, saving state after each.
 
@@ -117,11 +126,17 @@ def stylise_frames(
         Holds the finished frames; frames already done are skipped (resume).
     on_frame : callable, optional
         Called after every finished frame (progress bars, previews).
+    on_stage : callable, optional
+        ``on_stage(index, kind, stage, level)`` as every stage of a frame's
+        analogy starts (:mod:`diva_numba.run.progress`).
     """
     done = work.finished_frames(plan.start, plan.end)
     if plan.start + done >= plan.end:
         return
-    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path))
+    if on_stage is not None and spec.keys:
+        on_stage(plan.start + done, "prepare", "carrying the keyframes along the optical flow",
+                 None)  # fmt: skip
+    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path), on_stage=on_stage)
     if done:
         loop.resume(work)
     with BackgroundWriter() as writer:
@@ -151,19 +166,19 @@ class FrameOutcome:
         Time per stage of its analogy (None when keyframes covered it).
     latent_b : dict or None
         B's latent features when this frame made them afresh (saved with it).
+    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
+        How it was made.
     anchor : bool
         The frame is an anchor frame (its whole state is saved for the frames
         carried from it).
-    kind : str
-        As :attr:`FrameReport.kind`.
     """
 
     state: FrameState
     output: np.ndarray
-    profile: object | None = None
+    profile: Profile | None = None
     latent_b: dict | None = None
+    kind: FrameKind = "keyframes"
     anchor: bool = False
-    kind: str = ""
 
 
 class FrameLoop:
@@ -183,10 +198,21 @@ class FrameLoop:
     params : TransferParams
     plan : TransferPlan
     finisher : Finisher or None
+    on_stage : callable, optional
+        Told as each stage of a frame's analogy starts (:data:`StageCallback`).
     """
 
-    def __init__(self, model: AnalogyModel, params, plan: TransferPlan, finisher=None):
+    def __init__(
+        self,
+        model: AnalogyModel,
+        params: TransferParams,
+        plan: TransferPlan,
+        finisher: Finisher | None = None,
+        *,
+        on_stage: StageCallback | None = None,
+    ):
         self.model = model
+        self.on_stage = on_stage
         self.device = model.device
         self.params = params
         self.plan = plan
@@ -270,7 +296,7 @@ class FrameLoop:
         (:func:`~diva_numba.run.anchor_frames.follow_anchor`).
         """
         params = self.params
-        profile = Profile(self.device)
+        profile = self._profile(index, "carried")
         carried, covered, temporal = anchor_frames.follow_anchor(
             self.anchor, self.state, work_frame, params, self.plan.style_full.shape[:2],
             self.device, profile,
@@ -312,19 +338,19 @@ class FrameLoop:
             if self.state is None
             else dataclasses.replace(self.state, index=index)
         )
-        return FrameOutcome(state, finished, kind="covered")
+        return FrameOutcome(state, finished)
 
     def cold_start(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A full image analogy (frame 0, a new shot, ``independent``); B made afresh."""
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.params.analogy, features_bp=self.features_bp,
+            profile=self._profile(index, "full"),
         )  # fmt: skip
         self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
-            index, frame, work_frame, result, self.params.synthesis, refreshed=True,
-            kind="cold start",
-        )  # fmt: skip
+            index, frame, work_frame, result, self.params.synthesis, refreshed=True, kind="full"
+        )
 
     def seeded(
         self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,
@@ -334,6 +360,7 @@ class FrameLoop:
         ``base`` (an anchor frame) along ``flows`` (from it, to it) with the synthesis'
         guide ``temporal``."""
         state, params = base or self.state, self.params
+        kind = "seeded" if base is None else "anchor"
         forward, backward = flows or flow_pair(
             state.input_frame, work_frame, preset=params.flow_preset
         )
@@ -349,9 +376,10 @@ class FrameLoop:
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
+            profile=self._profile(index, kind),
         )  # fmt: skip
-        # The guide is made at the output size: part of the full-resolution stage.
         if temporal is None:
+            # The guide is made at the output size: part of the full-resolution stage.
             with result.profile.stage("synthesis"):
                 temporal = step_guide(
                     state, backward, occluded, params, self.plan.style_full.shape[:2]
@@ -363,9 +391,13 @@ class FrameLoop:
             self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
             index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
-            temporal=temporal, solutions=solutions, state_anchors=state_anchors,
-            kind="seeded" if base is None else "anchor",
+            temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind=kind,
         )  # fmt: skip
+
+    def _profile(self, index: int, kind: FrameKind) -> Profile:
+        """A frame's profile, reporting its stages to ``on_stage``."""
+        report = None if self.on_stage is None else functools.partial(self.on_stage, index, kind)
+        return Profile(self.device, on_stage=report)
 
     def _analogy_input(self, index: int, work_frame: np.ndarray) -> np.ndarray:
         if self.finisher is None:
@@ -373,8 +405,8 @@ class FrameLoop:
         return self.finisher.analogy_input(index, work_frame)
 
     def _synthesised(
-        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, temporal=None,
-        solutions=None, state_anchors=None, kind: str = "",
+        self, index, frame, work_frame, result, synthesis, *, refreshed: bool, kind: FrameKind,
+        temporal=None, solutions=None, state_anchors=None,
     ) -> FrameOutcome:  # fmt: skip
         """The output at full resolution from the analogy's ``result``, and the new state."""
         with result.profile.stage("synthesis"):
@@ -396,8 +428,9 @@ class FrameLoop:
         )
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)
-        latent_b = self.latent_b if refreshed else None
-        return FrameOutcome(state, finished, result.profile, latent_b, kind=kind)
+        return FrameOutcome(
+            state, finished, result.profile, self.latent_b if refreshed else None, kind
+        )
 
 
 def _feature_levels(latent_b: dict) -> dict:

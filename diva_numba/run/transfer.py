@@ -1,11 +1,13 @@
 """Video style transfer: plan a run, stylise its frames, encode the result.
 
-:func:`transfer_video` is the whole job, as ``diva-numba transfer`` runs it:
-it checks every input and the output before any frame is processed, keeps
+:func:`transfer_video` is the whole job: it builds the run's
+:class:`~diva_numba.run.spec.RunSpec` from its arguments and hands it to
+:func:`run_transfer`, which ``diva-numba transfer`` calls with the spec it built.
+That checks every input and the output before any frame is processed, keeps
 per-frame state in a work directory (:mod:`diva_numba.run.workdir`) so that an
-interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`; frame 0
-a full image analogy, later frames seeded along the optical flow, docs/DESIGN.md
-section 3), falls back to the CPU when a GPU runs out of memory if asked to,
+interrupted run resumes, runs the frame loop (:mod:`diva_numba.run.frame_loop`;
+frame 0 a full image analogy, later frames seeded along the optical flow,
+docs/DESIGN.md section 3), falls back to the CPU when a GPU runs out of memory if asked to,
 and encodes the finished frames with the clip's timing and audio under a
 temporary name that becomes the output only when the video is complete.
 """
@@ -17,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,12 +40,12 @@ from diva_numba.run.params import (
     TransferParams,
 )
 from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
+from diva_numba.run.progress import VideoProgress
 from diva_numba.run.scale_out import run_chunks
 from diva_numba.run.spec import RunSpec, ScaleOut
 from diva_numba.run.workdir import WorkDirectory
-from diva_numba.video import (
-    VideoWriter,
-)
+from diva_numba.video import VideoWriter, read_frames
+from diva_numba.video.metrics import WarpError, warp_error
 
 log = logging.getLogger("diva_numba")
 
@@ -103,6 +106,14 @@ class TransferResult:
     last_profile : Profile or None
         Time per stage and level of the last frame computed in this call (None
         when every frame was already done and only encoding ran).
+    seconds : float
+        Wall time of the call.
+    frames_computed : int
+        Frames stylised in this call (fewer than ``frames`` after ``resume``).
+    warp_error : WarpError or None
+        Flicker of the result: its warping error, and the input clip's own
+        (:mod:`diva_numba.metrics`), measured on the finished frames before
+        encoding; None for a single frame.
     """
 
     output: Path
@@ -110,6 +121,9 @@ class TransferResult:
     width: int
     height: int
     last_profile: Profile | None = None
+    seconds: float = 0.0
+    frames_computed: int = 0
+    warp_error: WarpError | None = None
 
 
 def transfer_video(
@@ -163,7 +177,9 @@ def transfer_video(
     on_frame : callable, optional
         Called with a :class:`~diva_numba.run.frame_loop.FrameReport` after every frame.
     progress : bool, default False
-        Show a progress bar (seconds per frame, time left) on stderr.
+        Report progress on stderr (:mod:`diva_numba.run.progress`): on a terminal a
+        bar with the stages of full analogies and the time left, otherwise one
+        line per stage of a full analogy and per frame.
     cpu_fallback : bool or callable, default False
         When ``device`` was "auto", the GPU was chosen and it runs out of
         memory: continue on the CPU from the frame that failed (True), or ask
@@ -233,6 +249,7 @@ def run_transfer(
     this; the other arguments, and what it returns and raises, are those of
     :func:`transfer_video`.
     """
+    started = time.perf_counter()
     output = Path(output)
     device = device if isinstance(device, Device) else resolve_device(device)
     work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
@@ -253,10 +270,11 @@ def run_transfer(
         counter.done = work.finished_frames(plan.start, plan.end)
         if counter.done:
             log.info("resuming after %d of %d frames", counter.done, total)
-        analogy_model = load_model(spec.model, on)
+        analogy_model = load_model(spec.model, on, progress=progress)
         try:
             with counter:
-                stylise_frames(analogy_model, spec, plan, work, on_frame=counter.frame)
+                stylise_frames(analogy_model, spec, plan, work, on_frame=counter.frame,
+                               on_stage=counter.stage)  # fmt: skip
         except OutputError as exc:
             raise OutputError(f"{exc}; {keep_hint}") from None
         return work
@@ -280,13 +298,27 @@ def run_transfer(
                 )  # fmt: skip
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
+            flicker = _warp_error(plan, spec.clip, work)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted after {counter.done} of {total} frames; the work is kept in "
             f"{work_dir}; run the same command with --resume to continue"
         ) from None
     shutil.rmtree(work_dir, ignore_errors=True)
-    return TransferResult(output, total, plan.width, plan.height, counter.last_profile)
+    return TransferResult(
+        output, total, plan.width, plan.height, counter.last_profile,
+        seconds=time.perf_counter() - started, frames_computed=counter.computed,
+        warp_error=flicker,
+    )  # fmt: skip
+
+
+def _warp_error(plan: TransferPlan, clip: Path, work: WorkDirectory) -> WarpError | None:
+    """Warping error of the finished frames against the clip's motion (None for one frame)."""
+    if plan.end - plan.start < 2:
+        return None
+    finished = (load_image(work.frame_path(index)) for index in range(plan.start, plan.end))
+    inputs = (frame for _, frame in read_frames(clip, start=plan.start, end=plan.end))
+    return warp_error(finished, inputs)
 
 
 def _checked_plan(
@@ -311,45 +343,46 @@ def _checked_plan(
 
 
 class _FrameCounter:
-    """Counts finished frames, passes reports on, and draws the optional progress bar."""
+    """Counts finished frames, passes reports on, and reports the optional progress."""
 
     def __init__(self, on_frame, total: int, *, progress: bool):
         self.on_frame = on_frame
         self.total = total
         self.progress = progress
         self.done = 0
+        self.computed = 0
         self.last_profile = None
-        self.bar = None
+        self.reporter: VideoProgress | None = None
 
     def __enter__(self):
         if self.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total, initial=self.done, unit="frame", dynamic_ncols=True,
-                desc="transfer",
-            )  # fmt: skip
+            self.reporter = VideoProgress(self.total, self.done).__enter__()
         return self
 
     def __exit__(self, *exc_info):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.reporter is not None:
+            self.reporter.__exit__(*exc_info)
+            self.reporter = None
 
     def advance(self, frames: int) -> None:
         """Count ``frames`` more finished frames made elsewhere (by workers)."""
         if frames <= 0:
             return
         self.done += frames
-        if self.bar is not None:
-            self.bar.update(frames)
+        self.computed += frames
+        if self.reporter is not None:
+            self.reporter.advance(frames)
+
+    def stage(self, index: int, kind: str, name: str, level: int | None) -> None:
+        if self.reporter is not None:
+            self.reporter.stage(index, kind, name, level)
 
     def frame(self, report: FrameReport) -> None:
         self.done = report.done
+        self.computed += 1
         self.last_profile = report.profile
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{report.seconds:.1f} s/frame")
-            self.bar.update(1)
+        if self.reporter is not None:
+            self.reporter.frame(report.index, report.kind, report.seconds)
         if self.on_frame is not None:
             self.on_frame(report)
 

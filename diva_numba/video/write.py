@@ -4,6 +4,7 @@
   a time, to H.264 (libx264, ``yuv420p``, BT.709 tagged) at an exact frame rate
   or at given frame times, optionally copies a source file's audio, and only
   ever leaves a complete file under the final name.
+  The same frames always give the same file (:mod:`diva_numba.video.x264`).
 * ``_AudioCopy`` streams the audio packets of a source file, cut to the frames
   the output shows, into the output container without re-encoding them.
 
@@ -35,6 +36,7 @@ from diva_numba.video.probe import (
     frame_times,
     probe_video,
 )
+from diva_numba.video.x264 import x264_options
 
 #: Containers the writer produces, by file suffix.
 OUTPUT_FORMATS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -229,7 +231,9 @@ class VideoWriter:
         stream.codec_context.color_primaries = 1
         stream.codec_context.color_trc = 1
         stream.codec_context.color_range = 1  # limited ("MPEG") range
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        # The same frames must give the same file: x264_options() keeps x264 off the
+        # routines whose output depends on the process's history.
+        stream.options = {"crf": str(self.crf), "preset": self.preset, **x264_options()}
         self._stream = stream
 
     def write(self, frame: np.ndarray) -> None:

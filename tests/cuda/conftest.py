@@ -1,6 +1,8 @@
 """Shared set-up of the CUDA-simulator tests: small blocks, and the stand-in GPU device.
 
-Blocks are shrunk so that tiny inputs span several. The ``gpu`` fixture is a CUDA
+Blocks are shrunk so that tiny inputs span several. Off the simulator
+(``DIVA_TEST_GPU=1``) every test here needs a usable GPU, and skips with the reason
+where there is none, as the real-GPU tests do. The ``gpu`` fixture is a CUDA
 :class:`~diva_numba.gpu.device.Device` whose CuPy is the stand-in of tests/cupy_standin.py
 (with its launcher, streams, graphs and libcublas), with the counters of what it does.
 """
@@ -9,9 +11,19 @@ import sys
 
 import cupy_standin
 import pytest
+from numba import config
 
 from diva_numba.gpu.device import Device
 from diva_numba.kernels import reductions, targets
+
+
+@pytest.fixture(autouse=True)
+def a_usable_gpu_off_the_simulator():
+    if not config.ENABLE_CUDASIM:
+        from gpu_checks import SKIP_REASON
+
+        if SKIP_REASON:
+            pytest.skip(SKIP_REASON)
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +35,8 @@ def small_blocks(monkeypatch):
 @pytest.fixture
 def gpu(monkeypatch):
     """A CUDA device whose CuPy is the stand-in; the counters of what it does."""
+    if not config.ENABLE_CUDASIM:
+        pytest.skip("the CuPy stand-in and its launcher run under the CUDA simulator only")
     monkeypatch.setitem(sys.modules, "cupy", cupy_standin.make_module("simulated GPU"))
     counters = cupy_standin.install_launcher(monkeypatch)
     # Two partial sums per reduction (a grid-stride loop over the rest): the two-pass

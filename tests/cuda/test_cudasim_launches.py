@@ -18,15 +18,20 @@ import types
 import numpy as np
 import pytest
 from inputs import random_quadratic, vgg_weights
-from numba import cuda
-from numba.cuda.simulator.kernel import FakeCUDAKernel
+from numba import config, cuda
 
 from diva_numba.gpu.device import to_host
 from diva_numba.models import vgg
 from diva_numba.network import subnetwork as network_module
 from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
 
-pytestmark = pytest.mark.cudasim
+pytestmark = [
+    pytest.mark.cudasim,
+    pytest.mark.skipif(
+        not config.ENABLE_CUDASIM,
+        reason="counts the launches that reach the CUDA simulator's kernel class: simulator only",
+    ),
+]
 
 #: Levels 0 -> 2 and 1 -> 3 stay within this per L-BFGS iteration even launched one by
 #: one; the deeper sub-networks need two launches per conv, so eagerly they cannot (17
@@ -39,6 +44,8 @@ EVALUATION_START, EVALUATION_END, GEMM = "evaluation start", "evaluation end", "
 @pytest.fixture
 def launches(monkeypatch):
     """The names of the kernels launched, in order, with GEMMs and evaluations marked."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
     log = []
     call = FakeCUDAKernel.__call__
 
