@@ -36,13 +36,20 @@ REDUCED_COLOUR_FLAGS = {
 }
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, *, full_size: bool = False) -> np.ndarray:
     """Read an image file as RGB uint8.
+
+    Images far above :data:`MAX_AREA` are decoded at 1/2, 1/4 or 1/8 size,
+    which is all the analogy uses of them; ``full_size`` keeps every pixel, for
+    an output made at the image's own size. Either way an image of more than
+    :data:`MAX_DECODE_PIXELS` is refused (a "decompression bomb").
 
     Parameters
     ----------
     path : path-like
         PNG, JPEG, BMP, TIFF or WebP file.
+    full_size : bool, default False
+        Never decode at a reduced size.
 
     Returns
     -------
@@ -62,7 +69,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise InputError(f"{path}: file is empty")
-    decoded = _decode(data, path)
+    decoded = _decode(data, path, reduce=not full_size)
     if decoded is None:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
     image = _to_rgb8(decoded, path)
@@ -75,7 +82,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
+def _decode(data: np.ndarray, path: Path, *, reduce: bool) -> np.ndarray | None:
     """Decode, at reduced resolution when full resolution is far above what is used.
 
     The size comes from the file header, so a small file that expands to
@@ -95,7 +102,7 @@ def _decode(data: np.ndarray, path: Path) -> np.ndarray | None:
                 f"{MAX_DECODE_PIXELS // 1_000_000} megapixels); scale it down first"
             )
         factor = 1
-        while factor < 8 and width * height / (2 * factor) ** 2 >= REDUCED_DECODE_AREA:
+        while reduce and factor < 8 and width * height / (2 * factor) ** 2 >= REDUCED_DECODE_AREA:
             factor *= 2
         if factor > 1:
             log.warning(

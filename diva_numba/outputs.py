@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from diva_numba.errors import OutputError, os_reason
 
 #: Suffix of every temporary file an :class:`AtomicFile` makes (cleaners look for it).
 PARTIAL_SUFFIX = ".part"
+#: File in every directory the tool fills, listing the files it wrote there.
+MARKER = ".diva-numba-output"
 
 
 class AtomicFile:
@@ -92,34 +95,158 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, fsync: bool = Fals
         handle.write(data)
 
 
-def check_target(path: Path, *, overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
-    """Refuse an output that would destroy an input, or that cannot be written.
+def check_target(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Iterable[os.PathLike] = (),
+    directory: bool = False,
+    members: Sequence[str] | None = None,
+) -> None:
+    """The one rule for every file and directory the tool writes, checked before any work.
+
+    An existing output is replaced only with ``overwrite``; an input of the run
+    is never replaced, even with it; an existing directory is replaced (or
+    written into) only where the tool itself made what is there, as recorded
+    by the marker file (:data:`MARKER`) it writes into every directory it fills.
 
     Parameters
     ----------
-    path : Path
-        The output file or directory.
+    path : path-like
+        The output file, or directory with ``directory``.
     overwrite : bool
-        Whether an existing ``path`` may be replaced.
+        Whether existing outputs may be replaced.
     inputs : iterable of path-like, optional
         Files the run reads. An output that is one of them, whatever the
         spelling of either path (relative, through a symbolic link, a hard
         link), is refused even with ``overwrite``; so is an output directory
         that holds one of them (replacing it would delete the input).
+    directory : bool, default False
+        ``path`` is a directory: replaced as a whole (``members`` None), or
+        kept, with the files ``members`` written into it (it may exist then).
+    members : sequence of str, optional
+        Names of the files written into the directory ``path``.
+
+    Raises
+    ------
+    OutputError
+        One line naming the output and why it is refused.
+    """
+    path = Path(path)
+    if members is None:  # the files written into a kept directory are checked one by one
+        refuse_inputs(path, inputs)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not directory:
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory; give a file name")
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    elif path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a directory")
+    elif members is not None:
+        _check_members(path, members, overwrite=overwrite, inputs=inputs)
+        if path.is_dir():
+            parent = path
+    elif path.exists():
+        if not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
+        if Path.cwd().resolve().is_relative_to(path.resolve()):
+            raise OutputError(f"{path} holds the current directory; choose another output")
+        foreign = sorted(set(_entries(path)) - made_here(path))
+        if foreign:
+            raise OutputError(
+                f"{path} holds files diva-numba did not write ({_listing(foreign)}); "
+                "--overwrite replaces only its own outputs: choose another directory"
+            )
+    while directory and not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # created with the directory
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: directory {parent} is not writable")
+
+
+def _check_members(
+    path: Path, members: Sequence[str], *, overwrite: bool, inputs: Iterable[os.PathLike]
+) -> None:
+    if not path.is_dir():
+        return
+    existing = [name for name in members if (path / name).exists()]
+    for name in existing:
+        refuse_inputs(path / name, inputs)
+    if existing and not overwrite:
+        raise OutputError(
+            f"{path} already holds {_listing(existing)}; pass --overwrite to replace them"
+        )
+    foreign = sorted(set(existing) - made_here(path))
+    if foreign:
+        raise OutputError(
+            f"{path} holds files diva-numba did not write ({_listing(foreign)}); "
+            "--overwrite replaces only its own outputs: choose another directory"
+        )
+
+
+def _entries(path: Path) -> list[str]:
+    return [entry.name for entry in path.iterdir() if entry.name != MARKER]
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown if len(names) <= 3 else f"{shown} and {len(names) - 3} more"
+
+
+def made_here(directory: Path) -> set[str]:
+    """Names of the files the tool wrote into ``directory``, from its marker (empty if none)."""
+    try:
+        record = json.loads((Path(directory) / MARKER).read_text("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    names = record.get("files") if isinstance(record, dict) else None
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+
+def mark_directory(directory: Path, names: Iterable[str]) -> None:
+    """Record (atomically) that the tool wrote ``names`` into ``directory``, with earlier ones."""
+    directory = Path(directory)
+    record = {"by": "diva-numba", "files": sorted(made_here(directory) | set(names))}
+    write_atomically(directory / MARKER, (json.dumps(record, indent=1) + "\n").encode())
+
+
+def make_directory(path: Path) -> None:
+    """Create ``path`` and its missing parents with the permissions the umask gives.
 
     Raises
     ------
     OutputError
     """
-    path = Path(path)
-    refuse_inputs(path, inputs)
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: directory {parent} is not writable")
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create directory {path}: {os_reason(exc)}") from None
+
+
+def remove_partials(directory: Path, names: Iterable[str]) -> None:
+    """Remove the temporary files that interrupted writes of ``directory/NAME`` left there.
+
+    Only names an :class:`AtomicFile` for one of ``names`` makes are touched;
+    call it when no other process can be writing them (under the run's lock).
+    """
+    directory = Path(directory) if str(directory) else Path(".")
+    wanted = set(names)
+    pattern = re.compile(rf"\.(.+)\.[0-9a-f]{{12}}{re.escape(PARTIAL_SUFFIX)}")
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and match.group(1) in wanted:
+            try:
+                entry.unlink()
+            except OSError:
+                pass
 
 
 def refuse_inputs(path: Path, inputs: Iterable[os.PathLike]) -> None:
@@ -178,23 +305,28 @@ def _megabytes(count: int) -> str:
 
 
 @contextmanager
-def atomic_directory(path: Path, *, overwrite: bool) -> Iterator[Path]:
+def atomic_directory(
+    path: Path, *, overwrite: bool, inputs: Iterable[os.PathLike] = ()
+) -> Iterator[Path]:
     """A temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
 
-    On any exception the temporary directory is removed and an existing
-    ``path`` is left as it was; an OSError (disk full, ...) becomes an
-    :class:`OutputError`.
+    The block writes its files into the yielded directory; every file there is
+    recorded in the marker (:func:`mark_directory`), so that a later
+    ``overwrite`` may replace the directory. An existing ``path`` is replaced
+    only under :func:`check_target`'s rule. On any exception the temporary
+    directory is removed and an existing ``path`` is left as it was; an
+    OSError (disk full, ...) becomes an :class:`OutputError`. Directories are
+    created with the permissions the umask gives, like files.
     """
-    check_target(path, overwrite=overwrite)
+    path = Path(path)
+    check_target(path, overwrite=overwrite, inputs=inputs, directory=True)
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create a directory ({exc.strerror})") from None
+    staging = _fresh_directory(parent, path.name, PARTIAL_SUFFIX)
     try:
         yield staging
+        mark_directory(staging, _entries(staging))
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            old = _fresh_directory(parent, path.name, ".old")
             os.replace(path, old / "previous")
             os.replace(staging, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -215,3 +347,18 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _fresh_directory(parent: Path, name: str, suffix: str) -> Path:
+    """A new empty directory ``parent/.name.<hex><suffix>`` (not mkdtemp's private 0700)."""
+    for _ in range(100):
+        candidate = parent / f".{name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            reason = os_reason(exc)
+            raise OutputError(f"{parent / name}: cannot create a directory ({reason})") from None
+    raise OutputError(f"{parent / name}: cannot create a temporary directory")

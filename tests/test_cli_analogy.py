@@ -53,9 +53,16 @@ def test_existing_output_is_refused_then_replaced(pair, tmp_path, tiny_model):
     result = run([str(a), str(bp), "-o", str(out)], tiny_model)
     assert result.exit_code != 0 and "--overwrite" in result.output
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only what the tool wrote: a folder of the user's is kept.
+    result = run([str(a), str(bp), "-o", str(out), "--overwrite"], tiny_model)
+    assert result.exit_code == 5 and "did not write (keep.txt)" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run([str(a), str(bp), "-o", str(out), "--overwrite"], tiny_model).exit_code == 0
+    first = (out / "A_prime.png").stat().st_ino
     result = run([str(a), str(bp), "-o", str(out), "--overwrite"], tiny_model)
     assert result.exit_code == 0, result.output
-    assert (out / "A_prime.png").is_file() and not (out / "keep.txt").exists()
+    assert (out / "A_prime.png").stat().st_ino != first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 

@@ -46,7 +46,8 @@ def test_transfer_keeps_frames_rate_and_audio(clip, tmp_path, tiny_model):
     assert made.has_audio
     # The audio is copied for the span the video shows (0.6 s of it in the source).
     assert audio_span(out)[1] == pytest.approx(6 * 1001 / 30000, abs=0.03)
-    assert sorted(p.name for p in frames_dir.iterdir()) == [f"{i:06d}.png" for i in range(6)]
+    kept = sorted(p.name for p in frames_dir.iterdir())
+    assert kept == [".diva-numba-output", *(f"{i:06d}.png" for i in range(6))]
     assert (tmp_path / "out.mp4.preview.png").is_file()
     assert not (tmp_path / "out.mp4.work").exists()
 
@@ -119,9 +120,16 @@ def test_work_directory_of_another_run_is_refused(clip, tmp_path, tiny_model, mo
     path, style = clip
     out = tmp_path / "out.mp4"
 
-    def dying_analogy(*args, **kwargs):
-        raise KeyboardInterrupt
+    real_analogy = frame_loop.analogy
+    calls = []
 
+    def dying_analogy(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_analogy(*args, **kwargs)
+
+    # After one finished frame: a run that finished none leaves no work directory.
     monkeypatch.setattr(frame_loop, "analogy", dying_analogy)
     assert run([str(style), str(path), "-o", str(out)], tiny_model).exit_code == 130
     monkeypatch.undo()

@@ -91,7 +91,7 @@ def test_writer_refuses_bad_requests(tmp_path, size, name, message):
 def test_existing_file_is_not_replaced_without_overwrite(tmp_path):
     path = tmp_path / "out.mp4"
     path.write_bytes(b"keep me")
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
         VideoWriter(path, width=WIDTH, height=HEIGHT, fps=NTSC)
     assert path.read_bytes() == b"keep me"
 

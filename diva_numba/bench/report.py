@@ -206,16 +206,16 @@ def format_markdown(report: BenchReport) -> str:
     return "\n".join([*header, "", *table])
 
 
-def write_json(report: BenchReport, path: Path) -> None:
-    """Write :meth:`BenchReport.to_dict` to ``path`` (replaced whole, never half-written).
+def write_json(report: BenchReport, path: Path, *, overwrite: bool = False) -> None:
+    """Write :meth:`BenchReport.to_dict` to ``path`` (never half-written).
 
     Raises
     ------
     OutputError
-        If the file cannot be written.
+        If the file exists and ``overwrite`` is not given, or cannot be written.
     """
     path = Path(path)
-    check_target(path, overwrite=True)
+    check_target(path, overwrite=overwrite)
     write_atomically(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
 
 

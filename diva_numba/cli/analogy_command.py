@@ -9,6 +9,7 @@ import click
 
 from diva_numba.cli.common import (
     Device,
+    FiniteFloat,
     as_user_errors,
     ask_cpu_fallback,
     by_device,
@@ -135,7 +136,7 @@ image_size_options = _stack(
     ),
     click.option(
         "--ratio",
-        type=click.FloatRange(0.05, 1.0),
+        type=FiniteFloat(0.05, 1.0),
         default=1.0,
         show_default=True,
         help="Scale the working size down further by this factor, for speed.",

@@ -54,9 +54,10 @@ from diva_numba.outputs import check_target
     is_flag=True,
     help="Print a Markdown table (for BENCHMARKS.md) instead of the plain-text one.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the --json file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 @as_user_errors
-def bench(device, kernels, repeat, size, json_path, markdown, quiet):
+def bench(device, kernels, repeat, size, json_path, markdown, overwrite, quiet):
     """Time each Numba kernel and report its share of the device's limits.
 
     Measures the device's memory bandwidth and float32 matrix rate first, then
@@ -67,12 +68,12 @@ def bench(device, kernels, repeat, size, json_path, markdown, quiet):
     the arithmetic).
     """
     if json_path is not None:
-        check_target(json_path, overwrite=True)  # before minutes of timing, not after
+        check_target(json_path, overwrite=overwrite)  # before minutes of timing, not after
     settings = BenchSettings(size=size, repeat=repeat, kernels=tuple(dict.fromkeys(kernels)))
     report = run_benchmarks(device, settings=settings, progress=None if quiet else notice)
     click.echo(format_markdown(report) if markdown else format_table(report))
     if json_path is not None:
-        write_json(report, json_path)
+        write_json(report, json_path, overwrite=overwrite)
         if not quiet:
             notice(f"wrote {json_path}")
 

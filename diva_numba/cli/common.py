@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import sys
 
 import click
@@ -19,6 +20,22 @@ class UserError(click.ClickException):
     def __init__(self, error: DivaError):
         super().__init__(str(error))
         self.exit_code = error.exit_code
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that also refuses NaN and infinity.
+
+    ``click.FloatRange`` lets both through: NaN compares false with every bound,
+    and an open upper bound admits infinity.
+    """
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def notice(message: str) -> None:
@@ -118,6 +135,7 @@ def by_device(defaults: dict[str, object]) -> str:
 
 __all__ = [
     "Device",
+    "FiniteFloat",
     "UserError",
     "as_user_errors",
     "ask_cpu_fallback",

@@ -12,6 +12,7 @@ import numpy as np
 from diva_numba.cli.analogy_command import INPUT_IMAGE, analogy_options, analogy_params
 from diva_numba.cli.common import (
     Device,
+    FiniteFloat,
     as_user_errors,
     ask_cpu_fallback,
     by_device,
@@ -72,7 +73,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--temporal-weight",
-    type=click.FloatRange(0.0),
+    type=FiniteFloat(0.0, 1000.0),
     default=default_of(TransferParams, "temporal_weight"),
     show_default=True,
     help="Weight of the previous output, moved along the flow, as a guide of the "
@@ -124,7 +125,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--crf",
-    type=click.FloatRange(0, 51),
+    type=FiniteFloat(0, 51),
     default=default_of(TransferParams, "crf"),
     show_default=True,
     help="H.264 quality (lower is better; 18 is visually lossless).",
@@ -161,7 +162,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--mask-feather",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0, 8192),
     default=default_of(TransferParams, "mask_feather"),
     show_default=True,
     metavar="PX",
@@ -190,7 +191,12 @@ PREVIEW_ROWS = 4
     help="With --workers: most frames per chunk; longer shots are split into chunks "
     f"that overlap by {default_of(ScaleOut, 'overlap')} frames, blended at the joins.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT (and OUTPUT.preview.png, and frames an earlier run kept in "
+    "--keep-frames) if they exist; never an input of the run.",
+)
 @click.option(
     "--json",
     "as_json",
@@ -219,9 +225,8 @@ def transfer(style, clip, output, device, quiet, as_json, **options):
     from diva_numba.run.spec import RunSpec
     from diva_numba.run.transfer import run_transfer
 
-    preview = _Preview(output) if options["preview"] else None
     scale_out = _scale_out(options)
-    if scale_out is not None and preview is not None:
+    if scale_out is not None and options["preview"]:
         raise click.UsageError("--preview works in one process only; leave out --workers")
     spec = RunSpec.make(
         style,
@@ -235,6 +240,13 @@ def transfer(style, clip, output, device, quiet, as_json, **options):
         end=options["end"],
         scale_out=scale_out,
     )
+    preview = None
+    if options["preview"]:
+        # A resumed run goes on updating the preview of the run it continues.
+        work_dir = options["work_dir"] or output.with_name(output.name + ".work")
+        resuming = options["resume"] and work_dir.is_dir()
+        overwrite = options["overwrite"] or resuming
+        preview = _Preview(output, overwrite=overwrite, inputs=spec.inputs())
     result = run_transfer(
         spec,
         output,
@@ -355,10 +367,18 @@ def _scale_out(options: dict) -> ScaleOut | None:
 
 
 class _Preview:
-    """Keeps OUTPUT.preview.png showing input | output of a few frames."""
+    """Keeps OUTPUT.preview.png showing input | output of a few frames.
 
-    def __init__(self, output: Path):
+    The file follows the rule of every output (checked before any work): an
+    existing one is replaced only with --overwrite, an input never.
+    """
+
+    def __init__(self, output: Path, *, overwrite: bool, inputs: list[Path]):
+        from diva_numba.outputs import check_target, remove_partials
+
         self.path = output.with_name(output.name + ".preview.png")
+        check_target(self.path, overwrite=overwrite, inputs=inputs)
+        remove_partials(self.path.parent, [self.path.name])
         self.rows: list[np.ndarray] = []
 
     def __call__(self, report) -> None:

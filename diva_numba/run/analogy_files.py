@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,8 @@ def analogy_files(
     image_a, image_bp : path-like
         The structure image A and the style image B'.
     output : path-like
-        Directory to create; replaced only with ``overwrite`` (and never when it
-        holds an input).
+        Directory to create; replaced only with ``overwrite``, and only when it
+        holds nothing but an earlier output of this tool (never an input).
     params : AnalogyParams, optional
         Default: :meth:`AnalogyParams.for_device` of the device used.
     device : Device or {"auto", "cuda", "cpu"}, default "auto"
@@ -107,9 +107,10 @@ def analogy_files(
     device = device if isinstance(device, Device) else resolve_device(device)
     params = params or AnalogyParams.for_device(device)
     inputs = [image_a, image_bp, *([Path(model)] if model is not None else [])]
-    check_target(output, overwrite=overwrite, inputs=inputs)
-    a_full = load_image(image_a)
-    bp_full = load_image(image_bp)
+    check_target(output, overwrite=overwrite, inputs=inputs, directory=True)
+    # A' and B are made at the images' own sizes: every pixel is needed.
+    a_full = load_image(image_a, full_size=True)
+    bp_full = load_image(image_bp, full_size=True)
     sizes = {"device": device, "long_side": work_size, "ratio": ratio}
     a = resize(a_full, *working_shape(a_full, name=str(image_a), **sizes))
     bp = resize(bp_full, *working_shape(bp_full, name=str(image_bp), **sizes))
@@ -150,7 +151,7 @@ def analogy_files(
 
     smaller = f"--work-size (now {max(*a.shape[:2], *bp.shape[:2])}) or --ratio"
     result = within_memory(device, compute, smaller=smaller, cpu_fallback=cpu_fallback)
-    write_analogy(output, result, save_levels=save_levels, overwrite=overwrite)
+    write_analogy(output, result, save_levels=save_levels, overwrite=overwrite, inputs=inputs)
     return result
 
 
@@ -179,11 +180,23 @@ def working_shape(
     return shape
 
 
-def write_analogy(output: Path, result: AnalogyResult, *, save_levels: bool, overwrite: bool):
-    """Write ``result`` (images and fields at the output sizes) into the directory ``output``."""
+def write_analogy(
+    output: Path,
+    result: AnalogyResult,
+    *,
+    save_levels: bool,
+    overwrite: bool,
+    inputs: Sequence[os.PathLike] = (),
+):
+    """Write ``result`` (images and fields at the output sizes) into the directory ``output``.
+
+    An existing ``output`` is replaced only with ``overwrite``, and only when it
+    holds nothing but what the tool wrote there before
+    (:func:`~diva_numba.outputs.check_target`).
+    """
     from diva_numba.image_analogy.visualize import field_colour
 
-    with atomic_directory(output, overwrite=overwrite) as staging:
+    with atomic_directory(output, overwrite=overwrite, inputs=inputs) as staging:
         save_image(staging / "A_prime.png", result.a_prime)
         save_image(staging / "B.png", result.b)
         np.save(staging / "nnf_ab.npy", result.nnf_ab)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from diva_numba.finishing.keyframes import KeyframeParams
@@ -138,8 +139,9 @@ class TransferParams:
     chroma: str = "420"
 
     def __post_init__(self):
-        if self.temporal_weight < 0:
-            raise ValueError("temporal_weight must be >= 0")
+        for name in ("temporal_weight", "mask_feather", "crf"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0")
         if not (0.0 <= self.new_content_share <= 1.0 and 0.0 <= self.deep_content_share <= 1.0):
             raise ValueError("new_content_share and deep_content_share must be in [0, 1]")
         if self.work_size < 32:

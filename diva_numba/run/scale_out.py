@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diva_numba.errors import DeviceError, DivaError, InputError
-from diva_numba.images import load_image, resize, save_image
+from diva_numba.images import resize, save_image
 from diva_numba.outputs import AtomicFile, write_atomically
 from diva_numba.run.chunks import Chunk, blend_join, join_weight, plan_chunks
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.spec import RunSpec, ScaleOut
-from diva_numba.run.workdir import WorkDirectory
+from diva_numba.run.workdir import WorkDirectory, WorkLock
 from diva_numba.video import read_frames
 from diva_numba.video.shots import CutDetection, find_cuts
 
@@ -153,11 +153,13 @@ def run_chunk(run: ChunkRun, job: ChunkJob) -> str:
     device = resolve_device(run.device_kind)
     chunk = job.chunk
     manifest = {**run.manifest, "frames": [chunk.start, chunk.end]}
-    work = WorkDirectory.open(job.work_dir, manifest, resume=True)
-    if work.finished_frames(chunk.start, chunk.end) < chunk.frames:
-        model = load_model(run.spec.model, device, progress=False)
-        plan = dataclasses.replace(run.plan, start=chunk.start, end=chunk.end)
-        stylise_frames(model, run.spec, plan, work)
+    # A worker of an interrupted run may still be writing this chunk's last frame.
+    with WorkLock(job.work_dir, wait=True):
+        work = WorkDirectory.open(job.work_dir, manifest, resume=True)
+        if work.finished_frames(chunk.start, chunk.end) < chunk.frames:
+            model = load_model(run.spec.model, device, progress=False)
+            plan = dataclasses.replace(run.plan, start=chunk.start, end=chunk.end)
+            stylise_frames(model, run.spec, plan, work)
     return str(job.work_dir)
 
 
@@ -278,8 +280,8 @@ def _join(top: WorkDirectory, jobs: list[ChunkJob]) -> None:
         for index in range(job.chunk.start, job.chunk.end):
             position = index - job.chunk.start
             if position < job.chunk.lead:
-                earlier = load_image(previous.frame_path(index))
-                later = load_image(work.frame_path(index))
+                earlier = previous.read_frame(index)
+                later = work.read_frame(index)
                 weight = join_weight(position, job.chunk.lead)
                 save_image(top.frame_path(index), blend_join(earlier, later, weight))
             else:

@@ -30,8 +30,15 @@ from diva_numba.finishing.keyframes import Keyframe
 from diva_numba.gpu.device import Device, resolve_device, within_memory
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import load_model
-from diva_numba.images import load_image
-from diva_numba.outputs import check_free_space, check_target, refuse_inputs
+from diva_numba.outputs import (
+    AtomicFile,
+    check_free_space,
+    check_target,
+    make_directory,
+    mark_directory,
+    refuse_inputs,
+    remove_partials,
+)
 from diva_numba.run.frame_loop import FrameReport, stylise_frames
 from diva_numba.run.params import (
     GUIDED_LBFGS_BY_DEVICE,
@@ -43,7 +50,7 @@ from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer,
 from diva_numba.run.progress import VideoProgress
 from diva_numba.run.scale_out import run_chunks
 from diva_numba.run.spec import RunSpec, ScaleOut
-from diva_numba.run.workdir import WorkDirectory
+from diva_numba.run.workdir import WorkDirectory, WorkLock
 from diva_numba.video import VideoWriter, read_frames
 from diva_numba.video.metrics import WarpError, warp_error
 
@@ -80,15 +87,46 @@ def encode_video(
     Frames keep the clip's timing: its exact rate, or for a variable rate each
     frame's own time (``plan.frame_times``).
     """
+    kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
     if keep_frames is not None:
-        keep_frames.mkdir(parents=True, exist_ok=True)
+        make_directory(keep_frames)
+        remove_partials(keep_frames, kept)
+        mark_directory(keep_frames, kept)
     settings = plan.writer_settings(clip_path, crf=crf, chroma=chroma)
     with VideoWriter(output, **settings, overwrite=overwrite) as writer:
-        for index in range(plan.start, plan.end):
-            frame = load_image(work.frame_path(index))
-            writer.write(frame)
+        for index, name in zip(range(plan.start, plan.end), kept, strict=True):
+            writer.write(work.read_frame(index))
             if keep_frames is not None:
-                shutil.copyfile(work.frame_path(index), keep_frames / f"{index:06d}.png")
+                with AtomicFile(keep_frames / name) as temp:
+                    shutil.copyfile(work.frame_path(index), temp)
+
+
+def kept_frame_name(index: int) -> str:
+    """The name of frame ``index`` in the ``keep_frames`` directory."""
+    return f"{index:06d}.png"
+
+
+def check_run_paths(output: Path, work_dir: Path, keep_frames: Path | None) -> None:
+    """Refuse a work directory that is, holds or lies in another output of the run.
+
+    Everything in the work directory is deleted when the video is written.
+
+    Raises
+    ------
+    OutputError
+    """
+    work = work_dir.resolve()
+    for what, other in (("the output", output), ("--keep-frames", keep_frames)):
+        if other is None:
+            continue
+        resolved = other.resolve()
+        if resolved.is_relative_to(work) or work.is_relative_to(resolved):
+            raise OutputError(
+                f"work directory {work_dir} and {what} {other} overlap (the work directory is "
+                "deleted when the video is written); choose another --work-dir"
+            )
+    if keep_frames is not None and keep_frames.resolve() == output.resolve():
+        raise OutputError(f"--keep-frames {keep_frames} is the output; choose another directory")
 
 
 @dataclass
@@ -173,7 +211,9 @@ def transfer_video(
     overwrite : bool, default False
         Replace ``output`` if it exists (never an input of the run).
     keep_frames : path-like, optional
-        Also copy the output frames there as PNG files.
+        Also copy the output frames there as PNG files (``NNNNNN.png``). The
+        directory may exist; files already there are replaced only with
+        ``overwrite``, and only those the tool wrote (never an input).
     on_frame : callable, optional
         Called with a :class:`~diva_numba.run.frame_loop.FrameReport` after every frame.
     progress : bool, default False
@@ -253,7 +293,8 @@ def run_transfer(
     output = Path(output)
     device = device if isinstance(device, Device) else resolve_device(device)
     work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
-    plan = _checked_plan(spec, output, work_dir, overwrite=overwrite, resume=resume)
+    keep_frames = None if keep_frames is None else Path(keep_frames)
+    plan = _checked_plan(spec, output, work_dir, keep_frames, overwrite=overwrite, resume=resume)
     total = plan.end - plan.start
     keep_hint = (
         f"the finished frames are kept in {work_dir}; fix that and run the same command "
@@ -280,7 +321,8 @@ def run_transfer(
         return work
 
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), WorkLock(work_dir):
+            remove_partials(output.parent, [output.name])
             # The fingerprint, once (it hashes the inputs): inside, so Ctrl-C stops it too.
             manifest.update(spec.manifest(plan, device))
             if spec.scale_out is None:
@@ -293,18 +335,19 @@ def run_transfer(
             try:
                 encode_video(
                     plan, spec.clip, work, output, crf=spec.params.crf,
-                    chroma=spec.params.chroma, overwrite=overwrite,
-                    keep_frames=None if keep_frames is None else Path(keep_frames),
+                    chroma=spec.params.chroma, overwrite=overwrite, keep_frames=keep_frames,
                 )  # fmt: skip
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
             flicker = _warp_error(plan, spec.clip, work)
+            shutil.rmtree(work_dir, ignore_errors=True)
     except KeyboardInterrupt:
+        if not work_dir.exists():
+            raise Interrupted("interrupted before the first frame was finished") from None
         raise Interrupted(
             f"interrupted after {counter.done} of {total} frames; the work is kept in "
             f"{work_dir}; run the same command with --resume to continue"
         ) from None
-    shutil.rmtree(work_dir, ignore_errors=True)
     return TransferResult(
         output, total, plan.width, plan.height, counter.last_profile,
         seconds=time.perf_counter() - started, frames_computed=counter.computed,
@@ -316,15 +359,21 @@ def _warp_error(plan: TransferPlan, clip: Path, work: WorkDirectory) -> WarpErro
     """Warping error of the finished frames against the clip's motion (None for one frame)."""
     if plan.end - plan.start < 2:
         return None
-    finished = (load_image(work.frame_path(index)) for index in range(plan.start, plan.end))
+    finished = (work.read_frame(index) for index in range(plan.start, plan.end))
     inputs = (frame for _, frame in read_frames(clip, start=plan.start, end=plan.end))
     return warp_error(finished, inputs)
 
 
 def _checked_plan(
-    spec: RunSpec, output: Path, work_dir: Path, *, overwrite: bool, resume: bool
+    spec: RunSpec,
+    output: Path,
+    work_dir: Path,
+    keep_frames: Path | None,
+    *,
+    overwrite: bool,
+    resume: bool,
 ) -> TransferPlan:
-    """The run's plan, once every input, the output and the work directory passed their checks.
+    """The run's plan, once every input and every output passed their checks.
 
     Raises
     ------
@@ -333,7 +382,12 @@ def _checked_plan(
     inputs = spec.inputs()
     check_target(output, overwrite=overwrite, inputs=inputs)
     refuse_inputs(work_dir, inputs)
+    check_run_paths(output, work_dir, keep_frames)
     plan = plan_transfer(spec.style, spec.clip, spec.params, start=spec.start, end=spec.end)
+    if keep_frames is not None:
+        kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
+        check_target(keep_frames, overwrite=overwrite, inputs=inputs, directory=True,
+                     members=kept)  # fmt: skip
     spec.check(plan)
     check_encoding(plan, spec.clip, output, crf=spec.params.crf, chroma=spec.params.chroma)
     if not (resume and work_dir.exists()):

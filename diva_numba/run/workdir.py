@@ -12,20 +12,37 @@ computed.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import shutil
+import socket
+import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from diva_numba.errors import InputError, OutputError, os_reason
 from diva_numba.gpu.device import to_host
-from diva_numba.outputs import AtomicFile, file_sha256, write_atomically
+from diva_numba.outputs import (
+    PARTIAL_SUFFIX,
+    AtomicFile,
+    file_sha256,
+    make_directory,
+    write_atomically,
+)
+
+log = logging.getLogger("diva_numba")
 
 WORK_FORMAT = 1
+#: The file a running run holds locked (:class:`WorkLock`).
+LOCK_NAME = "lock"
 #: Manifest entries a resumed run may change: a run started on the GPU can finish on
 #: the CPU (frames differ only by rounding; sizes and parameters are still checked).
 RESUMABLE_ANYWHERE = frozenset({"device"})
@@ -132,6 +149,9 @@ class WorkDirectory:
     def open(cls, path: Path, manifest: dict, *, resume: bool) -> WorkDirectory:
         """Create the directory, or check it against ``manifest`` when resuming.
 
+        A directory left by a run that finished no frame (it failed to start, or
+        was killed first) is started over, with or without ``resume``.
+
         Raises
         ------
         InputError
@@ -141,19 +161,21 @@ class WorkDirectory:
         """
         work = cls(path, manifest)
         manifest_file = path / "manifest.json"
-        if path.exists():
+        if _holds_work(path) and _unstarted(path):
+            log.info("work directory %s holds no finished frame; starting it over", path)
+            _clear(path)
+        if _holds_work(path):
             if not resume:
                 raise OutputError(
                     f"work directory {path} exists from an earlier run; pass --resume to "
                     "continue it, or remove it to start again"
                 )
-            try:
-                saved = json.loads(manifest_file.read_text())
-            except (OSError, ValueError):
+            saved = _read_manifest(path)
+            if saved is None:
                 raise InputError(
                     f"work directory {path} is damaged (no readable manifest.json); remove it "
                     "to start again"
-                ) from None
+                )
             differences = [
                 key
                 for key in manifest
@@ -166,7 +188,7 @@ class WorkDirectory:
                 )
             return work
         try:
-            work.frames.mkdir(parents=True)
+            work.frames.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create work directory {path}: {os_reason(exc)}") from None
         write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
@@ -176,14 +198,54 @@ class WorkDirectory:
         return self.frames / f"{index:06d}.png"
 
     def finished_frames(self, start: int, end: int) -> int:
-        """How many frames from ``start`` on are done, in order, with their state saved."""
+        """How many frames from ``start`` on are done, in order, with their state saved.
+
+        Every finished frame is read back (:meth:`read_frame`), so that a damaged
+        one is reported now rather than at the encode.
+
+        Raises
+        ------
+        InputError
+            A finished frame is missing, unreadable or of the wrong size.
+        """
         state = self.load_state()
         if state is None:
             return 0
-        done = state.index + 1 - start
+        done = min(state.index + 1 - start, end - start)
         if not all(self.frame_path(i).exists() for i in range(start, start + done)):
             raise InputError(f"work directory {self.path} is missing finished frames; remove it")
-        return min(done, end - start)
+        for index in range(start, start + done):
+            self.read_frame(index)
+        return done
+
+    def read_frame(self, index: int) -> np.ndarray:
+        """A finished frame, RGB uint8 ``(H, W, 3)`` at the run's output size.
+
+        The tool's own file: decoded at full size whatever its size (the
+        decompression guard of :func:`~diva_numba.images.load_image` is for
+        the user's images).
+
+        Raises
+        ------
+        InputError
+            The file is missing, damaged, or not of the size in the manifest.
+        """
+        path = self.frame_path(index)
+        where = f"work directory {self.path}: frame {path.name}"
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise InputError(f"{where} cannot be read ({os_reason(exc)}); remove it") from None
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if image is None:
+            raise InputError(f"{where} is damaged; remove the work directory to start again")
+        width, height = self.manifest.get("size", (image.shape[1], image.shape[0]))
+        if image.shape[:2] != (height, width):
+            raise InputError(
+                f"{where} is {image.shape[1]}x{image.shape[0]}, not {width}x{height}; remove "
+                "the work directory to start again"
+            )
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def save_state(self, state: FrameState) -> None:
         self._save_arrays("state.npz", state.to_arrays())
@@ -245,6 +307,125 @@ class WorkDirectory:
             raise InputError(
                 f"work directory {self.path}: latent_b.npz is damaged; remove it"
             ) from None
+
+
+def _holds_work(path: Path) -> bool:
+    """Whether ``path`` exists with anything in it but the lock."""
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        return True
+    return any(entry.name != LOCK_NAME for entry in path.iterdir())
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        saved = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and "format" in saved else None
+
+
+def _unstarted(path: Path) -> bool:
+    """A work directory of this tool in which no frame was finished (nothing to lose)."""
+    if not path.is_dir() or _read_manifest(path) is None:
+        return False
+    return not any(path.rglob("state.npz")) and not any(path.rglob("[0-9]*.png"))
+
+
+def _holds_finished_work(path: Path) -> bool:
+    return _holds_work(path) and not _unstarted(path)
+
+
+def _clear(path: Path) -> None:
+    """Remove everything in ``path`` but its lock."""
+    for entry in path.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+class WorkLock:
+    """One run at a time in a work directory: an exclusive lock held while the run lives.
+
+    Entering creates the directory if it is missing (:attr:`created`) and takes
+    an advisory lock (``flock``) on its ``lock`` file, which names the holder.
+    The operating system drops the lock when its process ends in any way, so a
+    lock file left by a killed run is simply taken over.
+
+    With ``wait`` a held lock is waited for instead (a chunk's worker, whose
+    predecessor from an interrupted run may still be finishing its files).
+
+    Raises
+    ------
+    OutputError
+        Another live run holds the lock (its process is named), or the
+        directory cannot be created.
+    """
+
+    def __init__(self, path: Path, *, wait: bool = False):
+        self.path = Path(path)
+        self.wait = wait
+        self.created = False
+        self._fd: int | None = None
+
+    def __enter__(self) -> WorkLock:
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"work directory {self.path} exists and is not a directory")
+        if not self.path.exists():
+            make_directory(self.path)
+            self.created = True
+        elif not any((self.path / name).exists() for name in ("manifest.json", LOCK_NAME)) and any(
+            self.path.iterdir()
+        ):
+            raise OutputError(
+                f"work directory {self.path} holds files that are not diva-numba's; choose "
+                "another --work-dir"
+            )
+        lock_file = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot lock work directory {self.path}: {os_reason(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"work directory {self.path} is in use by another run ({holder}); wait for it "
+                "to end, or write another output"
+            ) from None
+        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if previous:
+            log.info("work directory %s: taking over from a run that ended (%s)", self.path,
+                     previous)  # fmt: skip
+        holder = (
+            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}"
+        )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        self._fd = fd
+        # What the run's own process writes cannot be in progress now: temporary files
+        # left there are a killed run's. Not under chunks/: the workers of a chunked run
+        # may outlive its lock for a moment, and their files go with the directory.
+        for directory in (self.path, self.path / "frames", self.path / "anchors"):
+            for leftover in directory.glob(f".*{PARTIAL_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Release the lock; after a failure, remove a directory this run made in vain."""
+        try:
+            if exc_type is not None and self.created and not _holds_finished_work(self.path):
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class BackgroundWriter:

@@ -27,7 +27,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from diva_numba.errors import OutputError
-from diva_numba.outputs import AtomicFile
+from diva_numba.outputs import AtomicFile, check_target
 from diva_numba.video.probe import (
     _frame_rate,
     _open_input,
@@ -185,13 +185,7 @@ class VideoWriter:
                 raise ValueError(
                     f"frame_times must increase by at least {self._time_base} s per frame"
                 )
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise OutputError(f"{self.path}: directory {directory} does not exist")
-        if self.path.is_dir():
-            raise OutputError(f"{self.path} is a directory")
-        if self.path.exists() and not self.overwrite:
-            raise OutputError(f"{self.path} already exists")
+        check_target(self.path, overwrite=self.overwrite)
 
     def __enter__(self) -> VideoWriter:
         # FFmpeg creates the file itself (honouring the umask); the random name
