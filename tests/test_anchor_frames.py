@@ -49,7 +49,7 @@ def stylise(tmp_path: Path, frames: np.ndarray, tiny_model, **anchors) -> Path:
     save_image(tmp_path / "style.png", np.ascontiguousarray(style))
     params = TransferParams.for_device(
         "cpu", analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=1, patchmatch_iterations=2),
-        guided_lbfgs_iterations=1, anchors=AnchorParams(**anchors),
+        guided_lbfgs_iterations=1, anchors=AnchorParams(**{"enabled": True, **anchors}),
     )  # fmt: skip
     transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4", params,
                    device="cpu", model=tiny_model, keep_frames=tmp_path / "frames")  # fmt: skip

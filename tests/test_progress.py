@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from fractions import Fraction
 
 import cv2
@@ -136,8 +135,7 @@ def test_transfer_reports_stages_then_a_summary_and_json(clip, tmp_path, tiny_mo
     stderr = result.stderr
     assert "\r" not in stderr
     assert "transfer: frame 0, full analogy, level 5: patchmatch" in stderr
-    # Anchor frames: frame 3 is carried from its anchor or is one.
-    assert re.search(r"transfer: frame 3 \((carried|anchor)\)", stderr), stderr
+    assert "transfer: frame 3 (seeded)" in stderr
     assert "diva-numba: done in " in stderr and f"{out} (64 x 48, 4 frames)" in stderr
     assert "preview: " in stderr and "flicker: warping error" in stderr
 
