@@ -71,33 +71,44 @@ def test_existing_output_is_refused(clip, tmp_path, tiny_model):
     assert out.read_bytes() == b"precious"
 
 
-def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, monkeypatch):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--anchors"],  # anchor frames by coverage: frame 0 the anchor of the rest
+        ["--anchors", "--anchor-spacing", "2"],  # anchors 0, 2, 4: frame 3 resumes from 2's state
+        [],  # the default: every frame seeded from the one before
+    ],
+)
+def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, monkeypatch, mode):
     path, style = clip
     whole = tmp_path / "whole"
     assert run([str(style), str(path), "-o", str(tmp_path / "a.mp4"), "--keep-frames",
-                str(whole)], tiny_model).exit_code == 0  # fmt: skip
+                str(whole), *mode], tiny_model).exit_code == 0  # fmt: skip
 
-    real_analogy = frame_loop.analogy
+    real_synthesize = frame_loop.synthesize
     calls = []
 
-    def dying_analogy(*args, **kwargs):
+    def dying_synthesize(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_analogy(*args, **kwargs)
+        return real_synthesize(*args, **kwargs)
 
     out = tmp_path / "b.mp4"
-    monkeypatch.setattr(frame_loop, "analogy", dying_analogy)
-    result = run([str(style), str(path), "-o", str(out)], tiny_model)
+    monkeypatch.setattr(frame_loop, "synthesize", dying_synthesize)
+    result = run([str(style), str(path), "-o", str(out), *mode], tiny_model)
     assert result.exit_code == 130
     assert "--resume" in result.output and "3 of 6" in result.output
     assert not out.exists()
-    assert (tmp_path / "b.mp4.work").is_dir()
+    work = tmp_path / "b.mp4.work"
+    assert work.is_dir()
+    anchors = sorted(p.name for p in (work / "anchors").glob("*.npz"))
+    assert anchors == {1: ["000000.npz"], 3: ["000002.npz"], 0: []}[len(mode)]
 
-    monkeypatch.setattr(frame_loop, "analogy", real_analogy)
+    monkeypatch.setattr(frame_loop, "synthesize", real_synthesize)
     resumed = tmp_path / "resumed"
     result = run([str(style), str(path), "-o", str(out), "--resume", "--keep-frames",
-                  str(resumed)], tiny_model)  # fmt: skip
+                  str(resumed), *mode], tiny_model)  # fmt: skip
     assert result.exit_code == 0, result.output
     for index in range(6):
         np.testing.assert_array_equal(

@@ -135,12 +135,18 @@ def bench_video(args) -> None:
     # the analogy, the synthesis and whatever the background writer takes from them.
     walls = np.diff(stamps[:-1])
     synthesis = [report.profile.total("synthesis") for report in reports]
-    print(f"{'frame':>5} {'wall s':>7} {'synthesis s':>11} {'share':>6}")
+    print(f"{'frame':>5} {'wall s':>7} {'synthesis s':>11} {'share':>6}  kind")
     for report, wall, synth in zip(reports, walls, synthesis, strict=True):
-        print(f"{report.index:>5} {wall:7.2f} {synth:11.3f} {synth / wall:6.0%}")
-    later_wall, later_synth = float(np.mean(walls[1:])), float(np.mean(synthesis[1:]))
+        print(f"{report.index:>5} {wall:7.2f} {synth:11.3f} {synth / wall:6.0%}  {report.kind}")
+    # Later frames: neither frame 0 nor an anchor frame (each runs the deep analogy).
+    later = [i for i, report in enumerate(reports) if i and report.kind != "anchor"]
+    later_wall, later_synth = (
+        float(np.mean(walls[later])),
+        float(np.mean(np.take(synthesis, later))),
+    )
     print(f"later frames: {later_wall:.2f} s/frame, synthesis {later_synth:.3f} s "
-          f"({later_synth / later_wall:.0%}); frame 0 {walls[0]:.1f} s; "
+          f"({later_synth / later_wall:.0%}); frame 0 {walls[0]:.1f} s; anchors "
+          f"{len(reports) - 1 - len(later)}; all frames {float(np.mean(walls)):.2f} s/frame; "
           f"whole run {stamps[-1] - stamps[0]:.1f} s for {len(reports)} frames")  # fmt: skip
     print("last frame's stages:")
     print(reports[-1].profile.table())

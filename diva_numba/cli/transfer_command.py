@@ -28,6 +28,7 @@ from diva_numba.cli.stylise_command import (
 )
 from diva_numba.finishing.keyframes import Keyframe, parse_key
 from diva_numba.neural_style.params import NEURAL_WORK_SIZE_BY_DEVICE
+from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.run.progress import clock
 from diva_numba.run.scale_out import ScaleOut
 from diva_numba.run.transfer import GUIDED_LBFGS_BY_DEVICE, WORK_SIZE_BY_DEVICE, TransferParams
@@ -93,6 +94,29 @@ PREVIEW_ROWS = 4
     show_default=True,
     help="Weight of the previous output, moved along the flow, as a guide of the "
     "synthesis; 0 turns it off.",
+)
+@click.option(
+    "--anchors/--no-anchors",
+    default=default_of(AnchorParams, "enabled"),
+    show_default=True,
+    help="Run the deep analogy on anchor frames only (shot starts, frames the last anchor "
+    "no longer covers, at most --anchor-spacing apart) and carry the other frames from "
+    "their anchor; --no-anchors seeds every frame from the one before.",
+)
+@click.option(
+    "--anchor-coverage",
+    type=click.FloatRange(0.0, 1.0),
+    default=default_of(AnchorParams, "min_coverage"),
+    show_default=True,
+    help="A frame becomes an anchor when the last anchor reliably covers less than this "
+    "share of it.",
+)
+@click.option(
+    "--anchor-spacing",
+    type=click.IntRange(1),
+    default=default_of(AnchorParams, "max_spacing"),
+    show_default=True,
+    help="At most this many frames from one anchor frame to the next.",
 )
 @click.option(
     "--independent",
@@ -320,6 +344,11 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
         "guided_patchmatch_iterations": options["guided_iters"],
         "temporal_weight": options["temporal_weight"],
         "independent": options["independent"],
+        "anchors": AnchorParams(
+            enabled=options["anchors"],
+            min_coverage=options["anchor_coverage"],
+            max_spacing=options["anchor_spacing"],
+        ),
         "crf": options["crf"],
         "chroma": options["chroma"],
         "preserve_colour": options["preserve_colour"],

@@ -178,27 +178,7 @@ class KeyframeSet:
         if index == key:
             zero = np.zeros((*frame.shape[:2], 2), np.float32)
             return Propagation(key, zero, zero, np.ones(frame.shape[:2], np.float32))
-        to_init = from_init = None
-        if step is not None and previous is not None:
-            to_neighbour, from_neighbour = step
-            to_init = compose(to_neighbour, previous.to_key)
-            from_init = compose(previous.from_key, from_neighbour)
-        anchor = self.frames[key]
-        to_key = _dis(frame, anchor, to_init, self.params.flow_preset)
-        from_key = _dis(anchor, frame, from_init, self.params.flow_preset)
-        reliability = self._reliability(frame, anchor, to_key, from_key)
-        return Propagation(key, to_key, from_key, reliability)
-
-    def _reliability(self, frame, anchor, to_key, from_key) -> np.ndarray:
-        consistent = 1.0 - occlusion_mask(from_key, to_key).astype(np.float32)
-        warped = warp_image(anchor.astype(np.float32), to_key)
-        difference = np.abs(frame.astype(np.float32) - warped).mean(axis=2)
-        agreement = np.exp(-((difference / self.params.colour_sigma) ** 2))
-        reliability = consistent * agreement
-        sigma = self.params.reliability_blur
-        if sigma > 0:
-            reliability = cv2.GaussianBlur(reliability, (0, 0), sigma)
-        return reliability.astype(np.float32)
+        return propagate(self.frames[key], key, frame, step, previous, self.params)
 
     def combine(self, index: int, propagations: list[Propagation]):
         """The keyframes' picture of frame ``index`` and how much of it they cover.
@@ -232,6 +212,51 @@ class KeyframeSet:
     def needs_analogy(self, coverage: np.ndarray) -> bool:
         """Whether enough of the frame is new content for the deep analogy to run."""
         return float(np.mean(coverage < 0.5)) > self.params.new_content_share
+
+
+def propagate(anchor: np.ndarray, key: int, frame: np.ndarray, step: tuple | None, previous,
+              params: KeyframeParams) -> Propagation:  # fmt: skip
+    """Frame ``key`` (``anchor``) carried into ``frame``: chained, then re-anchored on it.
+
+    The flow from ``frame`` to ``anchor`` starts from the neighbour's
+    (``previous``) composed with the ``step`` between the two frames, and DIS
+    refines it directly against ``anchor``: the chain reaches large motion, the
+    re-anchoring keeps its errors from adding up. Keyframes and the anchor frames of
+    an analogy (:mod:`diva_numba.run.anchor_frames`) are carried alike.
+
+    Parameters
+    ----------
+    anchor : uint8 array (H, W, 3)
+        Frame ``key`` at the working size.
+    key : int
+    frame : uint8 array (H, W, 3)
+        The frame to carry it into, at the working size.
+    step : (to_neighbour, from_neighbour) or None
+        Flows between ``frame`` and the neighbour ``previous`` was made for.
+    previous : Propagation or None
+    params : KeyframeParams
+        The flows' preset and the reliability's scales.
+    """
+    to_init = from_init = None
+    if step is not None and previous is not None:
+        to_neighbour, from_neighbour = step
+        to_init = compose(to_neighbour, previous.to_key)
+        from_init = compose(previous.from_key, from_neighbour)
+    to_key = _dis(frame, anchor, to_init, params.flow_preset)
+    from_key = _dis(anchor, frame, from_init, params.flow_preset)
+    return Propagation(key, to_key, from_key, reliability(frame, anchor, to_key, from_key, params))
+
+
+def reliability(frame, anchor, to_key, from_key, params: KeyframeParams) -> np.ndarray:
+    """float32 (H, W) in [0, 1]: flow consistency times colour agreement, blurred."""
+    consistent = 1.0 - occlusion_mask(from_key, to_key).astype(np.float32)
+    warped = warp_image(anchor.astype(np.float32), to_key)
+    difference = np.abs(frame.astype(np.float32) - warped).mean(axis=2)
+    agreement = np.exp(-((difference / params.colour_sigma) ** 2))
+    trusted = consistent * agreement
+    if params.reliability_blur > 0:
+        trusted = cv2.GaussianBlur(trusted, (0, 0), params.reliability_blur)
+    return trusted.astype(np.float32)
 
 
 def propagate_all(keys: KeyframeSet, frames: np.ndarray, first: int, start: int, end: int, store):
@@ -386,6 +411,8 @@ __all__ = [
     "Propagation",
     "composite_keys",
     "parse_key",
+    "propagate",
+    "reliability",
     "step_flows",
 ]
 

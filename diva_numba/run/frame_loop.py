@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from diva_numba.finishing.finisher import Finisher
@@ -46,15 +45,21 @@ from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analo
 from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
-from diva_numba.run import anchors
+from diva_numba.run import anchor_frames, anchors
+from diva_numba.run.anchor_frames import (
+    carried_work_field,
+    covered_share,
+    needs_anchor,
+    step_guide,
+)
 from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
 from diva_numba.run.progress import FrameKind
 from diva_numba.run.spec import RunSpec
 from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
-from diva_numba.synthesis.pyramid import ExemplarCache, TemporalGuide, synthesize
+from diva_numba.synthesis.pyramid import ExemplarCache, synthesize
 from diva_numba.video import read_frames
-from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.flow import flow_pair, occlusion_mask
 from diva_numba.video.shots import shot_distance
 
 
@@ -74,9 +79,11 @@ class FrameReport:
         The frame and its stylised output, at the output size.
     profile : Profile
         Time per stage and level of this frame's analogy.
-    kind : {"full", "seeded", "keyframes"}
+    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
         How the frame was made: a full analogy, seeded from the previous frame,
-        or from the keyframes alone (:data:`~diva_numba.run.progress.FrameKind`).
+        an anchor frame seeded from the previous anchor, carried from its anchor
+        frame (no analogy), or from the keyframes alone
+        (:data:`~diva_numba.run.progress.FrameKind`).
     """
 
     index: int
@@ -159,8 +166,11 @@ class FrameOutcome:
         Time per stage of its analogy (None when keyframes covered it).
     latent_b : dict or None
         B's latent features when this frame made them afresh (saved with it).
-    kind : {"full", "seeded", "keyframes"}
+    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
         How it was made.
+    anchor : bool
+        The frame is an anchor frame (its whole state is saved for the frames
+        carried from it).
     """
 
     state: FrameState
@@ -168,16 +178,19 @@ class FrameOutcome:
     profile: Profile | None = None
     latent_b: dict | None = None
     kind: FrameKind = "keyframes"
+    anchor: bool = False
 
 
 class FrameLoop:
-    """The frames of one run, by kind: covered by keyframes, a cold start, or seeded.
+    """The frames of one run, by kind: covered by keyframes, a cold start, seeded, an anchor
+    frame or carried from one.
 
     Holds what is fixed for the run (model, parameters, plan, finishing, the
     style image's features) and what one frame hands the next (its
     :class:`FrameState` and B's latent features). :meth:`frame` tells the
-    kinds apart; :meth:`covered`, :meth:`cold_start` and :meth:`seeded` each
-    make one kind and return its :class:`FrameOutcome`.
+    kinds apart; :meth:`covered`, :meth:`cold_start`, :meth:`seeded` (an anchor
+    frame too) and :meth:`carried` each make one kind and return its
+    :class:`FrameOutcome`.
 
     Parameters
     ----------
@@ -219,10 +232,25 @@ class FrameLoop:
         self.exemplar_cache = ExemplarCache()
         self.state: FrameState | None = None
         self.latent_b: dict | None = None
+        # Anchor frames (docs/DESIGN.md section 3) carry frames along the temporal guide;
+        # painted keyframes, where given, do that job instead.
+        self.anchoring = (
+            params.anchors.enabled
+            and not params.independent
+            and params.temporal_weight > 0
+            and (finisher is None or finisher.keys is None)
+        )
+        self.anchor: FrameState | None = None
 
     def resume(self, work: WorkDirectory) -> None:
         """Continue from the last finished frame's state in ``work``."""
         self.state = _state_on_device(work.load_state(), self.device)
+        if self.anchoring and self.state.anchor_frame >= 0:
+            self.anchor = (
+                self.state
+                if self.state.anchor_frame == self.state.index
+                else _state_on_device(work.load_anchor(self.state.anchor_frame), self.device)
+            )
         latent_b = work.load_latent_b()
         if latent_b is not None:
             # Level 0, B's pixels, guides the synthesis on the host.
@@ -242,14 +270,65 @@ class FrameLoop:
             or cut
             or (params.refresh_b_every and (index - self.plan.start) % params.refresh_b_every == 0)
         )
+        anchored = self.anchoring and self.anchor is not None
         if self.finisher is not None and not self.finisher.needs_analogy(index):
             outcome = self.covered(index, frame, work_frame)
-        elif state is None or not state.fields_ab or params.independent or cut:
+        elif state is None or params.independent or cut or not (anchored or state.fields_ab):
             outcome = self.cold_start(index, frame, work_frame)
+        elif anchored:
+            outcome = self.from_anchor(index, frame, work_frame, refresh_b=bool(refresh_b))
         else:
             outcome = self.seeded(index, frame, work_frame, refresh_b=bool(refresh_b))
+        if self.anchoring and outcome.profile is not None and outcome.state.fields_ab:
+            outcome.state.anchor_frame = index
+            outcome.anchor = True
+            self.anchor = outcome.state
         self.state = outcome.state
         return outcome
+
+    def from_anchor(
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
+    ) -> FrameOutcome:
+        """A frame of an analogy with anchor frames: a new anchor, or carried from the last.
+
+        Either way its synthesis is guided by the anchor's output where the anchor
+        covers it and by the previous frame's elsewhere
+        (:func:`~diva_numba.run.anchor_frames.follow_anchor`).
+        """
+        params = self.params
+        profile = self._profile(index, "carried")
+        carried, covered, temporal = anchor_frames.follow_anchor(
+            self.anchor, self.state, work_frame, params, self.plan.style_full.shape[:2],
+            self.device, profile,
+        )  # fmt: skip
+        if needs_anchor(index, self.anchor.index, covered_share(covered, params.anchors),
+                        params.anchors):  # fmt: skip
+            flows = (carried.from_key, carried.to_key)
+            return self.seeded(index, frame, work_frame, refresh_b=refresh_b, base=self.anchor,
+                               flows=flows, temporal=temporal)  # fmt: skip
+        return self.carried(index, frame, work_frame, carried, temporal, profile)
+
+    def carried(self, index: int, frame: np.ndarray, work_frame: np.ndarray, carried, temporal,
+                profile: Profile) -> FrameOutcome:  # fmt: skip
+        """A frame carried from its anchor: the anchor's output field moved along the flow to the
+        anchor's frame, the style image searched only where no earlier output vouches."""
+        anchor = self.anchor
+        with profile.stage("synthesis"):
+            work_field = carried_work_field(
+                anchor, carried.to_key, self.plan.style.shape[:2], self.device
+            )
+            synthesized = synthesize(
+                frame, self.plan.style_full, work_field, self.latent_b[0],
+                exemplar_work_shape=self.plan.style.shape[:2], device=self.device,
+                params=self.seeded_synthesis, temporal=temporal, cache=self.exemplar_cache,
+            )  # fmt: skip
+        state = FrameState(
+            index, work_frame, synthesized.image, {}, {}, output_field=synthesized.field,
+            anchor_frame=anchor.index, anchor_frame_flows=(carried.to_key, carried.from_key),
+        )  # fmt: skip
+        output = synthesized.image
+        finished = output if self.finisher is None else self.finisher(index, frame, output)
+        return FrameOutcome(state, finished, profile, kind="carried")
 
     def covered(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A frame the keyframes cover: no analogy; its state stays the last analogy's."""
@@ -274,11 +353,17 @@ class FrameLoop:
         )
 
     def seeded(
-        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool
-    ) -> FrameOutcome:
-        """A frame seeded from the previous one along the optical flow (section 3)."""
-        state, params = self.state, self.params
-        forward, backward = flow_pair(state.input_frame, work_frame, preset=params.flow_preset)
+        self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,
+        base: FrameState | None = None, flows: tuple | None = None, temporal=None,
+    ) -> FrameOutcome:  # fmt: skip
+        """A frame seeded along the optical flow (section 3) from the previous one, or from
+        ``base`` (an anchor frame) along ``flows`` (from it, to it) with the synthesis'
+        guide ``temporal``."""
+        state, params = base or self.state, self.params
+        kind = "seeded" if base is None else "anchor"
+        forward, backward = flows or flow_pair(
+            state.input_frame, work_frame, preset=params.flow_preset
+        )
         occluded = occlusion_mask(forward, backward)
         followed = {
             lv: anchors.follow(state.anchor(lv), backward, occluded) for lv in state.deconv_ab
@@ -291,13 +376,14 @@ class FrameLoop:
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
-            profile=self._profile(index, "seeded"),
+            profile=self._profile(index, kind),
         )  # fmt: skip
-        # The guide is made at the output size: part of the full-resolution stage.
-        with result.profile.stage("synthesis"):
-            temporal = _temporal_guide(
-                state, backward, occluded, params, self.plan.style_full.shape[:2]
-            )
+        if temporal is None:
+            # The guide is made at the output size: part of the full-resolution stage.
+            with result.profile.stage("synthesis"):
+                temporal = step_guide(
+                    state, backward, occluded, params, self.plan.style_full.shape[:2]
+                )
         solutions, state_anchors = anchors.settle(
             followed, warm_start, state.deconv_ab, result.deconvolutions
         )
@@ -305,7 +391,7 @@ class FrameLoop:
             self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
             index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
-            temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind="seeded",
+            temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind=kind,
         )  # fmt: skip
 
     def _profile(self, index: int, kind: FrameKind) -> Profile:
@@ -366,7 +452,8 @@ def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
     """Host copies of a frame's results (one transfer), and the job that writes them.
 
     The files are written in this order, each atomically: the frame, B's latent
-    features when refreshed, the state. The state names the last finished frame,
+    features when refreshed, an anchor frame's state, the state (then the older
+    anchors go). The state names the last finished frame,
     so whenever a run stops, every frame it names is on disk with what the next
     frame needs.
     """
@@ -389,7 +476,11 @@ def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
         save_image(work.frame_path(state.index), output)
         if host_latent_b is not None:
             work.save_latent_b(host_latent_b)
+        if outcome.anchor:
+            work.save_anchor(host_state)
         work.save_state(host_state)
+        if outcome.anchor:
+            work.drop_anchors_but(state.index)
 
     return write
 
@@ -426,30 +517,3 @@ def _warm_start(state: FrameState, backward: np.ndarray, followed: dict, occlude
     for slot, level in enumerate(levels, start=1):
         warm_start.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
     return warm_start
-
-
-def _temporal_guide(
-    state: FrameState, backward: np.ndarray, occluded: np.ndarray, params, exemplar_shape
-) -> TemporalGuide | None:
-    """Guide (c) of the synthesis: the previous output and its field moved into this frame.
-
-    The flow and the occlusion mask come from the working size: a DIS flow at
-    the output size costs far more and moves the guide by less than a pixel.
-    The previous output's field (into the exemplar at its own size) moves with
-    its content (:func:`~diva_numba.kernels.nnf_resample.pull_field`, on the
-    field's device) and seeds the synthesis where the flow is trusted.
-    """
-    if params.temporal_weight == 0:
-        return None
-    previous_output = state.output_frame
-    height, width = previous_output.shape[:2]
-    scale = np.array([width / backward.shape[1], height / backward.shape[0]], np.float32)
-    flow = cv2.resize(backward, (width, height), interpolation=cv2.INTER_LINEAR) * scale
-    reliable = 1.0 - occluded.astype(np.float32)
-    reliability = cv2.resize(reliable, (width, height), interpolation=cv2.INTER_LINEAR)
-    field = None
-    if state.output_field is not None:
-        field, _ = pull_field(state.output_field, flow, source_shape=exemplar_shape)
-    return TemporalGuide(
-        warp_image(previous_output, flow), reliability, params.temporal_weight, field
-    )

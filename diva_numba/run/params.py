@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from diva_numba.finishing.keyframes import KeyframeParams
 from diva_numba.gpu.device import Device, device_kind
 from diva_numba.image_analogy.params import AnalogyParams
+from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.synthesis.alignment import AlignmentParams
 from diva_numba.synthesis.pyramid import SynthesisParams
 from diva_numba.video.shots import CutDetection
@@ -83,6 +84,11 @@ class TransferParams:
         previous output moved along the flow, at pixels the flow trusts; 0
         turns it off. Output pixels are always copied from the style image,
         never from earlier outputs.
+    anchors : AnchorParams
+        Anchor frames (:mod:`diva_numba.run.anchor_frames`): the deep analogy runs
+        on a shot's first frame and wherever the last anchor no longer covers
+        the frame, and the other frames are carried from their anchor along a
+        flow re-anchored on it, never chained from frame to frame.
     refresh_b_every : int
         Recompute B's latent features every this many frames (0: only on the
         first frame).
@@ -122,6 +128,7 @@ class TransferParams:
     deconvolve_new_only: bool = True
     cuts: CutDetection = field(default_factory=CutDetection)
     temporal_weight: float = 1.0
+    anchors: AnchorParams = field(default_factory=AnchorParams)
     refresh_b_every: int = 0
     independent: bool = False
     flow_preset: str = "medium"

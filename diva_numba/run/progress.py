@@ -24,9 +24,10 @@ from collections import deque
 from typing import Literal, TextIO
 
 #: How a frame was made (:attr:`~diva_numba.run.frame_loop.FrameReport.kind`): a full analogy, an
-#: analogy seeded from the previous frame, or from the keyframes alone. Stages of the
+#: analogy seeded from the previous frame, an anchor frame (seeded from the previous
+#: anchor), carried from its anchor, or from the keyframes alone. Stages of the
 #: run before its frames (the keyframes' propagation) come as ``"prepare"``.
-FrameKind = Literal["full", "seeded", "keyframes", "prepare"]
+FrameKind = Literal["full", "seeded", "anchor", "carried", "keyframes", "prepare"]
 
 #: How progress is shown: a bar redrawn in place, one line per event, or not at all.
 Mode = Literal["bar", "lines", "off"]

@@ -63,6 +63,13 @@ class FrameState:
     come into the picture). A level missing from both is anchored on frame t.
     ``output_field`` is the synthesis' field of frame t's output (into the style
     image at its own size), which seeds frame t+1's.
+
+    With anchor frames (:mod:`diva_numba.run.anchor_frames`), ``anchor_frame`` is
+    the index of the anchor frame t was made from (t itself on an anchor; -1
+    without anchors) and ``anchor_frame_flows`` frame t's flows ``(to the anchor,
+    from the anchor)``, from which frame t+1's are chained. A frame carried from
+    its anchor holds no fields or solutions: the next anchor starts from its
+    anchor's, saved apart (:meth:`WorkDirectory.save_anchor`).
     """
 
     index: int
@@ -73,6 +80,8 @@ class FrameState:
     anchor_flows: dict[int, np.ndarray] = field(default_factory=dict)
     anchor_new: dict[int, np.ndarray] = field(default_factory=dict)
     output_field: object | None = None
+    anchor_frame: int = -1
+    anchor_frame_flows: tuple[np.ndarray, np.ndarray] | None = None
 
     def anchor(self, level: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(anchor flow, new pixels)`` of ``level``'s solution; None if anchored here."""
@@ -92,6 +101,9 @@ class FrameState:
         arrays.update({f"anchor_new_{lv}": v for lv, v in self.anchor_new.items()})
         if self.output_field is not None:
             arrays["output_field"] = to_host(self.output_field)
+        arrays["anchor_frame"] = np.asarray(self.anchor_frame)
+        if self.anchor_frame_flows is not None:
+            arrays["anchor_frame_to"], arrays["anchor_frame_from"] = self.anchor_frame_flows
         return arrays
 
     @classmethod
@@ -110,6 +122,10 @@ class FrameState:
             anchor_flows=levels("anchor_flow_"),
             anchor_new=levels("anchor_new_"),
             output_field=arrays.get("output_field"),
+            anchor_frame=int(arrays.get("anchor_frame", -1)),
+            anchor_frame_flows=(arrays["anchor_frame_to"], arrays["anchor_frame_from"])
+            if "anchor_frame_to" in arrays
+            else None,
         )
 
 
@@ -235,16 +251,43 @@ class WorkDirectory:
         self._save_arrays("state.npz", state.to_arrays())
 
     def load_state(self) -> FrameState | None:
-        path = self.path / "state.npz"
+        return self._load_state("state.npz")
+
+    def save_anchor(self, state: FrameState) -> None:
+        """Keep an anchor frame's whole state (``anchors/NNNNNN.npz``) for the frames after it."""
+        (self.path / "anchors").mkdir(exist_ok=True)
+        self._save_arrays(f"anchors/{state.index:06d}.npz", state.to_arrays())
+
+    def load_anchor(self, index: int) -> FrameState:
+        """The saved state of anchor frame ``index``.
+
+        Raises
+        ------
+        InputError
+            It is missing or damaged.
+        """
+        state = self._load_state(f"anchors/{index:06d}.npz")
+        if state is None:
+            raise InputError(
+                f"work directory {self.path}: anchor frame {index} is missing; remove it"
+            )
+        return state
+
+    def drop_anchors_but(self, index: int) -> None:
+        """Delete the saved anchor frames other than ``index`` (the one in use)."""
+        for path in sorted((self.path / "anchors").glob("*.npz")):
+            if path.name != f"{index:06d}.npz":
+                path.unlink(missing_ok=True)
+
+    def _load_state(self, name: str) -> FrameState | None:
+        path = self.path / name
         if not path.exists():
             return None
         try:
             with open(path, "rb") as handle, np.load(handle) as arrays:
                 return FrameState.from_arrays({key: arrays[key] for key in arrays.files})
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            raise InputError(
-                f"work directory {self.path}: state.npz is damaged; remove it"
-            ) from None
+            raise InputError(f"work directory {self.path}: {name} is damaged; remove it") from None
 
     def save_latent_b(self, latent_b: dict[int, object]) -> None:
         self._save_arrays("latent_b.npz", {f"level_{lv}": to_host(v) for lv, v in latent_b.items()})
@@ -369,7 +412,7 @@ class WorkLock:
         # What the run's own process writes cannot be in progress now: temporary files
         # left there are a killed run's. Not under chunks/: the workers of a chunked run
         # may outlive its lock for a moment, and their files go with the directory.
-        for directory in (self.path, self.path / "frames"):
+        for directory in (self.path, self.path / "frames", self.path / "anchors"):
             for leftover in directory.glob(f".*{PARTIAL_SUFFIX}"):
                 leftover.unlink(missing_ok=True)
         return self

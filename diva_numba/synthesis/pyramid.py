@@ -135,6 +135,12 @@ class SynthesisParams:
         Largest size ratio between two scales.
     seed : int
         Seeds the random search.
+    vote_patch_size : int or None
+        Patch side of the last scale's vote, which makes the output's pixels:
+        None votes with the scale's own patch (each pixel the mean of what the
+        patches covering it point to); 1 copies each pixel's own match from the
+        exemplar, so that where neighbouring matches disagree their pixels are
+        not averaged into a wash of the painting's strokes.
     alignment : AlignmentParams
         The appearance alignment (``rounds=0`` turns it off). On by default:
         on a painted, deformed copy of a photo (451 x 300, working size 224)
@@ -160,6 +166,7 @@ class SynthesisParams:
     prior: FieldPriorParams = field(default_factory=FieldPriorParams)
     max_step: float = 2.0
     seed: int = 0
+    vote_patch_size: int | None = None
     alignment: AlignmentParams = field(default_factory=AlignmentParams)
 
     def __post_init__(self):
@@ -173,6 +180,8 @@ class SynthesisParams:
             raise ValueError("max_step must be above 1")
         if self.prior_period <= 0:
             raise ValueError("prior_period must be positive")
+        if self.vote_patch_size is not None and self.vote_patch_size not in (1, 3, 5):
+            raise ValueError("vote_patch_size must be None, 1, 3 or 5")
 
 
 @dataclass
@@ -323,7 +332,7 @@ def synthesize(
             field_k = search_scale(images, field_k, prior, searched=searched, params=params,
                                    search=search, cache=cache)  # fmt: skip
             positions = field_k.astype(xp.float32)
-    image = _pixels(vote(images.exemplar, field_k, patch_size=patch))
+    image = _pixels(vote(images.exemplar, field_k, patch_size=params.vote_patch_size or patch))
     return Synthesis(image=image, field=field_k, scales=sizes)
 
 

@@ -1,0 +1,242 @@
+"""Anchor frames: the deep analogy on a few frames of a shot, the others carried from them.
+
+A video analogy drifts and washes the painting out when every frame inherits
+from the one before it: each step rounds the carried field by up to a pixel
+and its errors add up. As artists' tools do (EbSynth; Jamriska et al.,
+*Stylizing Video by Example*, 2019), the deep analogy runs only on *anchor
+frames*, and every other frame is made from its anchor as a painted keyframe
+is (docs/DESIGN.md section 3):
+
+* an anchor is a shot's first frame, a frame of which the last anchor reliably
+  covers less than ``min_coverage``, or the frame ``max_spacing`` frames after
+  the last anchor (:func:`needs_anchor`). It runs the seeded analogy warm-started
+  from the previous anchor's state carried to it along the flow between the two
+  (its fields, deconvolution solutions and output field), and its synthesis is
+  guided by the previous anchor's output;
+* every other frame carries its anchor's output *field* (into the style image)
+  along a flow re-anchored on the anchor's own frame
+  (:func:`diva_numba.finishing.keyframes.propagate`: the flow chained from the
+  previous frame's, then refined by DIS directly against the anchor), never
+  chained from frame to frame, and the synthesis copies the style image's
+  pixels through it where the flow is reliable; it searches the style image,
+  guided by the analogy's latent image, only where the anchor does not cover.
+  Output pixels are always the style image's, never a resampled earlier output.
+
+An anchor's state is the run's state for ``--resume``
+(:meth:`diva_numba.run.workdir.WorkDirectory.save_anchor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from diva_numba.finishing.keyframes import KeyframeParams, Propagation, propagate, step_flows
+from diva_numba.gpu.device import array_module, to_device
+from diva_numba.kernels.nnf_resample import pull_field
+from diva_numba.models import vgg
+from diva_numba.run.workdir import FrameState
+from diva_numba.synthesis.temporal_guide import TemporalGuide
+from diva_numba.video.flow import occlusion_mask, warp_image
+
+
+@dataclass(frozen=True)
+class AnchorParams:
+    """When a video analogy makes an anchor frame.
+
+    Attributes
+    ----------
+    enabled : bool
+        Run the deep analogy on anchor frames only and carry the others from
+        them; False (the default) seeds every frame from the one before. Off by
+        default because, measured on real footage, carried frames flicker more
+        than seeded ones (Big Buck Bunny warping error 1.36 against 1.11, the
+        input's own 0.92; BENCHMARKS.md "Anchor frames and texture"). Anchors
+        need the temporal guide (``temporal_weight > 0``) and stand aside where
+        painted keyframes are given.
+    min_coverage : float
+        A frame becomes an anchor when less than this share of its pixels is
+        reliably covered (reliability at least ``covered_from``) by the last
+        anchor.
+    covered_from : float
+        Reliability (flow consistency times colour agreement,
+        :func:`diva_numba.finishing.keyframes.reliability`) from which a pixel
+        counts as covered.
+    max_spacing : int
+        At most this many frames from one anchor to the next, however well the
+        last one covers.
+    """
+
+    enabled: bool = False
+    min_coverage: float = 0.85
+    covered_from: float = 0.5
+    max_spacing: int = 24
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_coverage <= 1.0 or not 0.0 <= self.covered_from <= 1.0:
+            raise ValueError("min_coverage and covered_from must be in [0, 1]")
+        if self.max_spacing < 1:
+            raise ValueError("max_spacing must be at least 1")
+
+
+def covered_share(reliability: np.ndarray, params: AnchorParams) -> float:
+    """Share of a frame's pixels its anchor covers reliably."""
+    return float(np.mean(reliability >= params.covered_from))
+
+
+def needs_anchor(index: int, anchor: int, coverage: float, params: AnchorParams) -> bool:
+    """Whether frame ``index``, covered ``coverage`` by anchor frame ``anchor``, is an anchor.
+
+    Shot starts are anchors too; the frame loop makes them cold starts.
+    """
+    return index - anchor >= params.max_spacing or coverage < params.min_coverage
+
+
+def carry_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarray, step,
+                 params: KeyframeParams) -> Propagation:  # fmt: skip
+    """The anchor frame carried into ``work_frame``, the frame after ``previous``.
+
+    The flow to the anchor starts from the previous frame's, composed with the
+    ``step`` between the two frames (flows to the previous frame and from it:
+    :func:`~diva_numba.finishing.keyframes.step_flows`), and is refined directly
+    against the anchor's frame, as a keyframe's propagation is.
+    """
+    if previous.index == anchor.index or previous.anchor_frame_flows is None:
+        zero = np.zeros((*work_frame.shape[:2], 2), np.float32)
+        before = Propagation(anchor.index, zero, zero, None)
+    else:
+        before = Propagation(anchor.index, *previous.anchor_frame_flows, None)
+    return propagate(anchor.input_frame, anchor.index, work_frame, step, before, params)
+
+
+def carried_work_field(anchor: FrameState, to_anchor: np.ndarray, style_work_shape, device):
+    """The anchor's working-size field ``phi_ab`` moved into the frame (on ``device``).
+
+    It starts the synthesis' working scale; where the anchor covers, the
+    anchor's output field replaces it at every scale.
+    """
+    field, _ = pull_field(
+        anchor.fields_ab[1],
+        to_device(to_anchor, device),
+        source_shape=vgg.level_shape(*style_work_shape, 1),
+    )
+    return field
+
+
+def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability: np.ndarray,
+                weight: float, exemplar_shape: tuple[int, int]) -> TemporalGuide:  # fmt: skip
+    """Guide (c) of the synthesis: an earlier output and its field moved into a frame.
+
+    Parameters
+    ----------
+    output : uint8 array (H, W, 3)
+        The earlier frame's output, at the output size.
+    output_field : int32 array (H, W, 2) or None
+        Its synthesis field into the exemplar at ``exemplar_shape`` (host or
+        device); None carries no field.
+    flow : float32 array (h, w, 2)
+        ``(dx, dy)`` from the frame to the earlier one, at the working size.
+    reliability : float32 array (h, w)
+        In [0, 1], at the working size.
+    weight : float
+    exemplar_shape : (int, int)
+
+    The flow and the reliability are brought to the output size bilinearly: a
+    DIS flow at the output size costs far more and moves the guide by less than
+    a pixel. Where it is trusted the moved field seeds every scale of the
+    synthesis (:mod:`diva_numba.synthesis.temporal_guide`).
+    """
+    height, width = output.shape[:2]
+    scale = np.array([width / flow.shape[1], height / flow.shape[0]], np.float32)
+    moved = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) * scale
+    trusted = cv2.resize(reliability, (width, height), interpolation=cv2.INTER_LINEAR)
+    field = None
+    if output_field is not None:
+        field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
+    return TemporalGuide(warp_image(output, moved), trusted, weight, field)
+
+
+def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device) -> TemporalGuide:
+    """One guide: the anchor's output where it covers the frame, the previous frame's elsewhere.
+
+    Where the anchor covers (its reliability at least 1/2 at the output size) the
+    anchor's output and field, moved along the flow re-anchored on it, guide and
+    seed the synthesis: nothing drifts there. Elsewhere (content the anchor
+    does not show: disocclusions, new content) the previous frame's output,
+    moved one frame along the step flow, keeps the synthesis from searching
+    afresh, and flickering, on every frame. Without a previous guide (or either
+    field) the anchor's stands alone. The fields go to ``device``.
+    """
+    if previous is None or previous.field is None or anchor.field is None:
+        return anchor
+    own = anchor.reliability >= 0.5
+    own_field = to_device(own[..., None], device)
+    field = array_module(own_field).where(
+        own_field, to_device(anchor.field, device), to_device(previous.field, device)
+    )
+    return TemporalGuide(
+        np.where(own[..., None], anchor.previous, previous.previous),
+        np.where(own, anchor.reliability, previous.reliability).astype(np.float32),
+        anchor.weight,
+        field,
+    )
+
+
+def step_guide(state: FrameState, backward: np.ndarray, occluded: np.ndarray, params,
+               exemplar_shape) -> TemporalGuide | None:  # fmt: skip
+    """Guide (c) of the synthesis: the previous output and its field moved one frame on.
+
+    ``backward`` is the flow from this frame to the previous one, ``occluded``
+    its untrusted pixels (uint8), both at the working size; None when
+    ``params.temporal_weight`` is 0.
+    """
+    if params.temporal_weight == 0:
+        return None
+    return moved_guide(
+        state.output_frame, state.output_field, backward, 1.0 - occluded.astype(np.float32),
+        params.temporal_weight, exemplar_shape,
+    )  # fmt: skip
+
+
+def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarray, params,
+                  exemplar_shape, device, profile):  # fmt: skip
+    """The anchor carried into the frame after ``previous``, and the frame's synthesis guide.
+
+    Returns
+    -------
+    carried : Propagation
+        The flows to and from the anchor and their reliability (working size).
+    covered : float32 array (h, w)
+        1 where the anchor covers the frame (reliability at least
+        ``params.anchors.covered_from``), else 0.
+    temporal : TemporalGuide
+        :func:`joined` of the anchor's output moved in and the previous frame's.
+    """
+    with profile.stage("flow"):
+        backward, forward = step_flows(work_frame, previous.input_frame, params.flow_preset)
+        carried = carry_anchor(anchor, previous, work_frame, (backward, forward), params.keyframes)
+        covered = (carried.reliability >= params.anchors.covered_from).astype(np.float32)
+    with profile.stage("synthesis"):
+        temporal = joined(
+            moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
+                        params.temporal_weight, exemplar_shape),
+            step_guide(previous, backward, occlusion_mask(forward, backward), params,
+                       exemplar_shape),
+            device,
+        )  # fmt: skip
+    return carried, covered, temporal
+
+
+__all__ = [
+    "follow_anchor",
+    "step_guide",
+    "joined",
+    "AnchorParams",
+    "carried_work_field",
+    "carry_anchor",
+    "covered_share",
+    "moved_guide",
+    "needs_anchor",
+]
