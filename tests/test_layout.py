@@ -17,6 +17,7 @@ STAGES = [
     {"synthesis"},
     {"video"},
     {"finishing"},
+    {"neural_style"},
     {"run"},
     {"bench"},
     {"cli", "__init__", "__main__"},
