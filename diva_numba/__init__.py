@@ -42,7 +42,7 @@ _EXPORTS = {
     "TransferParams": "run.params",
     "TransferResult": "run.transfer",
     "transfer_video": "run.transfer",
-    "FrameReport": "run.frame_loop",
+    "FrameReport": "run.progress",
     "Keyframe": "finishing.keyframes",
     "KeyframeParams": "finishing.keyframes",
     "ScaleOut": "run.spec",

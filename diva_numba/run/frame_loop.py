@@ -52,52 +52,16 @@ from diva_numba.run.anchor_frames import (
     needs_anchor,
     step_guide,
 )
+from diva_numba.run.background_writer import BackgroundWriter
 from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
-from diva_numba.run.progress import FrameKind
+from diva_numba.run.progress import FrameKind, FrameReport, StageCallback
 from diva_numba.run.spec import RunSpec
-from diva_numba.run.workdir import BackgroundWriter, FrameState, WorkDirectory
+from diva_numba.run.workdir import FrameState, WorkDirectory
 from diva_numba.synthesis.pyramid import ExemplarCache, synthesize
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask
 from diva_numba.video.shots import shot_distance
-
-
-@dataclass
-class FrameReport:
-    """What the frame loop tells its caller after each frame.
-
-    Attributes
-    ----------
-    index : int
-        The frame's index in the clip.
-    done, total : int
-        Frames of the run finished so far (this one included), and in all.
-    seconds : float
-        Time this frame took.
-    input_frame, output_frame : uint8 array (H, W, 3)
-        The frame and its stylised output, at the output size.
-    profile : Profile
-        Time per stage and level of this frame's analogy.
-    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
-        How the frame was made: a full analogy, seeded from the previous frame,
-        an anchor frame seeded from the previous anchor, carried from its anchor
-        frame (no analogy), or from the keyframes alone
-        (:data:`~diva_numba.run.progress.FrameKind`).
-    """
-
-    index: int
-    done: int
-    total: int
-    seconds: float
-    input_frame: np.ndarray
-    output_frame: np.ndarray
-    profile: object
-    kind: FrameKind = "full"
-
-
-#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
-StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
 
 
 def stylise_frames(

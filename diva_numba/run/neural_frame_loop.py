@@ -40,10 +40,11 @@ from diva_numba.images import resize, save_image
 from diva_numba.neural_style.params import NeuralStyleParams
 from diva_numba.neural_style.styler import NeuralStyler, deliver
 from diva_numba.outputs import AtomicFile
-from diva_numba.run.frame_loop import FrameReport, StageCallback
+from diva_numba.run.background_writer import BackgroundWriter
 from diva_numba.run.planning import TransferPlan
+from diva_numba.run.progress import FrameReport, StageCallback
 from diva_numba.run.spec import RunSpec
-from diva_numba.run.workdir import BackgroundWriter, WorkDirectory
+from diva_numba.run.workdir import WorkDirectory
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
 from diva_numba.video.shots import shot_distance

@@ -21,13 +21,54 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, TextIO
 
-#: How a frame was made (:attr:`~diva_numba.run.frame_loop.FrameReport.kind`): a full analogy, an
+import numpy as np
+
+#: How a frame was made (:attr:`FrameReport.kind`): a full analogy, an
 #: analogy seeded from the previous frame, an anchor frame (seeded from the previous
 #: anchor), carried from its anchor, or from the keyframes alone. Stages of the
 #: run before its frames (the keyframes' propagation) come as ``"prepare"``.
 FrameKind = Literal["full", "seeded", "anchor", "carried", "keyframes", "prepare"]
+
+
+@dataclass
+class FrameReport:
+    """What the frame loop tells its caller after each frame.
+
+    Attributes
+    ----------
+    index : int
+        The frame's index in the clip.
+    done, total : int
+        Frames of the run finished so far (this one included), and in all.
+    seconds : float
+        Time this frame took.
+    input_frame, output_frame : uint8 array (H, W, 3)
+        The frame and its stylised output, at the output size.
+    profile : Profile
+        Time per stage and level of this frame's analogy.
+    kind : {"full", "seeded", "anchor", "carried", "keyframes"}
+        How the frame was made: a full analogy, seeded from the previous frame,
+        an anchor frame seeded from the previous anchor, carried from its anchor
+        frame (no analogy), or from the keyframes alone
+        (:data:`~diva_numba.run.progress.FrameKind`).
+    """
+
+    index: int
+    done: int
+    total: int
+    seconds: float
+    input_frame: np.ndarray
+    output_frame: np.ndarray
+    profile: object
+    kind: FrameKind = "full"
+
+
+#: ``on_stage(index, kind, stage, level)``: a stage of frame ``index`` starts.
+StageCallback = Callable[[int, FrameKind, str, "int | None"], None]
 
 #: How progress is shown: a bar redrawn in place, one line per event, or not at all.
 Mode = Literal["bar", "lines", "off"]

@@ -40,7 +40,7 @@ from diva_numba.outputs import (
     refuse_inputs,
     remove_partials,
 )
-from diva_numba.run.frame_loop import FrameReport, stylise_frames
+from diva_numba.run.frame_loop import stylise_frames
 from diva_numba.run.neural_frame_loop import stylise_neural_frames
 from diva_numba.run.params import (
     GUIDED_LBFGS_BY_DEVICE,
@@ -49,7 +49,7 @@ from diva_numba.run.params import (
     TransferParams,
 )
 from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
-from diva_numba.run.progress import VideoProgress
+from diva_numba.run.progress import FrameReport, VideoProgress
 from diva_numba.run.scale_out import run_chunks
 from diva_numba.run.spec import RunSpec, ScaleOut
 from diva_numba.run.workdir import WorkDirectory, WorkLock
@@ -220,7 +220,7 @@ def transfer_video(
         directory may exist; files already there are replaced only with
         ``overwrite``, and only those the tool wrote (never an input).
     on_frame : callable, optional
-        Called with a :class:`~diva_numba.run.frame_loop.FrameReport` after every frame.
+        Called with a :class:`~diva_numba.run.progress.FrameReport` after every frame.
     progress : bool, default False
         Report progress on stderr (:mod:`diva_numba.run.progress`): on a terminal a
         bar with the stages of full analogies and the time left, otherwise one
