@@ -159,7 +159,8 @@ PREVIEW_ROWS = 4
     type=click.IntRange(0),
     metavar="N",
     help="STYLE is a painting of frame N of the clip: it is carried along the optical flow "
-    "(a keyframe), and the deep analogy fills in only what frame N does not show.",
+    "(a keyframe), and the deep analogy, matching each frame against frame N's photograph, "
+    "fills in only what frame N does not show.",
 )
 @click.option(
     "--key",

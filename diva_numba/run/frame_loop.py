@@ -100,7 +100,9 @@ def stylise_frames(
     if on_stage is not None and spec.keys:
         on_stage(plan.start + done, "prepare", "carrying the keyframes along the optical flow",
                  None)  # fmt: skip
-    loop = FrameLoop(model, spec.params, plan, spec.finisher(plan, work.path), on_stage=on_stage)
+    finisher = spec.finisher(plan, work.path)
+    loop = FrameLoop(model, spec.params, plan, finisher,
+                     style_photo=spec.style_photo(finisher, plan), on_stage=on_stage)  # fmt: skip
     if done:
         loop.resume(work)
     with BackgroundWriter() as writer:
@@ -162,6 +164,10 @@ class FrameLoop:
     params : TransferParams
     plan : TransferPlan
     finisher : Finisher or None
+    style_photo : uint8 array (H, W, 3), optional
+        The photograph the style image paints (the clip's frame under
+        ``--style-frame``), at the style's working size: the analogy's B, never
+        reconstructed (:attr:`TransferParams.style_frame_as_b`).
     on_stage : callable, optional
         Told as each stage of a frame's analogy starts (:data:`StageCallback`).
     """
@@ -173,6 +179,7 @@ class FrameLoop:
         plan: TransferPlan,
         finisher: Finisher | None = None,
         *,
+        style_photo: np.ndarray | None = None,
         on_stage: StageCallback | None = None,
     ):
         self.model = model
@@ -196,6 +203,12 @@ class FrameLoop:
         self.exemplar_cache = ExemplarCache()
         self.state: FrameState | None = None
         self.latent_b: dict | None = None
+        # B known, not reconstructed: the painted frame's own features, level 5 included.
+        self.known_b: dict | None = None
+        if style_photo is not None:
+            features = model.features(style_photo)
+            self.known_b = {0: style_photo, **{lv: features[lv] for lv in (1, 2, 3, 4, 5)}}
+            self.latent_b = self.known_b
         # Anchor frames (docs/DESIGN.md section 3) carry frames along the temporal guide;
         # painted keyframes, where given, do that job instead.
         self.anchoring = (
@@ -215,7 +228,7 @@ class FrameLoop:
                 if self.state.anchor_frame == self.state.index
                 else _state_on_device(work.load_anchor(self.state.anchor_frame), self.device)
             )
-        latent_b = work.load_latent_b()
+        latent_b = None if self.known_b is not None else work.load_latent_b()
         if latent_b is not None:
             # Level 0, B's pixels, guides the synthesis on the host.
             self.latent_b = {
@@ -228,7 +241,7 @@ class FrameLoop:
         work_frame = resize(frame, *self.plan.work_shape)
         # A new shot is a new start: a full analogy, B's latent features made afresh.
         cut = state is not None and params.cuts.is_cut(shot_distance(state.input_frame, work_frame))
-        refresh_b = (
+        refresh_b = self.known_b is None and (
             self.latent_b is None
             or params.independent
             or cut
@@ -306,15 +319,19 @@ class FrameLoop:
 
     def cold_start(self, index: int, frame: np.ndarray, work_frame: np.ndarray) -> FrameOutcome:
         """A full image analogy (frame 0, a new shot, ``independent``); B made afresh."""
+        known = self.known_b
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.params.analogy, features_bp=self.features_bp,
+            warm_start=None if known is None else WarmStart(latent_b=_feature_levels(known)),
             profile=self._profile(index, "full"),
         )  # fmt: skip
-        self.latent_b = {**result.latent_b, 0: result.b}
+        if known is None:
+            self.latent_b = {**result.latent_b, 0: result.b}
         return self._synthesised(
-            index, frame, work_frame, result, self.params.synthesis, refreshed=True, kind="full"
-        )
+            index, frame, work_frame, result, self.params.synthesis, refreshed=known is None,
+            kind="full",
+        )  # fmt: skip
 
     def seeded(
         self, index: int, frame: np.ndarray, work_frame: np.ndarray, *, refresh_b: bool,

@@ -92,6 +92,13 @@ class TransferParams:
     refresh_b_every : int
         Recompute B's latent features every this many frames (0: only on the
         first frame).
+    style_frame_as_b : bool
+        When the style image is a painting of a frame of the clip (a keyframe
+        with the style image's content, as ``--style-frame`` makes), that
+        frame's photograph is the analogy's B: its VGG features replace B's
+        latent features at every level, so frames are matched photo to photo
+        (docs/DESIGN.md section 3, "The style's own frame"). False: B is
+        reconstructed as for any style image.
     independent : bool
         Run every frame as a separate image analogy (the baseline).
     flow_preset : str
@@ -130,6 +137,7 @@ class TransferParams:
     temporal_weight: float = 1.0
     anchors: AnchorParams = field(default_factory=AnchorParams)
     refresh_b_every: int = 0
+    style_frame_as_b: bool = True
     independent: bool = False
     flow_preset: str = "medium"
     keyframes: KeyframeParams = field(default_factory=KeyframeParams)

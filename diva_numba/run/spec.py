@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from diva_numba.errors import InputError
 from diva_numba.finishing.finisher import Finisher, checked_mask
 from diva_numba.finishing.keyframes import Keyframe, check_keys
 from diva_numba.gpu.device import Device
+from diva_numba.images import resize
 from diva_numba.neural_style.params import NeuralStyleParams
 from diva_numba.outputs import file_sha256
 from diva_numba.run.params import TransferParams
@@ -139,6 +142,32 @@ class RunSpec:
         model = [self.model] if self.model is not None else []
         mask = [self.mask] if self.mask is not None else []
         return [self.style, self.clip, *model, *[Path(k.path) for k in self.keys], *mask]
+
+    def style_frame(self) -> int | None:
+        """The frame of the clip that the style image paints, or None.
+
+        A keyframe whose image has the style image's content (its SHA-256; as
+        ``--style-frame N`` makes) is a painting of that frame; the first such,
+        by frame index.
+        """
+        if not self.keys:
+            return None
+        style = file_sha256(self.style)
+        painted = [k.index for k in self.keys if file_sha256(k.path) == style]
+        return min(painted) if painted else None
+
+    def style_photo(self, finisher: Finisher | None, plan) -> np.ndarray | None:
+        """The photograph the style image paints, at the style's working size, or None.
+
+        The analogy's B when :attr:`TransferParams.style_frame_as_b` (the frame
+        loop's ``style_photo``); it comes from the keyframes' frames, read once.
+        """
+        if not getattr(self.params, "style_frame_as_b", False) or finisher is None:
+            return None
+        index = self.style_frame() if finisher.keys is not None else None
+        if index is None:
+            return None
+        return resize(finisher.keys.keys.frames[index], *plan.style.shape[:2])
 
     def check(self, plan) -> None:
         """Refuse keyframes outside ``plan``'s clip and a mask that does not fit it.
