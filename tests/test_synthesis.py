@@ -11,6 +11,7 @@ from diva_numba.images import resize
 from diva_numba.kernels.nnf_resample import upsample_field
 from diva_numba.synthesis.alignment import AlignmentParams
 from diva_numba.synthesis.pyramid import SynthesisParams, TemporalGuide, scale_sizes, synthesize
+from diva_numba.video.texture import mean_gradient
 
 CPU = resolve_device("cpu")
 
@@ -71,13 +72,33 @@ def test_a_shifted_exemplar_is_matched_to_the_pixel(rng):
     assert copied.mean() > 0.3
 
 
+def test_every_output_pixel_is_the_exemplars_pixel_its_field_names(rng):
+    """No averaging of the painting's pixels into each other (the default last vote).
+
+    A and B' are unrelated textures, so neighbouring matches disagree everywhere:
+    a patch vote would average the pixels they point to into a wash.
+    """
+    a, bp = textured(rng, 48, 80), textured(rng, 48, 80)
+    start = identity((24, 40))[::-1].copy()  # any working field
+    result = synthesize(a, bp, start, resize(bp, 24, 40), exemplar_work_shape=(24, 40),
+                        device=CPU)  # fmt: skip
+    ys, xs = result.field[..., 0], result.field[..., 1]
+    np.testing.assert_array_equal(result.image, bp[ys, xs])
+    averaged = synthesize(a, bp, start, resize(bp, 24, 40), exemplar_work_shape=(24, 40),
+                          device=CPU, params=SynthesisParams(vote_patch_size=None))  # fmt: skip
+    assert mean_gradient(result.image) > 1.2 * mean_gradient(averaged.image)
+
+
 def test_the_temporal_guide_steers_ambiguous_pixels(rng):
     """Where structure cannot decide (a flat frame), the previous output does."""
     exemplar = textured(rng, 40, 64)
     flat = np.full((40, 64, 3), 128, np.uint8)
     previous = np.ascontiguousarray(exemplar[:, ::-1])  # a unique arrangement of B''s pixels
     guide = TemporalGuide(previous, np.ones((40, 64), np.float32), weight=4.0)
-    params = SynthesisParams(iterations=6, search_radius=32, jumps=(8, 4, 2, 1), prior_weight=0)
+    # The patch vote: this is about where the search goes, and the mean of a pixel's
+    # patches forgives the odd pixel the search leaves (the pixel vote: 0.56, not 0.5).
+    params = SynthesisParams(iterations=6, search_radius=32, jumps=(8, 4, 2, 1), prior_weight=0,
+                             vote_patch_size=None)  # fmt: skip
     guided = synthesize(flat, exemplar, identity((40, 64)), None, exemplar_work_shape=(40, 64),
                         device=CPU, params=params, temporal=guide)  # fmt: skip
     plain = synthesize(flat, exemplar, identity((40, 64)), None, exemplar_work_shape=(40, 64),

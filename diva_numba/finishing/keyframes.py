@@ -198,7 +198,8 @@ class KeyframeSet:
         distance, pictures = [], []
         for propagation in propagations:
             distance.append(_distance_weight(index, propagation.key, propagations))
-            pictures.append(_warp_cubic(self.paintings[propagation.key], propagation.to_key))
+            painting = self.paintings[propagation.key].astype(np.float32)
+            pictures.append(np.clip(warp_image(painting, propagation.to_key, cubic=True), 0, 255))
         trusted = [w * p.reliability for w, p in zip(distance, propagations, strict=True)]
         total = np.sum(trusted, axis=0)
         # Where no keyframe is trusted the distance alone decides (a fallback
@@ -379,15 +380,6 @@ def _dis(source: np.ndarray, target: np.ndarray, initial, preset: str) -> np.nda
     dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
     flow = None if initial is None else np.ascontiguousarray(initial, dtype=np.float32)
     return dis.calc(_grey(source), _grey(target), flow)
-
-
-def _warp_cubic(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    height, width = flow.shape[:2]
-    xs = flow[..., 0] + np.arange(width, dtype=np.float32)[None, :]
-    ys = flow[..., 1] + np.arange(height, dtype=np.float32)[:, None]
-    warped = cv2.remap(image.astype(np.float32), xs, ys, interpolation=cv2.INTER_CUBIC,
-                       borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-    return np.clip(warped, 0.0, 255.0)
 
 
 def check_keys(keys, start: int, end: int, frame_count: int) -> None:

@@ -124,8 +124,8 @@ def occlusion_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return (inconsistent | boundary | outside(backward).astype(bool)).astype(np.uint8)
 
 
-def warp_image(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Sample ``image`` at ``x + flow(x)`` for every pixel ``x`` (bilinear, border replicated).
+def warp_image(image: np.ndarray, flow: np.ndarray, *, cubic: bool = False) -> np.ndarray:
+    """Sample ``image`` at ``x + flow(x)`` for every pixel ``x`` (border replicated).
 
     With ``flow`` the backward flow of frame t, this brings frame t-1 (or
     anything aligned with it, such as the previous output) into frame t.
@@ -137,6 +137,10 @@ def warp_image(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
         uint8 results are rounded; pass float32 to keep the fractions.
     flow : numpy.ndarray
         float32 ``(H, W, 2)``.
+    cubic : bool, default False
+        Bicubic instead of bilinear interpolation: a picture moved again and
+        again (a painting, an output carried from frame to frame) blurs less.
+        Bicubic overshoots at edges; clip the result where it must stay in range.
 
     Returns
     -------
@@ -150,7 +154,7 @@ def warp_image(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
         image,
         source_x,
         source_y,
-        interpolation=cv2.INTER_LINEAR,
+        interpolation=cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
     # remap drops a trailing axis of length 1; keep the caller's shape.
