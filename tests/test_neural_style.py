@@ -216,7 +216,7 @@ def test_the_command_line_uses_the_library_defaults():
     options = {"style_weight": 20.0, "content_layer": "relu4_2", "tv_weight": 1.0,
                "init": "content", "preserve_colour": False, "mask_feather": 8.0, "seed": 0,
                "style_layer_weights": None, "first_iters": None, "later_iters": None,
-               "long_term": None, "temporal_loss_weight": 200.0, "size": None,
+               "long_term": None, "temporal_loss_weight": 20000.0, "size": None,
                "work_size": None}  # fmt: skip
     for kind in ("cpu", "cuda"):
         assert neural_params(Device(kind, kind), options) == NeuralStyleParams.for_device(kind)

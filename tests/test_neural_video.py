@@ -13,7 +13,7 @@ import diva_numba.run.neural_frame_loop as neural_video
 from diva_numba.cli import cli
 from diva_numba.images import load_image
 from diva_numba.neural_style.params import NeuralStyleParams
-from diva_numba.run.neural_frame_loop import Previous, moved_outputs
+from diva_numba.run.neural_frame_loop import Previous, carry_output, moved_outputs
 from diva_numba.video import probe_video
 from diva_numba.video.metrics import video_warp_error
 
@@ -54,6 +54,29 @@ def test_moved_outputs_follow_the_flow_and_share_pixels_out():
     assert short_weight[:, -1].max() == 0 and long_weight[:, -1].max() == 0
     # Without the long-term option only the previous frame is used.
     assert len(moved_outputs(history, 2, frames[2], NeuralStyleParams())) == 1
+
+
+def test_a_later_output_is_the_previous_output_moved_at_the_output_size():
+    frames = pan_frames(2, width=96, height=64, step=(2, 1))
+    # An output that moves with its frame: here the frame's negative.
+    delivered = 255 - frames[0]
+    previous = Previous(0, frames[0][::2, ::2], np.zeros((3, 32, 48), np.float32), frames[0],
+                        delivered)  # fmt: skip
+    start = np.full((32, 48, 3), 50.0, np.float32)
+    params = NeuralStyleParams()
+    expected = (255 - frames[1]).astype(np.float32)
+    inside = (slice(6, -6), slice(6, -6))
+    # (the optimisation's change, the temporal loss' hold, the change the output shows)
+    for change, hold, shown in ((0.0, 1.0, 0.0), (12.0, 1.0, 12.0), (12.0, 0.0, 0.0)):
+        held = np.full((32, 48), hold, np.float32)
+        output = carry_output(start + change, start, held, previous, frames[1], params)
+        difference = output.astype(np.float32)[inside] - expected[inside]
+        # Moved at the output size, not enlarged from the working size: the frame's
+        # detail is kept, and where the temporal loss held the optimisation its
+        # change is added; where the loss let it paint afresh but the flow at the
+        # output size follows the content, the previous output stands.
+        assert abs(np.median(difference) - shown) <= 1.0
+        assert np.abs(difference - shown).mean() < 4.0
 
 
 def test_neural_transfer_keeps_frames_timing_and_audio(clip, tmp_path, tiny_model):

@@ -22,7 +22,7 @@ for run in analogy one two; do
     "$py" -m diva_numba metrics warp-error "$scratch/$run.mp4" --reference "$example/clip.mp4"
 done
 "$py" tools/contact_sheet.py "$example/clip.mp4" "$scratch/one.mp4" -o "$example/contact-sheet.jpg" \
-    --frames 0 24 47 --labels input "output (--style-frame 24)"
+    --frames 0 16 32 47 --labels input "output (--style-frame 24)"
 "$py" tools/contact_sheet.py "$example/clip.mp4" "$scratch/analogy.mp4" "$scratch/one.mp4" \
     "$scratch/two.mp4" -o "$example/keyframes-sheet.jpg" --frames 0 16 32 47 \
     --labels input "analogy alone" "one keyframe" "two keyframes"

@@ -41,8 +41,12 @@ class NeuralStyleParams:
                    + temporal_weight * temporal(x)
 
     each term a mean over its elements (:mod:`diva_numba.neural_style.loss`), so that
-    the weights do not depend on the image size. The defaults are those of Ruder
-    et al.'s code (content 5, style 100, temporal 1000), divided by the content's.
+    the weights do not depend on the image size. The content and style weights are
+    those of Ruder et al.'s code (content 5, style 100), divided by the content's;
+    the temporal weight is 100 times theirs (1000 / 5), measured: at their weight a
+    later frame's 20 L-BFGS steps move the pixels the flow trusts by 3-5 levels of
+    255, and bikes' warping error is 3.8 times the input's own; at 20000, 1.1 times
+    (docs/DESIGN.md section 11).
 
     Attributes
     ----------
@@ -70,10 +74,16 @@ class NeuralStyleParams:
         Weight of Ruder et al.'s short-term temporal loss: the distance to the
         previous output moved along the flow, where the forward-backward flow check
         trusts it. 0 turns it off (frames still start from the moved output).
+        Lower lets later frames repaint more of what they show (more flicker).
     long_term : tuple of int
         Offsets ``j > 1`` of earlier frames that also constrain a frame (Ruder et
         al.'s long-term loss, e.g. ``(2, 4)``): each pixel is held to the nearest
         earlier frame whose flow trusts it. Empty: short-term only.
+    carry_output : bool
+        A later frame's output at the output size is the previous output moved
+        along the flow at that size, plus the optimisation's change enlarged
+        (:func:`diva_numba.run.neural_frame_loop.carry_output`); False enlarges
+        every frame's result afresh (bicubic), which re-samples the strokes.
     independent : bool
         Stylise every frame on its own from ``init``, without temporal loss or
         warm start (per-frame Gatys, the baseline).
@@ -105,8 +115,9 @@ class NeuralStyleParams:
     seed: int = 0
     iterations: int = FIRST_ITERATIONS_BY_DEVICE["cpu"]
     later_iterations: int = LATER_ITERATIONS_BY_DEVICE["cpu"]
-    temporal_weight: float = 200.0
+    temporal_weight: float = 20000.0
     long_term: tuple[int, ...] = ()
+    carry_output: bool = True
     independent: bool = False
     work_size: int = NEURAL_WORK_SIZE_BY_DEVICE["cpu"]
     size: int | None = None

@@ -15,9 +15,15 @@ L-BFGS steps. Every later frame ``i`` (Ruder, Dosovitskiy and Brox 2016):
   ``max(c_j - sum_{k in J, k < j} c_k, 0)``: a pixel is held to the nearest
   earlier frame that shows it.
 
-The optimisation works at the working size (``work_size``); the result is
-enlarged to the output size by bicubic interpolation, then the mask and the
-colour preservation apply (:class:`~diva_numba.finishing.finisher.Finisher`).
+The optimisation works at the working size (``work_size``). A shot's first frame
+is enlarged to the output size by bicubic interpolation; a later frame's output
+is the previous *output* moved along the optical flow at the output size, plus
+the optimisation's change from its start, enlarged (:func:`carry_output`; where
+the flow is not trusted, the result enlarged): moving the working size's result
+and enlarging it again every frame would re-sample the strokes the output shows,
+and they would swim (``carry_output`` off: bikes' warping error 2.8 against the
+input's 0.73; docs/DESIGN.md section 11). Then the mask and the colour
+preservation apply (:class:`~diva_numba.finishing.finisher.Finisher`).
 :func:`~diva_numba.run.transfer.run_transfer` calls :func:`stylise_neural_frames`
 instead of the analogy's frame loop when the run's parameters are
 :class:`NeuralStyleParams`: the checks before any work, the work directory that
@@ -26,11 +32,13 @@ resumes, the clip's timing and audio are the same.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from diva_numba.errors import InputError
@@ -57,6 +65,9 @@ class Previous:
     index: int
     input_frame: np.ndarray  # uint8 (H, W, 3)
     output: np.ndarray  # float32 (3, H, W), unclipped
+    #: The frame and its output (before finishing) at the output size, uint8 (H', W', 3).
+    frame: np.ndarray | None = None
+    delivered: np.ndarray | None = None
 
 
 def moved_outputs(
@@ -166,15 +177,78 @@ def stylise_neural_frames(
                     content, initial, iterations=iterations,
                     temporal=moved if params.temporal_weight else (),
                 )  # fmt: skip
-            output = deliver(result.rgb, *plan.output_shape)
+            carried = kind == "seeded" and moved and _carries(history[0], index, params)
+            if carried:
+                start, held = styler.to_rgb(moved[0][0]), to_host(moved[0][1])
+                output = carry_output(result.rgb, start, held, history[0], frame, params)
+            else:
+                output = deliver(result.rgb, *plan.output_shape)
             finished = output if finisher is None else finisher(index, frame, output)
-            history = [Previous(index, work_frame, to_host(result.image)), *history][:depth]
+            newest = Previous(index, work_frame, to_host(result.image), frame, output)
+            # Only the newest frame's output-size pictures are carried on.
+            older = [dataclasses.replace(p, frame=None, delivered=None) for p in history]
+            history = [newest, *older][:depth]
             writer.submit(_frame_writer(work, history, finished))
             if on_frame is not None:
                 seconds = time.perf_counter() - started
                 total = plan.end - plan.start
                 on_frame(FrameReport(index, index + 1 - plan.start, total, seconds, frame,
                                      finished, None, kind))  # fmt: skip
+
+
+def _carries(previous: Previous, index: int, params: NeuralStyleParams) -> bool:
+    """Whether frame ``index``'s output is carried from ``previous``'s at the output size."""
+    return (
+        params.carry_output
+        and params.temporal_weight > 0
+        and previous.index == index - 1
+        and previous.delivered is not None
+    )
+
+
+def carry_output(result_rgb: np.ndarray, start_rgb: np.ndarray, held: np.ndarray,
+                 previous: Previous, frame: np.ndarray, params: NeuralStyleParams):  # fmt: skip
+    """A later frame's output at the output size, carried from the previous output.
+
+    ``O_t = c (warp(O_{t-1}) + up(h (x_t - s_t))) + (1 - c) up(x_t)``: where the flow
+    between the two frames at the output size is trusted (``c``, the
+    forward-backward check, softened over a pixel or two inside what it does not
+    trust), the previous output moved along that flow (bicubic) plus the
+    optimisation's change from its start ``s_t`` (the previous result moved at the
+    working size) where the temporal loss held it (``h``), enlarged; elsewhere the
+    result enlarged. The strokes the viewer saw move with the picture instead of
+    being re-sampled from the working size every frame, and content the flow at
+    the output size follows is not painted afresh because the coarser flow lost it.
+
+    Parameters
+    ----------
+    result_rgb, start_rgb : float32 (h, w, 3)
+        The optimised frame and the start of its optimisation, RGB at the working size.
+    held : float32 (h, w)
+        The temporal loss' weight of the previous output (1 where it held the
+        optimisation, 0 where it let it paint afresh).
+    previous : Previous
+        The frame before, with its input and output at the output size.
+    frame : uint8 (H, W, 3)
+        This frame at the output size.
+    params : NeuralStyleParams
+        ``flow_preset``.
+
+    Returns
+    -------
+    uint8 (H, W, 3)
+    """
+    height, width = frame.shape[:2]
+    forward, backward = flow_pair(previous.frame, frame, preset=params.flow_preset)
+    trusted = 1.0 - occlusion_mask(forward, backward).astype(np.float32)
+    softness = max(1.0, width / result_rgb.shape[1])
+    # Softened into the untrusted side only: a trusted pixel stays carried whole.
+    trusted = np.maximum(trusted, cv2.GaussianBlur(trusted, (0, 0), softness))[..., None]
+    moved = warp_image(previous.delivered.astype(np.float32), backward, cubic=True)
+    change = resize((result_rgb - start_rgb) * held[..., None], height, width)
+    carried = moved + change
+    output = trusted * carried + (1.0 - trusted) * resize(result_rgb, height, width)
+    return np.clip(np.rint(output), 0, 255).astype(np.uint8)
 
 
 def _frame_writer(work: WorkDirectory, history: list[Previous], output: np.ndarray):
@@ -184,6 +258,8 @@ def _frame_writer(work: WorkDirectory, history: list[Previous], output: np.ndarr
         "index": np.asarray(newest.index),
         "input_frame": newest.input_frame,
         "output_frame": newest.output,
+        "frame": newest.frame,
+        "delivered": newest.delivered,
     }
     for number, previous in enumerate(history[1:], start=1):
         arrays[f"history_index_{number}"] = np.asarray(previous.index)
@@ -203,8 +279,12 @@ def load_history(work: WorkDirectory) -> list[Previous]:
     path = work.path / "state.npz"
     try:
         with open(path, "rb") as handle, np.load(handle) as arrays:
+            carried = [arrays[name] if name in arrays.files else None
+                       for name in ("frame", "delivered")]  # fmt: skip
             history = [
-                Previous(int(arrays["index"]), arrays["input_frame"], arrays["output_frame"])
+                Previous(
+                    int(arrays["index"]), arrays["input_frame"], arrays["output_frame"], *carried
+                )  # fmt: skip
             ]
             number = 1
             while f"history_index_{number}" in arrays.files:
