@@ -1,5 +1,6 @@
 """`transfer --method neural-style`: temporal targets, the frame loop, resume, options."""
 
+import dataclasses
 from fractions import Fraction
 
 import cv2
@@ -13,7 +14,7 @@ import diva_numba.run.neural_frame_loop as neural_video
 from diva_numba.cli import cli
 from diva_numba.images import load_image
 from diva_numba.neural_style.params import NeuralStyleParams
-from diva_numba.run.neural_frame_loop import Previous, carry_output, moved_outputs
+from diva_numba.run.neural_frame_loop import Previous, carry_previous, moved_outputs
 from diva_numba.video import probe_video
 from diva_numba.video.metrics import video_warp_error
 
@@ -62,14 +63,17 @@ def test_a_later_output_is_the_previous_output_moved_at_the_output_size():
     delivered = 255 - frames[0]
     previous = Previous(0, frames[0][::2, ::2], np.zeros((3, 32, 48), np.float32), frames[0],
                         delivered)  # fmt: skip
-    start = np.full((32, 48, 3), 50.0, np.float32)
-    params = NeuralStyleParams()
+    carried = carry_previous(previous, frames[1], (32, 48), NeuralStyleParams())
     expected = (255 - frames[1]).astype(np.float32)
     inside = (slice(6, -6), slice(6, -6))
+    # The optimisation starts from the moved output, at the working size.
+    np.testing.assert_allclose(carried.start, cv2.resize(carried.moved, (48, 32),
+                               interpolation=cv2.INTER_AREA), atol=1e-3)  # fmt: skip
+    assert carried.held[3:-3, 3:-3].min() > 0.99 and carried.trusted[inside].min() == 1.0
     # (the optimisation's change, the temporal loss' hold, the change the output shows)
     for change, hold, shown in ((0.0, 1.0, 0.0), (12.0, 1.0, 12.0), (12.0, 0.0, 0.0)):
-        held = np.full((32, 48), hold, np.float32)
-        output = carry_output(start + change, start, held, previous, frames[1], params)
+        held = dataclasses.replace(carried, held=np.full((32, 48), hold, np.float32))
+        output = held.deliver(carried.start + change)
         difference = output.astype(np.float32)[inside] - expected[inside]
         # Moved at the output size, not enlarged from the working size: the frame's
         # detail is kept, and where the temporal loss held the optimisation its

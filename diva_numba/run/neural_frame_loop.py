@@ -16,14 +16,15 @@ L-BFGS steps. Every later frame ``i`` (Ruder, Dosovitskiy and Brox 2016):
   earlier frame that shows it.
 
 The optimisation works at the working size (``work_size``). A shot's first frame
-is enlarged to the output size by bicubic interpolation; a later frame's output
-is the previous *output* moved along the optical flow at the output size, plus
-the optimisation's change from its start, enlarged (:func:`carry_output`; where
-the flow is not trusted, the result enlarged): moving the working size's result
-and enlarging it again every frame would re-sample the strokes the output shows,
-and they would swim (``carry_output`` off: bikes' warping error 2.8 against the
-input's 0.73; docs/DESIGN.md section 11). Then the mask and the colour
-preservation apply (:class:`~diva_numba.finishing.finisher.Finisher`).
+is enlarged to the output size by bicubic interpolation. A later frame starts
+from, and is held to, the previous *output* moved along the optical flow at the
+output size and brought to the working size; its output is that moved output
+plus the optimisation's change, enlarged (:class:`CarriedOutput`; where the flow
+is not trusted, the result enlarged). Moving the working size's result and
+enlarging it again every frame re-samples the strokes the output shows, and they
+swim (``carry_output`` off: bikes' warping error 3.8 times the input's; on, 1.1
+times: docs/DESIGN.md section 11). Then the mask and the colour preservation
+apply (:class:`~diva_numba.finishing.finisher.Finisher`).
 :func:`~diva_numba.run.transfer.run_transfer` calls :func:`stylise_neural_frames`
 instead of the analogy's frame loop when the run's parameters are
 :class:`NeuralStyleParams`: the checks before any work, the work directory that
@@ -71,7 +72,12 @@ class Previous:
 
 
 def moved_outputs(
-    history: list[Previous], index: int, frame: np.ndarray, params: NeuralStyleParams
+    history: list[Previous],
+    index: int,
+    frame: np.ndarray,
+    params: NeuralStyleParams,
+    *,
+    first: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Earlier outputs moved into frame ``index`` and their weights (Ruder et al.).
 
@@ -84,6 +90,9 @@ def moved_outputs(
         Frame ``index`` at the working size.
     params : NeuralStyleParams
         ``long_term`` adds offsets beside 1; ``flow_preset``.
+    first : (w_1 float32 (3, H, W), trusted float32 (H, W)), optional
+        Offset 1 as the caller made it (:func:`carry_previous`), in place of the
+        previous output moved at the working size.
 
     Returns
     -------
@@ -96,14 +105,18 @@ def moved_outputs(
     closer = np.zeros(frame.shape[:2], np.float32)
     for offset in (1, *params.long_term):
         previous = by_index.get(index - offset)
-        if previous is None:
+        if offset == 1 and first is not None:
+            warped, trusted = first
+        elif previous is None:
             continue
-        forward, backward = flow_pair(previous.input_frame, frame, preset=params.flow_preset)
-        trusted = 1.0 - occlusion_mask(forward, backward).astype(np.float32)
-        warped = warp_image(np.ascontiguousarray(previous.output.transpose(1, 2, 0)), backward)
+        else:
+            forward, backward = flow_pair(previous.input_frame, frame, preset=params.flow_preset)
+            trusted = 1.0 - occlusion_mask(forward, backward).astype(np.float32)
+            output = np.ascontiguousarray(previous.output.transpose(1, 2, 0))
+            warped = np.ascontiguousarray(warp_image(output, backward).transpose(2, 0, 1))
         weight = np.maximum(trusted - closer, 0.0)
         closer += trusted
-        moved.append((np.ascontiguousarray(warped.transpose(2, 0, 1)), weight))
+        moved.append((warped, weight))
     return moved
 
 
@@ -158,15 +171,22 @@ def stylise_neural_frames(
             kind = "full" if not history or params.independent else "seeded"
             if on_stage is not None:
                 on_stage(index, kind, "optimising the pixels (L-BFGS)", None)
+            carried = None
             if kind == "full":
                 result = styler.optimise(
                     content, styler.start(content, seed=params.seed + index),
                     iterations=params.iterations,
                 )  # fmt: skip
             else:
+                carried = None
+                if _carries(history[0], index, params):
+                    carried = carry_previous(history[0], frame, plan.work_shape, params)
+                first = None if carried is None else (carried.start_level0(styler), carried.held)
                 moved = [
                     (to_device(warped, device), to_device(weight, device))
-                    for warped, weight in moved_outputs(history, index, work_frame, params)
+                    for warped, weight in moved_outputs(
+                        history, index, work_frame, params, first=first
+                    )  # fmt: skip
                 ]
                 if moved:
                     initial = moved[0][0]
@@ -177,10 +197,8 @@ def stylise_neural_frames(
                     content, initial, iterations=iterations,
                     temporal=moved if params.temporal_weight else (),
                 )  # fmt: skip
-            carried = kind == "seeded" and moved and _carries(history[0], index, params)
-            if carried:
-                start, held = styler.to_rgb(moved[0][0]), to_host(moved[0][1])
-                output = carry_output(result.rgb, start, held, history[0], frame, params)
+            if kind == "seeded" and carried is not None:
+                output = carried.deliver(result.rgb)
             else:
                 output = deliver(result.rgb, *plan.output_shape)
             finished = output if finisher is None else finisher(index, frame, output)
@@ -206,49 +224,75 @@ def _carries(previous: Previous, index: int, params: NeuralStyleParams) -> bool:
     )
 
 
-def carry_output(result_rgb: np.ndarray, start_rgb: np.ndarray, held: np.ndarray,
-                 previous: Previous, frame: np.ndarray, params: NeuralStyleParams):  # fmt: skip
-    """A later frame's output at the output size, carried from the previous output.
+@dataclass(frozen=True)
+class CarriedOutput:
+    """The previous output moved into a frame at the output size, before the frame is optimised.
 
-    ``O_t = c (warp(O_{t-1}) + up(h (x_t - s_t))) + (1 - c) up(x_t)``: where the flow
-    between the two frames at the output size is trusted (``c``, the
-    forward-backward check, softened over a pixel or two inside what it does not
-    trust), the previous output moved along that flow (bicubic) plus the
-    optimisation's change from its start ``s_t`` (the previous result moved at the
-    working size) where the temporal loss held it (``h``), enlarged; elsewhere the
-    result enlarged. The strokes the viewer saw move with the picture instead of
-    being re-sampled from the working size every frame, and content the flow at
-    the output size follows is not painted afresh because the coarser flow lost it.
+    Ruder et al.'s temporal target is the previous *result* moved at the working
+    size; here it is the previous *output*, moved at the output size along a flow
+    computed there, then brought to the working size (:attr:`start`). The frame's
+    output is then that moved output plus the optimisation's change, enlarged
+    (:meth:`deliver`): what the optimisation leaves alone moves exactly as the
+    picture does, and every working-size detail of the output is the optimised
+    frame's own, so nothing is re-sampled frame after frame.
 
-    Parameters
+    Attributes
     ----------
-    result_rgb, start_rgb : float32 (h, w, 3)
-        The optimised frame and the start of its optimisation, RGB at the working size.
+    moved : float32 (H, W, 3)
+        The previous output moved along the backward flow at the output size (bilinear).
+    trusted : float32 (H, W)
+        The forward-backward check of that flow, softened by about the
+        output-to-working ratio into the pixels it does not trust only.
+    start : float32 (h, w, 3)
+        ``moved`` at the working size (area): the start and temporal target of
+        the frame's optimisation.
     held : float32 (h, w)
-        The temporal loss' weight of the previous output (1 where it held the
-        optimisation, 0 where it let it paint afresh).
-    previous : Previous
-        The frame before, with its input and output at the output size.
-    frame : uint8 (H, W, 3)
-        This frame at the output size.
-    params : NeuralStyleParams
-        ``flow_preset``.
-
-    Returns
-    -------
-    uint8 (H, W, 3)
+        Share of each working pixel that the flow trusts: the temporal loss' weight.
     """
-    height, width = frame.shape[:2]
+
+    moved: np.ndarray
+    trusted: np.ndarray
+    start: np.ndarray
+    held: np.ndarray
+
+    def start_level0(self, styler: NeuralStyler) -> np.ndarray:
+        """:attr:`start` as the network's input (level 0), on the host."""
+        return to_host(styler.preprocess(self.start))
+
+    def deliver(self, result_rgb: np.ndarray) -> np.ndarray:
+        """``O_t = c (moved + up(h (x - s))) + (1 - c) up(x)``, rounded to uint8 (H, W, 3).
+
+        ``x``: the optimised frame (RGB at the working size); ``s``: :attr:`start`;
+        ``h``: :attr:`held`; ``c``: :attr:`trusted`. Where the flow at the output
+        size is not trusted, the result enlarged.
+        """
+        height, width = self.moved.shape[:2]
+        change = resize((result_rgb - self.start) * self.held[..., None], height, width)
+        trusted = self.trusted[..., None]
+        enlarged = resize(result_rgb, height, width)
+        output = trusted * (self.moved + change) + (1.0 - trusted) * enlarged
+        return np.clip(np.rint(output), 0, 255).astype(np.uint8)
+
+
+def carry_previous(
+    previous: Previous, frame: np.ndarray, work_shape: tuple[int, int], params: NeuralStyleParams
+) -> CarriedOutput:
+    """The previous output carried into ``frame`` (uint8 (H, W, 3), the output size).
+
+    One DIS flow pair between the two frames at the output size gives the move and
+    its forward-backward check (:func:`~diva_numba.video.flow.occlusion_mask`).
+    """
     forward, backward = flow_pair(previous.frame, frame, preset=params.flow_preset)
     trusted = 1.0 - occlusion_mask(forward, backward).astype(np.float32)
-    softness = max(1.0, width / result_rgb.shape[1])
-    # Softened into the untrusted side only: a trusted pixel stays carried whole.
-    trusted = np.maximum(trusted, cv2.GaussianBlur(trusted, (0, 0), softness))[..., None]
-    moved = warp_image(previous.delivered.astype(np.float32), backward, cubic=True)
-    change = resize((result_rgb - start_rgb) * held[..., None], height, width)
-    carried = moved + change
-    output = trusted * carried + (1.0 - trusted) * resize(result_rgb, height, width)
-    return np.clip(np.rint(output), 0, 255).astype(np.uint8)
+    moved = warp_image(previous.delivered.astype(np.float32), backward)
+    softness = max(1.0, frame.shape[1] / work_shape[1])
+    softened = np.maximum(trusted, cv2.GaussianBlur(trusted, (0, 0), softness))
+    return CarriedOutput(
+        moved=moved,
+        trusted=softened,
+        start=np.ascontiguousarray(resize(moved, *work_shape)),
+        held=np.ascontiguousarray(resize(trusted, *work_shape)),
+    )
 
 
 def _frame_writer(work: WorkDirectory, history: list[Previous], output: np.ndarray):
