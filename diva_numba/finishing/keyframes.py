@@ -199,7 +199,9 @@ class KeyframeSet:
         for propagation in propagations:
             distance.append(_distance_weight(index, propagation.key, propagations))
             painting = self.paintings[propagation.key].astype(np.float32)
-            pictures.append(np.clip(warp_image(painting, propagation.to_key, cubic=True), 0, 255))
+            pictures.append(
+                np.clip(warp_image(painting, propagation.to_key, interpolation="cubic"), 0, 255)
+            )
         trusted = [w * p.reliability for w, p in zip(distance, propagations, strict=True)]
         total = np.sum(trusted, axis=0)
         # Where no keyframe is trusted the distance alone decides (a fallback

@@ -155,7 +155,7 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     field = None
     if output_field is not None:
         field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
-    return TemporalGuide(warp_image(output, moved, cubic=True), trusted, weight, field)
+    return TemporalGuide(warp_image(output, moved, interpolation="cubic"), trusted, weight, field)
 
 
 def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device) -> TemporalGuide:
