@@ -7,14 +7,14 @@
         [--later]
 
 ``warp`` runs the clip's first frames twice, each frame on its own (per-frame Gatys,
-``independent``) and with Ruder et al.'s temporal loss (the defaults), and prints
-the warping error of each output and of the input (:func:`diva_numba.metrics.warp_error`,
-0..255, at the clip's size). ``time`` prints the seconds of frame 0 and of each later
-frame at the defaults. ``gram`` optimises frame 0 for the last checkpoint's
-iterations from the frame itself and prints the style (Gram) term and the whole loss
-at each checkpoint; with ``--later``, frame 1 instead, from frame 0's output moved
-along the flow and with the temporal term, as the video runs it. Every run is on the
-CPU with the default model.
+``independent``) and with Ruder et al.'s temporal loss (the defaults), and prints the
+warping error of each output and of the input (:func:`diva_numba.metrics.warp_error`,
+0..255, at the clip's size) and texture retention. ``time`` prints the seconds of frame
+0 and of each later frame at the defaults. ``gram`` optimises frame 0 for the last
+checkpoint's iterations from the frame itself and prints the style (Gram) term and the
+whole loss at each checkpoint; with ``--later``, frame 1 instead, from frame 0's output
+moved along the flow and with the temporal term, as the video runs it. Every run is on
+the CPU with the default model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from diva_numba.gpu.device import resolve_device
 from diva_numba.image_analogy.deep_analogy import load_model
-from diva_numba.images import resize
+from diva_numba.images import load_image, resize
 from diva_numba.neural_style.params import NeuralStyleParams
 from diva_numba.neural_style.styler import NeuralStyler
 from diva_numba.optim.lbfgs import LBFGSParams, minimize_lbfgs
@@ -37,6 +37,7 @@ from diva_numba.run.planning import plan_transfer
 from diva_numba.run.spec import RunSpec
 from diva_numba.video import read_frames
 from diva_numba.video.metrics import warp_error
+from diva_numba.video.texture import texture_retention
 
 
 def run_clip(style, clip, params, frames: int, device):
@@ -109,9 +110,13 @@ def main() -> None:
         outputs, seconds = run_clip(args.style, args.clip, run_params, args.frames, device)
         inputs_at = [resize(frame, *outputs[0].shape[:2]) for frame in inputs]
         error = warp_error(outputs, inputs_at)
+        texture = texture_retention(outputs, load_image(args.style))
+        by_frame = texture.frames / texture.style
         print(
             f"{name}: warping error {error.output_mean:.2f} (input {error.reference_mean:.2f}, "
-            f"ratio {error.output_mean / error.reference_mean:.2f}); seconds frame 0 "
+            f"ratio {error.output_mean / error.reference_mean:.2f}); texture retention "
+            f"{texture.retention:.3f} (first frame {by_frame[0]:.3f}, last {by_frame[-1]:.3f}); "
+            f"seconds frame 0 "
             f"{seconds[0]:.1f}, later frames {np.mean(seconds[1:]):.1f} "
             f"(min {np.min(seconds[1:]):.1f}, max {np.max(seconds[1:]):.1f}); "
             f"total {time.perf_counter() - started:.0f} s",
