@@ -178,7 +178,6 @@ def stylise_neural_frames(
                     iterations=params.iterations,
                 )  # fmt: skip
             else:
-                carried = None
                 if _carries(history[0], index, params):
                     carried = carry_previous(history[0], frame, plan.work_shape, params)
                 first = None if carried is None else (carried.start_level0(styler), carried.held)
@@ -197,7 +196,7 @@ def stylise_neural_frames(
                     content, initial, iterations=iterations,
                     temporal=moved if params.temporal_weight else (),
                 )  # fmt: skip
-            if kind == "seeded" and carried is not None:
+            if carried is not None:
                 output = carried.deliver(result.rgb)
             else:
                 output = deliver(result.rgb, *plan.output_shape)
