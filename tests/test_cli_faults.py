@@ -172,7 +172,9 @@ def test_transfer_falls_back_to_the_cpu_mid_clip(clip, tmp_path, tiny_model, mon
     monkeypatch.setattr(transfer_module, "load_model", load)
     monkeypatch.setattr(frame_loop, "analogy", analogy_running_out_at_frame_3)
     out = tmp_path / "out.mp4"
-    result = transfer([str(style), str(path), "-o", str(out)], tiny_model, input="y\n")
+    # Seeded frames: each runs the analogy that fails.
+    args = [str(style), str(path), "-o", str(out), "--no-anchors"]
+    result = transfer(args, tiny_model, input="y\n")
     assert result.exit_code == 0, result.output
     assert devices == ["cuda", "cpu"]
     assert frames_run == [True, True, True, False, False, False, False]

@@ -197,19 +197,20 @@ def test_signal_stops_within_seconds_and_resume_finishes(signum, tmp_path, tiny_
 def interrupted(clip, tmp_path, tiny_model, monkeypatch):
     """A run stopped after 3 of 6 frames, with its work directory."""
     path, style = clip
-    real_analogy = frame_loop.analogy
+    # Every frame, whatever its kind, is synthesised once.
+    real_synthesize = frame_loop.synthesize
     calls = []
 
     def dying(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_analogy(*args, **kwargs)
+        return real_synthesize(*args, **kwargs)
 
-    monkeypatch.setattr(frame_loop, "analogy", dying)
+    monkeypatch.setattr(frame_loop, "synthesize", dying)
     out = tmp_path / "out.mp4"
     assert transfer([str(style), str(path), "-o", str(out)], tiny_model).exit_code == 130
-    monkeypatch.setattr(frame_loop, "analogy", real_analogy)
+    monkeypatch.setattr(frame_loop, "synthesize", real_synthesize)
     return path, style, out, tmp_path / "out.mp4.work"
 
 

@@ -15,12 +15,15 @@ from diva_numba import AnalogyParams, TransferParams, transfer_video
 from diva_numba.network.subnetwork import SubNetwork
 from diva_numba.optim.lbfgs import SMALL_DECREASE, LBFGSParams, minimize_lbfgs
 from diva_numba.run import anchors
+from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.video.shots import shot_distance
 
 PARAMS = TransferParams.for_device(
     "cpu", work_size=64,
     analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3, patchmatch_iterations=2),
     guided_lbfgs_iterations=3, guided_patchmatch_iterations=1,
+    # The budget of frames seeded from the one before, which anchor frames would carry.
+    anchors=AnchorParams(enabled=False),
 )  # fmt: skip
 
 

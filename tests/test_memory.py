@@ -18,9 +18,14 @@ from diva_numba.video import probe_video
 
 WIDTH, HEIGHT = 320, 180
 FRAME_BYTES = WIDTH * HEIGHT * 3
-#: Frames of the short run; the long run has four times as many.
-SHORT = 12
-FAST = ["--iters", "1", "--guided-iters", "1", "--lbfgs-iters", "0", "--guided-lbfgs-iters", "0"]
+#: Frames of the short run; the long run has four times as many. Measured peaks with
+#: anchor frames every 6 frames: 335, 339, 339 and 340 MB at 12, 24, 48 and 96 frames
+#: (a step once the run holds an anchor's state beside a carried frame's, then flat).
+SHORT = 24
+# Anchor frames every 6 frames in both runs: carried frames alone would not reach the
+# peak of a seeded analogy, which the long run makes every 24 frames by default.
+FAST = ["--iters", "1", "--guided-iters", "1", "--lbfgs-iters", "0", "--guided-lbfgs-iters", "0",
+        "--anchor-spacing", "6"]  # fmt: skip
 DIVA = [sys.executable, "-m", "diva_numba"]
 #: Runs argv as a child and prints its exit status and peak RSS in bytes.
 PEAK_RSS = """

@@ -135,7 +135,7 @@ def test_transfer_reports_stages_then_a_summary_and_json(clip, tmp_path, tiny_mo
     stderr = result.stderr
     assert "\r" not in stderr
     assert "transfer: frame 0, full analogy, level 5: patchmatch" in stderr
-    assert "transfer: frame 3 (seeded)" in stderr
+    assert "transfer: frame 1 (carried)" in stderr
     assert "diva-numba: done in " in stderr and f"{out} (64 x 48, 4 frames)" in stderr
     assert "preview: " in stderr and "flicker: warping error" in stderr
 

@@ -41,16 +41,16 @@ HOLDER = textwrap.dedent(
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    """A clip, its style image, the output path, and a count of analogies computed."""
+    """A clip, its style image, the output path, and a count of frames computed."""
     clip, style = make_clip(tmp_path)
     computed = []
-    real_analogy = frame_loop.analogy
+    real_synthesize = frame_loop.synthesize
 
     def counting(*args, **kwargs):
         computed.append(1)
-        return real_analogy(*args, **kwargs)
+        return real_synthesize(*args, **kwargs)
 
-    monkeypatch.setattr(frame_loop, "analogy", counting)
+    monkeypatch.setattr(frame_loop, "synthesize", counting)
     return clip, style, tmp_path / "o.mp4", computed
 
 
@@ -113,17 +113,18 @@ def test_a_work_directory_with_no_finished_frame_is_started_over(run, tiny_model
 def interrupted(run, monkeypatch, tiny_model):
     """A run of 4 frames stopped after 2, with its work directory."""
     clip, style, out, computed = run
-    real_analogy = frame_loop.analogy
+    # Every frame, whatever its kind, is synthesised once.
+    real_synthesize = frame_loop.synthesize
 
     def dying(*args, **kwargs):
         if len(computed) == 3:
             raise KeyboardInterrupt
-        return real_analogy(*args, **kwargs)
+        return real_synthesize(*args, **kwargs)
 
-    monkeypatch.setattr(frame_loop, "analogy", dying)
+    monkeypatch.setattr(frame_loop, "synthesize", dying)
     args = [str(style), str(clip), "-o", str(out), "--end", "4"]
     assert transfer(args, tiny_model).exit_code == 130
-    monkeypatch.setattr(frame_loop, "analogy", real_analogy)
+    monkeypatch.setattr(frame_loop, "synthesize", real_synthesize)
     computed.clear()
     return args, out.with_name("o.mp4.work"), computed
 

@@ -13,6 +13,7 @@ from diva_numba import AnalogyParams, TransferParams, resolve_device
 from diva_numba.finishing.keyframes import Keyframe
 from diva_numba.image_analogy.deep_analogy import WarmStart, analogy, load_model
 from diva_numba.images import save_image
+from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.run.planning import plan_transfer
 from diva_numba.run.spec import RunSpec
 
@@ -75,7 +76,7 @@ def test_the_frame_loop_gives_every_analogy_the_photograph(tmp_path, tiny_model,
     save_image(tmp_path / "style.png", paint(frames[1]))
     params = TransferParams.for_device(
         "cpu", analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=1, patchmatch_iterations=1),
-        guided_lbfgs_iterations=1,
+        guided_lbfgs_iterations=1, anchors=AnchorParams(enabled=False),  # every frame an analogy
     )  # fmt: skip
     seen = []
     real = frame_loop.analogy

@@ -74,9 +74,9 @@ def test_existing_output_is_refused(clip, tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "mode",
     [
-        ["--anchors"],  # anchor frames by coverage: frame 0 the anchor of the rest
-        ["--anchors", "--anchor-spacing", "2"],  # anchors 0, 2, 4: frame 3 resumes from 2's state
-        [],  # the default: every frame seeded from the one before
+        [],  # the default, anchor frames by coverage: frame 0 the anchor of the rest
+        ["--anchor-spacing", "2"],  # anchors 0, 2, 4: frame 3 resumes from 2's state
+        ["--no-anchors"],  # every frame seeded from the one before
     ],
 )
 def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, monkeypatch, mode):
@@ -103,7 +103,7 @@ def test_interrupted_run_resumes_to_the_same_frames(clip, tmp_path, tiny_model, 
     work = tmp_path / "b.mp4.work"
     assert work.is_dir()
     anchors = sorted(p.name for p in (work / "anchors").glob("*.npz"))
-    assert anchors == {1: ["000000.npz"], 3: ["000002.npz"], 0: []}[len(mode)]
+    assert anchors == {0: ["000000.npz"], 2: ["000002.npz"], 1: []}[len(mode)]
 
     monkeypatch.setattr(frame_loop, "synthesize", real_synthesize)
     resumed = tmp_path / "resumed"

@@ -230,8 +230,10 @@ PREVIEW_ROWS = 4
 def transfer(style, clip, output, device, quiet, as_json, method, **options):
     """Give every frame of CLIP the look of the STYLE image, without flicker.
 
-    Frame 0 is a full image analogy; later frames are seeded from the previous
-    one through the optical flow. The output has the clip's frame count, frame
+    Frame 0 is a full image analogy; the analogy then runs on anchor frames
+    (frames the last anchor no longer covers, at most --anchor-spacing apart),
+    and every other frame copies the style through its anchor's field, carried
+    along the optical flow. The output has the clip's frame count, frame
     timing (a constant rate, or each frame's own time for a variable rate) and
     audio. An interrupted run (Ctrl-C, crash, kill) continues with
     --resume; the output file appears only when the video is complete.

@@ -45,6 +45,7 @@ from diva_numba.kernels.patchmatch import PatchMatchParams, patchmatch
 from diva_numba.models import vgg
 from diva_numba.network.subnetwork import SubNetwork, deconvolve
 from diva_numba.optim.lbfgs import LBFGSParams
+from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.run.transfer import TransferParams, transfer_video
 from diva_numba.synthesis.alignment import AlignmentParams
 from diva_numba.synthesis.pyramid import SynthesisParams, synthesize
@@ -412,6 +413,8 @@ VIDEO_PARAMS = TransferParams(
     work_size=32,
     guided_patchmatch_iterations=1,
     guided_lbfgs_iterations=1,
+    # Every frame seeded: the analogy's state stays on the device from frame to frame.
+    anchors=AnchorParams(enabled=False),
 )
 
 
