@@ -11,8 +11,16 @@ from skimage import data
 import diva_numba.run.frame_loop as frame_loop
 from diva_numba import AnalogyParams, TransferParams, transfer_video
 from diva_numba.bench.truth import lab_distance, painted_pan
+from diva_numba.gpu.device import Device
 from diva_numba.images import load_image, save_image
-from diva_numba.run.anchor_frames import AnchorParams, covered_share, needs_anchor
+from diva_numba.run.anchor_frames import (
+    AnchorParams,
+    covered_share,
+    joined,
+    landing_offsets,
+    needs_anchor,
+)
+from diva_numba.synthesis.temporal_guide import TemporalGuide
 
 
 def test_schedule_rules():
@@ -115,3 +123,34 @@ def test_a_slow_pan_does_not_drift(tmp_path, tiny_model):
     assert anchored[2] <= 1.1 * anchored[0]
     # The check can fail: frame to frame, the output falls behind.
     assert without[2] - without[0] > 0.5
+
+
+def test_landing_offsets_are_the_fractions_a_pulled_field_loses():
+    moved = np.zeros((4, 6, 2), np.float32)
+    moved[..., 0], moved[..., 1] = 0.7, -0.4  # (dx, dy)
+    offsets = landing_offsets(moved, (8, 12))  # the exemplar twice the output's size
+    # x + 0.7 rounds to x + 1 (0.3 lost), y - 0.4 to y (0.4 gained); in exemplar pixels.
+    np.testing.assert_allclose(offsets[..., 0], -0.8, atol=1e-5)
+    np.testing.assert_allclose(offsets[..., 1], -0.6, atol=1e-5)
+
+
+def test_a_covered_pixel_holds_the_previous_match_only_near_where_the_anchor_lands():
+    shape = (2, 3)
+    anchor_field = np.zeros((*shape, 2), np.int32)
+    anchor_field[..., 1] = 10
+    previous_field = anchor_field.copy()
+    previous_field[0, :, 1] = 11  # 0.6 px from where the anchor's match lands
+    previous_field[1, :, 1] = 13  # 2.6 px from it
+    offsets = np.zeros((*shape, 2), np.float32)
+    offsets[..., 1] = 0.4
+    ones = np.ones(shape, np.float32)
+    anchor = TemporalGuide(np.zeros((*shape, 3), np.uint8), ones, 1.0, anchor_field)
+    previous = TemporalGuide(np.full((*shape, 3), 9, np.uint8), ones, 1.0, previous_field)
+    cpu = Device("cpu", "CPU")
+    band = np.array([0.75, 0.75])
+    held = joined(anchor, previous, cpu, offsets=offsets, band=band)
+    np.testing.assert_array_equal(held.field[0], previous_field[0])
+    np.testing.assert_array_equal(held.field[1], anchor_field[1])
+    assert (held.previous[0] == 9).all() and (held.previous[1] == 0).all()
+    # Without the hold the anchor's match stands wherever the anchor covers.
+    np.testing.assert_array_equal(joined(anchor, previous, cpu).field, anchor_field)

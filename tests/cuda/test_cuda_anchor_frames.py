@@ -71,4 +71,3 @@ def test_anchor_frames_on_the_gpu_match_the_cpu_and_resume(gpu, cpu, tmp_path, t
     for index, (got, want) in enumerate(zip(gpu_frames, _frames(tmp_path / "cpu"), strict=True)):
         differing = np.abs(got.astype(int) - want).max(axis=-1) > 0
         assert differing.mean() <= MISMATCH_SHARE, (index, differing.mean())
-
