@@ -1,5 +1,7 @@
 """The full-resolution synthesis: scale schedule, exact copies, guides, the real model's fields."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -131,6 +133,31 @@ def test_a_video_frame_keeps_the_matches_its_flow_vouches_for(rng, coarse_search
     vouched[40 - 3 : 60 + 3, 50 - 3 : 80 + 3] = False  # the occlusion grown by a patch
     np.testing.assert_array_equal(result.field[vouched], previous_field[vouched])
     assert (result.field[40:60, 50:80] != previous_field[40:60, 50:80]).any(axis=-1).mean() > 0.5
+
+
+def test_a_carried_match_moves_by_its_fraction_of_a_pixel(rng):
+    """Where the last scale keeps a carried match, the output samples the style image at
+    the match plus the fraction of a pixel the move rounded off; elsewhere it copies."""
+    ramp = np.repeat((4 * np.arange(48, dtype=np.uint8))[None, :, None], 3, axis=2)
+    exemplar = np.ascontiguousarray(np.repeat(ramp, 24, axis=0))
+    field = identity((24, 48)).astype(np.int32)
+    offsets = np.zeros((24, 48, 2), np.float32)
+    offsets[..., 1] = 0.5
+    reliability = np.ones((24, 48), np.float32)
+    reliability[:, :8] = 0  # not trusted: copied whatever the offset
+    guide = TemporalGuide(exemplar, reliability, weight=1.0, field=field, offsets=offsets)
+
+    def made(temporal):
+        return synthesize(exemplar, exemplar, field, None, exemplar_work_shape=(24, 48),
+                          device=CPU, params=SynthesisParams(iterations=0),
+                          temporal=temporal)  # fmt: skip
+
+    moved = made(guide)
+    # Bicubic on a ramp is exact: half a pixel on is 2 levels up.
+    np.testing.assert_array_equal(moved.image[:, 8:-2, 0], exemplar[:, 8:-2, 0] + 2)
+    np.testing.assert_array_equal(moved.image[:, :8], exemplar[:, :8])
+    np.testing.assert_array_equal(moved.field, field)  # the state keeps whole pixels
+    np.testing.assert_array_equal(made(dataclasses.replace(guide, offsets=None)).image, exemplar)
 
 
 def test_parameters_are_checked():

@@ -28,6 +28,7 @@ An anchor's state is the run's state for ``--resume``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -55,9 +56,9 @@ class AnchorParams:
         that is not whole pixels a frame: on a pan by 0.7 x 2.3 px a frame over
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
-        frames; carried from the anchor it stays at 0.9 / 1.2 / 1.1. The price
+        frames; carried from the anchor it stays at 0.3 / 0.4 / 1.0. The price
         is flicker, within twice the input's own (the bundled example 2.81
-        against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.48 against
+        against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.56 against
         1.28, the input's 0.92; BENCHMARKS.md "Anchors by default"). Anchors
         need the temporal guide (``temporal_weight > 0``) and stand aside where
         painted keyframes are given.
@@ -73,23 +74,25 @@ class AnchorParams:
         At most this many frames from one anchor to the next, however well the
         last one covers.
     hold : float or None
-        A carried pixel keeps the previous frame's match, moved one frame on,
-        while that lies within half a pixel plus ``hold`` (per axis, in pixels
-        of the output) of where the flow to the anchor lands its anchor's match,
-        fractions of a pixel included; None takes the anchor's match wherever
-        it covers. The flow to the anchor is estimated afresh on every frame,
-        and its rounding made matches jump by a pixel and back: on the bundled
-        example the warping error is 2.81 with 0.25 against 2.97 without (the
-        input's 2.19), Big Buck Bunny 1.48 against 1.56; the drift stays bounded
-        (a 0.7 x 2.3 px a frame pan: 0.91 / 1.22 / 1.13 Lab from the ideal by
-        third, 0.82 / 1.04 / 1.09 without; with 0.5 it climbs to 2.8).
+        None (the default) takes the anchor's match wherever it covers, and the
+        synthesis samples the style image at it plus the fraction of a pixel
+        its move rounded off (:func:`landing_offsets`; outputs under three
+        times the working size), so that the output moves with the content,
+        not by whole pixels. A number makes a carried
+        pixel keep the previous frame's match, moved one frame on, while that
+        lies within half a pixel plus ``hold`` (per axis, output pixels) of
+        where the anchor's lands, and copy whole pixels: an earlier answer to
+        the same jitter, kept for comparison (the bundled example's warping
+        error 2.81 with 0.25, 2.81 with None, 2.97 with neither; a pan over a
+        photo of fur, 0.7 x 2.3 px a frame: 5.64 with 0.25, 3.50 with None,
+        the painting itself 3.30; BENCHMARKS.md "Anchors by default").
     """
 
     enabled: bool = True
     min_coverage: float = 0.85
     covered_from: float = 0.5
     max_spacing: int = 24
-    hold: float | None = 0.25
+    hold: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.min_coverage <= 1.0 or not 0.0 <= self.covered_from <= 1.0:
@@ -211,19 +214,21 @@ def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
     afresh, and flickering, on every frame. Without a previous guide (or either
     field) the anchor's stands alone. The fields go to ``device``.
 
-    With ``offsets`` (:func:`landing_offsets` of the flow to the anchor) and
-    ``band`` (``(y, x)``, exemplar pixels), a covered pixel the previous frame's
-    guide trusts keeps the previous frame's match where that is within ``band``
-    of the anchor's match plus its offset (:attr:`AnchorParams.hold`).
+    ``offsets`` (:func:`landing_offsets` of the flow to the anchor) go with the
+    anchor's matches (0 elsewhere): the synthesis samples the style image at each
+    kept match plus its offset. With ``band`` (``(y, x)``, exemplar pixels) too, a
+    covered pixel the previous frame's guide trusts keeps the previous frame's
+    match where that is within ``band`` of the anchor's match plus its offset
+    (:attr:`AnchorParams.hold`).
     """
     if previous is None or previous.field is None or anchor.field is None:
-        return anchor
+        return dataclasses.replace(anchor, offsets=offsets)
     own = anchor.reliability >= 0.5
     own_map = to_device(own, device)
     xp = array_module(own_map)
     anchor_field = to_device(anchor.field, device)
     previous_field = to_device(previous.field, device)
-    if offsets is not None:
+    if band is not None:
         apart = (previous_field - anchor_field).astype(xp.float32)
         apart -= to_device(offsets, device)
         apart = xp.abs(apart, out=apart)
@@ -237,6 +242,7 @@ def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
         np.where(own, anchor.reliability, previous.reliability).astype(np.float32),
         anchor.weight,
         field,
+        None if offsets is None else np.where(own[..., None], offsets, np.float32(0)),
     )
 
 
@@ -275,13 +281,11 @@ def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarr
         carried = carry_anchor(anchor, previous, work_frame, (backward, forward), params.keyframes)
         covered = (carried.reliability >= params.anchors.covered_from).astype(np.float32)
     with profile.stage("synthesis"):
-        offsets = band = None
-        hold = params.anchors.hold
+        shape = anchor.output_frame.shape[:2]
+        offsets = landing_offsets(output_flow(carried.to_key, shape), exemplar_shape)
+        band, hold = None, params.anchors.hold
         if hold is not None:
-            shape = anchor.output_frame.shape[:2]
-            offsets = landing_offsets(output_flow(carried.to_key, shape), exemplar_shape)
-            cell = np.divide(exemplar_shape, shape)
-            band = (0.5 + hold) * cell
+            band = (0.5 + hold) * np.divide(exemplar_shape, shape)
         temporal = joined(
             moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
                         params.temporal_weight, exemplar_shape),

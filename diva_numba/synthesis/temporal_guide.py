@@ -38,12 +38,19 @@ class TemporalGuide:
         scale's starting field, as EbSynth carries its field from frame to
         frame: a match a working pixel off, upsampled, is several output pixels
         off, more than a fine scale's touch-up can mend.
+    offsets : float32 array (H, W, 2), optional
+        ``(y, x)`` fractions of an exemplar pixel that ``field`` lost to the
+        rounding of the move (0 where it lost none). Where a coarse last scale keeps
+        a carried match, the output samples the exemplar there (bicubic), so
+        that content moving by fractions of a pixel a frame moves so in the
+        output, not by whole pixels.
     """
 
     previous: np.ndarray
     reliability: np.ndarray
     weight: float
     field: object | None = None
+    offsets: np.ndarray | None = None
 
 
 #: Reliability (0..1) from which the flow is trusted: the previous field is carried
