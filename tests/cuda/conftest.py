@@ -7,6 +7,7 @@ where there is none, as the real-GPU tests do. The ``gpu`` fixture is a CUDA
 (with its launcher, streams, graphs and libcublas), with the counters of what it does.
 """
 
+import shutil
 import sys
 
 import cupy_standin
@@ -15,6 +16,7 @@ from numba import config
 
 from diva_numba.gpu.device import Device
 from diva_numba.kernels import reductions, targets
+from diva_numba.run import workdir
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +51,21 @@ def gpu(monkeypatch):
 @pytest.fixture
 def cpu():
     return Device("cpu", "CPU")
+
+
+@pytest.fixture
+def keep_work_after(monkeypatch):
+    """``keep(index, where)``: copy a GPU run's work directory to ``where`` once frame
+    ``index``'s state is saved (the start of a resumed run)."""
+
+    def keep(index, where):
+        real_save_state = workdir.WorkDirectory.save_state
+
+        def save_state(self, state):
+            real_save_state(self, state)
+            if state.index == index and self.manifest["device"] == "cuda" and not where.exists():
+                shutil.copytree(self.path, where)  # the writer runs one job at a time
+
+        monkeypatch.setattr(workdir.WorkDirectory, "save_state", save_state)
+
+    return keep

@@ -7,7 +7,6 @@ give the CPU's frames, and a run resumed after a carried frame (its anchor read 
 from disk and uploaded) the uninterrupted run's.
 """
 
-import shutil
 from fractions import Fraction
 
 import cv2
@@ -16,7 +15,6 @@ from clips import pan_frames, write_clip
 
 from diva_numba.image_analogy.deep_analogy import AnalogyParams
 from diva_numba.images import load_image
-from diva_numba.run import workdir
 from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.run.transfer import TransferParams, transfer_video
 
@@ -39,7 +37,7 @@ def _frames(directory):
 
 
 def test_anchor_frames_on_the_gpu_match_the_cpu_and_resume(gpu, cpu, tmp_path, tiny_model,
-                                                            monkeypatch):  # fmt: skip
+                                                            keep_work_after):  # fmt: skip
     device, _ = gpu
     frames = pan_frames(FRAMES, width=48, height=32, step=(1, 2))
     clip, style = tmp_path / "clip.mp4", tmp_path / "style.png"
@@ -48,14 +46,7 @@ def test_anchor_frames_on_the_gpu_match_the_cpu_and_resume(gpu, cpu, tmp_path, t
 
     kinds = []
     kept = tmp_path / "after_frame_3"
-    real_save_state = workdir.WorkDirectory.save_state
-
-    def save_state(self, state):
-        real_save_state(self, state)
-        if state.index == 3 and self.manifest["device"] == "cuda" and not kept.exists():
-            shutil.copytree(self.path, kept)  # the writer runs one job at a time
-
-    monkeypatch.setattr(workdir.WorkDirectory, "save_state", save_state)
+    keep_work_after(3, kept)
     transfer_video(style, clip, tmp_path / "gpu.mp4", PARAMS, device=device, model=tiny_model,
                    keep_frames=tmp_path / "gpu",
                    on_frame=lambda report: kinds.append(report.kind))  # fmt: skip

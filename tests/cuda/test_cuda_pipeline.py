@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import shutil
 import sys
 from fractions import Fraction
 
@@ -37,7 +36,6 @@ from clips import pan_frames, photo, write_clip
 from numba import cuda
 from numba.core import config
 
-import diva_numba.run.workdir as workdir
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, AnalogyParams, analogy
 from diva_numba.images import load_image
 from diva_numba.kernels import lbfgs_ops
@@ -423,7 +421,7 @@ def _frames(directory):
 
 
 def test_video_on_the_gpu_matches_the_cpu_and_stays_on_the_device(
-    gpu, cpu, clip, tmp_path, tiny_model, monkeypatch
+    gpu, cpu, clip, tmp_path, tiny_model, monkeypatch, keep_work_after
 ):
     device, counters = gpu
     path, style = clip
@@ -439,14 +437,7 @@ def test_video_on_the_gpu_matches_the_cpu_and_stays_on_the_device(
     monkeypatch.setattr(AnalogyModel, "features", features)
     # Keep the work directory as it was after frame 1: the start of a resumed run.
     kept = tmp_path / "after_frame_1"
-    real_save_state = workdir.WorkDirectory.save_state
-
-    def save_state(self, state):
-        real_save_state(self, state)
-        if state.index == 1 and self.manifest["device"] == "cuda" and not kept.exists():
-            shutil.copytree(self.path, kept)  # the writer runs one job at a time
-
-    monkeypatch.setattr(workdir.WorkDirectory, "save_state", save_state)
+    keep_work_after(1, kept)
     evaluations = []
     real_loss_and_gradient = SubNetwork.loss_and_gradient
 
