@@ -309,7 +309,8 @@ def synthesize(
                 source_shape=exemplar_shape, field_source_shape=exemplar.shape[:2],
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
-        if last and not fine and temporal is not None and temporal.offsets is not None:
+        moves_carried = images.has("previous") and temporal.field is not None
+        if last and not fine and moves_carried and temporal.offsets is not None:
             # What the search leaves where it was carried moves by its fraction of a pixel.
             # Not at a fine last scale: a flow from the working size is not precise to a
             # fraction of an output pixel there (a whole-pixel pan at 400 x 240 from 96: Lab
