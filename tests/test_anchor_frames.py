@@ -144,11 +144,11 @@ def test_a_covered_pixel_holds_the_previous_match_only_near_where_the_anchor_lan
     offsets = np.zeros((*shape, 2), np.float32)
     offsets[..., 1] = 0.4
     ones = np.ones(shape, np.float32)
-    anchor = TemporalGuide(np.zeros((*shape, 3), np.uint8), ones, 1.0, anchor_field)
+    anchor = TemporalGuide(np.zeros((*shape, 3), np.uint8), ones, 1.0, anchor_field, offsets)
     previous = TemporalGuide(np.full((*shape, 3), 9, np.uint8), ones, 1.0, previous_field)
     cpu = Device("cpu", "CPU")
     band = np.array([0.75, 0.75])
-    held = joined(anchor, previous, cpu, offsets=offsets, band=band)
+    held = joined(anchor, previous, cpu, band=band)
     np.testing.assert_array_equal(held.field[0], previous_field[0])
     np.testing.assert_array_equal(held.field[1], anchor_field[1])
     assert (held.previous[0] == 9).all() and (held.previous[1] == 0).all()

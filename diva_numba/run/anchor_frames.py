@@ -28,7 +28,6 @@ An anchor's state is the run's state for ``--resume``
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -39,6 +38,7 @@ from diva_numba.gpu.device import array_module, to_device, to_host
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run.workdir import FrameState
+from diva_numba.synthesis.pyramid import is_fine_scale
 from diva_numba.synthesis.temporal_guide import TemporalGuide
 from diva_numba.video.flow import occlusion_mask, warp_image
 
@@ -148,7 +148,8 @@ def carried_work_field(anchor: FrameState, to_anchor: np.ndarray, style_work_sha
 
 
 def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability: np.ndarray,
-                weight: float, exemplar_shape: tuple[int, int]) -> TemporalGuide:  # fmt: skip
+                weight: float, exemplar_shape: tuple[int, int], *,
+                with_offsets: bool = False) -> TemporalGuide:  # fmt: skip
     """Guide (c) of the synthesis: an earlier output and its field moved into a frame.
 
     Parameters
@@ -164,6 +165,9 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
         In [0, 1], at the working size.
     weight : float
     exemplar_shape : (int, int)
+    with_offsets : bool
+        Also give the fractions of a pixel the field's move rounds off
+        (:func:`landing_offsets`, :attr:`TemporalGuide.offsets`).
 
     The flow and the reliability are brought to the output size bilinearly: a
     DIS flow at the output size costs far more and moves the guide by less than
@@ -176,7 +180,9 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     field = None
     if output_field is not None:
         field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
-    return TemporalGuide(warp_image(output, moved, interpolation="cubic"), trusted, weight, field)
+    offsets = landing_offsets(moved, exemplar_shape) if with_offsets else None
+    return TemporalGuide(warp_image(output, moved, interpolation="cubic"), trusted, weight, field,
+                         offsets)  # fmt: skip
 
 
 def output_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -203,7 +209,7 @@ def landing_offsets(moved: np.ndarray, exemplar_shape: tuple[int, int]) -> np.nd
 
 
 def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
-           offsets: np.ndarray | None = None, band=None) -> TemporalGuide:  # fmt: skip
+           band=None) -> TemporalGuide:  # fmt: skip
     """One guide: the anchor's output where it covers the frame, the previous frame's elsewhere.
 
     Where the anchor covers (its reliability at least 1/2 at the output size) the
@@ -214,15 +220,16 @@ def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
     afresh, and flickering, on every frame. Without a previous guide (or either
     field) the anchor's stands alone. The fields go to ``device``.
 
-    ``offsets`` (:func:`landing_offsets` of the flow to the anchor) go with the
-    anchor's matches (0 elsewhere): the synthesis samples the style image at each
-    kept match plus its offset. With ``band`` (``(y, x)``, exemplar pixels) too, a
-    covered pixel the previous frame's guide trusts keeps the previous frame's
-    match where that is within ``band`` of the anchor's match plus its offset
-    (:attr:`AnchorParams.hold`).
+    The anchor's ``offsets`` (:func:`landing_offsets` of the flow to it) go with
+    its matches (0 elsewhere): the synthesis samples the style image at each kept
+    match plus its offset. With ``band`` (``(y, x)``, exemplar pixels), which needs
+    them, a covered pixel the previous frame's guide trusts keeps the previous
+    frame's match where that is within ``band`` of the anchor's match plus its
+    offset (:attr:`AnchorParams.hold`).
     """
     if previous is None or previous.field is None or anchor.field is None:
-        return dataclasses.replace(anchor, offsets=offsets)
+        return anchor
+    offsets = anchor.offsets
     own = anchor.reliability >= 0.5
     own_map = to_device(own, device)
     xp = array_module(own_map)
@@ -282,16 +289,18 @@ def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarr
         covered = (carried.reliability >= params.anchors.covered_from).astype(np.float32)
     with profile.stage("synthesis"):
         shape = anchor.output_frame.shape[:2]
-        offsets = landing_offsets(output_flow(carried.to_key, shape), exemplar_shape)
         band, hold = None, params.anchors.hold
         if hold is not None:
             band = (0.5 + hold) * np.divide(exemplar_shape, shape)
+        # The synthesis uses the fractions at a coarse last scale only.
+        fine = is_fine_scale(shape, work_frame.shape[:2], params.synthesis.fine_from)
         temporal = joined(
             moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
-                        params.temporal_weight, exemplar_shape),
+                        params.temporal_weight, exemplar_shape,
+                        with_offsets=band is not None or not fine),
             step_guide(previous, backward, occlusion_mask(forward, backward), params,
                        exemplar_shape),
-            device, offsets=offsets, band=band,
+            device, band=band,
         )  # fmt: skip
     return carried, covered, temporal
 

@@ -278,7 +278,6 @@ def synthesize(
     positions = xp_field.astype(xp.float32)
     sizes = scale_sizes(tuple(work_field.shape[:2]), structure.shape[:2], max_step=params.max_step)
     exemplar_sizes = _exemplar_sizes(exemplar_work_shape, exemplar.shape[:2], len(sizes))
-    work_area = sizes[0][0] * sizes[0][1]
     field_k = None
     align_scale = alignment_scale(sizes, exemplar_sizes, fine_from=params.fine_from,
                                   params=params.alignment)  # fmt: skip
@@ -291,7 +290,7 @@ def synthesize(
                 coarse_source_shape=exemplar_sizes[scale - 1],
                 source_shape=exemplar_shape,
             )
-        fine = shape[0] * shape[1] >= params.fine_from**2 * work_area
+        fine = is_fine_scale(shape, sizes[0], params.fine_from)
         patch = params.fine_patch_size if fine else params.patch_size
         iterations = params.fine_iterations if fine else params.iterations
         jumps = params.fine_jumps if fine else params.jumps
@@ -349,6 +348,13 @@ def synthesize(
     else:
         image = _pixels(vote(images.exemplar, field_k, patch_size=params.vote_patch_size or patch))
     return Synthesis(image=image, field=field_k, scales=sizes)
+
+
+def is_fine_scale(shape: tuple[int, int], work_shape: tuple[int, int], fine_from: float) -> bool:
+    """Whether a scale of ``shape`` is a fine one: at least ``fine_from`` times the working
+    size (:attr:`SynthesisParams.fine_from`), where the patches are smaller, the field is
+    touched up, and carried matches are copied whole (no fractions of a pixel)."""
+    return shape[0] * shape[1] >= fine_from**2 * work_shape[0] * work_shape[1]
 
 
 def _sampled(exemplar: np.ndarray, field: np.ndarray, carried: np.ndarray, trusted: np.ndarray,
