@@ -18,6 +18,7 @@ from diva_numba.run.anchor_frames import (
     covered_share,
     joined,
     landing_offsets,
+    moved_guide,
     needs_anchor,
 )
 from diva_numba.synthesis.temporal_guide import TemporalGuide
@@ -132,6 +133,38 @@ def test_landing_offsets_are_the_fractions_a_pulled_field_loses():
     # x + 0.7 rounds to x + 1 (0.3 lost), y - 0.4 to y (0.4 gained); in exemplar pixels.
     np.testing.assert_allclose(offsets[..., 0], -0.8, atol=1e-5)
     np.testing.assert_allclose(offsets[..., 1], -0.6, atol=1e-5)
+
+
+def test_an_anchor_sampled_off_whole_pixels_is_carried_with_its_fractions():
+    # An anchor whose output was sampled 0.4 px right of its field (an anchor carried
+    # from an earlier one); the next frame shows the anchor's content 0.3 px on.
+    height, width = 6, 10
+    rows, columns = np.mgrid[0:height, 0:width]
+    field = np.stack([rows, columns], axis=-1).astype(np.int32)
+    sampled_off = np.zeros((height, width, 2), np.float32)
+    sampled_off[..., 1] = 0.4
+    flow = np.zeros((height, width, 2), np.float32)
+    flow[..., 0] = 0.3  # (dx, dy): the frame's pixel x shows the anchor's x + 0.3
+    output = np.zeros((height, width, 3), np.uint8)
+    ones = np.ones((height, width), np.float32)
+
+    def guide(fractions):
+        return moved_guide(output, field, flow, ones, 1.0, (height, width), with_offsets=True,
+                           field_offsets=fractions)  # fmt: skip
+
+    carried = guide(sampled_off)
+    # The content lies at x + 0.3 + 0.4 of the style image: x + 1, less 0.3.
+    inner = (slice(None), slice(0, width - 1))
+    np.testing.assert_array_equal(carried.field[inner][..., 1], columns[inner] + 1)
+    np.testing.assert_allclose(carried.offsets[inner][..., 1], -0.3, atol=1e-5)
+    np.testing.assert_array_equal(carried.field[..., 0], rows)
+    np.testing.assert_allclose(carried.offsets[..., 0], 0.0, atol=1e-6)
+    # Matches stay inside the style image at its right edge.
+    assert carried.field[..., 1].max() == width - 1
+    # Without the anchor's fractions the frame lands 0.4 px short of its content.
+    plain = guide(None)
+    np.testing.assert_array_equal(plain.field[..., 1], columns)
+    np.testing.assert_allclose(plain.offsets[..., 1], 0.3, atol=1e-5)
 
 
 def test_a_covered_pixel_holds_the_previous_match_only_near_where_the_anchor_lands():

@@ -56,8 +56,8 @@ class AnchorParams:
         that is not whole pixels a frame: on a pan by 0.7 x 2.3 px a frame over
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
-        frames; carried from the anchor it stays at 0.3 / 0.4 / 1.0. The price
-        is flicker, within twice the input's own (the bundled example 2.81
+        frames; carried from the anchor it stays at 0.3 / 0.4 / 0.5. The price
+        is flicker, within twice the input's own (the bundled example 2.34
         against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.56 against
         1.28, the input's 0.92; BENCHMARKS.md "Anchors by default"). Anchors
         need the temporal guide (``temporal_weight > 0``) and stand aside where
@@ -82,10 +82,12 @@ class AnchorParams:
         pixel keep the previous frame's match, moved one frame on, while that
         lies within half a pixel plus ``hold`` (per axis, output pixels) of
         where the anchor's lands, and copy whole pixels: an earlier answer to
-        the same jitter, kept for comparison (the bundled example's warping
-        error 2.81 with 0.25, 2.81 with None, 2.97 with neither; a pan over a
-        photo of fur, 0.7 x 2.3 px a frame: 5.64 with 0.25, 3.50 with None,
-        the painting itself 3.30; BENCHMARKS.md "Anchors by default").
+        the same jitter, kept for comparison (measured while anchors after a
+        shot's first still rounded their content to whole pixels: the bundled
+        example's warping error 2.81 with 0.25, 2.81 with None, 2.97 with
+        neither; a pan over a photo of fur, 0.7 x 2.3 px a frame: 5.64 with
+        0.25, 3.50 with None, the painting itself 3.30; BENCHMARKS.md "Anchors
+        by default").
     """
 
     enabled: bool = True
@@ -149,7 +151,7 @@ def carried_work_field(anchor: FrameState, to_anchor: np.ndarray, style_work_sha
 
 def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability: np.ndarray,
                 weight: float, exemplar_shape: tuple[int, int], *,
-                with_offsets: bool = False) -> TemporalGuide:  # fmt: skip
+                with_offsets: bool = False, field_offsets=None) -> TemporalGuide:  # fmt: skip
     """Guide (c) of the synthesis: an earlier output and its field moved into a frame.
 
     Parameters
@@ -168,6 +170,13 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     with_offsets : bool
         Also give the fractions of a pixel the field's move rounds off
         (:func:`landing_offsets`, :attr:`TemporalGuide.offsets`).
+    field_offsets : float32 array (H, W, 2), optional
+        The fractions of a pixel the earlier output was sampled off its field
+        (:attr:`~diva_numba.synthesis.pyramid.Synthesis.offsets`); with
+        ``with_offsets`` they move with their matches and add to the move's,
+        whole pixels going into the field, so that a frame carried from an
+        anchor that was itself sampled off whole pixels lands where the content
+        does.
 
     The flow and the reliability are brought to the output size bilinearly: a
     DIS flow at the output size costs far more and moves the guide by less than
@@ -181,6 +190,10 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     if output_field is not None:
         field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
     offsets = landing_offsets(moved, exemplar_shape) if with_offsets else None
+    if offsets is not None and field is not None and field_offsets is not None:
+        field, offsets = _whole_pixels_in_field(
+            field, offsets + pulled_offsets(field_offsets, moved), exemplar_shape
+        )
     return TemporalGuide(warp_image(output, moved, interpolation="cubic"), trusted, weight, field,
                          offsets)  # fmt: skip
 
@@ -206,6 +219,29 @@ def landing_offsets(moved: np.ndarray, exemplar_shape: tuple[int, int]) -> np.nd
     offsets -= np.floor(offsets + np.float32(0.5))
     offsets *= np.array([exemplar_shape[0] / height, exemplar_shape[1] / width], np.float32)
     return offsets
+
+
+def pulled_offsets(offsets: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """Each pixel's entry of ``offsets`` (H, W, 2) from where ``moved`` (output-size
+    ``(dx, dy)``) leads it, rounded and clamped as :func:`pull_field` moves matches."""
+    height, width = moved.shape[:2]
+    rows = np.floor(moved[..., 1] + np.arange(height, dtype=np.float32)[:, None] + 0.5)
+    columns = np.floor(moved[..., 0] + np.arange(width, dtype=np.float32) + 0.5)
+    rows = np.clip(np.nan_to_num(rows), 0, height - 1).astype(np.intp)
+    columns = np.clip(np.nan_to_num(columns), 0, width - 1).astype(np.intp)
+    return offsets[rows, columns]
+
+
+def _whole_pixels_in_field(field, offsets: np.ndarray, exemplar_shape):
+    """``field`` and ``offsets`` with the offsets' whole pixels moved into the field, so
+    that every offset is within half a pixel (matches clamped into the exemplar)."""
+    whole = np.floor(offsets + np.float32(0.5))
+    if not whole.any():
+        return field, offsets
+    xp = array_module(field)
+    moved = field + xp.asarray(whole.astype(np.int32))
+    moved = xp.clip(moved, 0, xp.asarray(np.array(exemplar_shape, np.int32) - 1))
+    return moved, (offsets - whole).astype(np.float32)
 
 
 def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
@@ -297,7 +333,8 @@ def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarr
         temporal = joined(
             moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
                         params.temporal_weight, exemplar_shape,
-                        with_offsets=band is not None or not fine),
+                        with_offsets=band is not None or not fine,
+                        field_offsets=anchor.output_offsets),
             step_guide(previous, backward, occlusion_mask(forward, backward), params,
                        exemplar_shape),
             device, band=band,
@@ -311,6 +348,7 @@ __all__ = [
     "joined",
     "landing_offsets",
     "output_flow",
+    "pulled_offsets",
     "AnchorParams",
     "carried_work_field",
     "carry_anchor",

@@ -406,6 +406,7 @@ class FrameLoop:
             anchor_flows={lv: flow for lv, (flow, _) in state_anchors.items()},
             anchor_new={lv: new for lv, (_, new) in state_anchors.items()},
             output_field=synthesized.field,
+            output_offsets=synthesized.offsets,
         )
         output = synthesized.image
         finished = output if self.finisher is None else self.finisher(index, frame, output)

@@ -60,7 +60,8 @@ class FrameState:
     marks the pixels of frame t the anchor does not show (occluded on the way, or
     come into the picture). A level missing from both is anchored on frame t.
     ``output_field`` is the synthesis' field of frame t's output (into the style
-    image at its own size), which seeds frame t+1's.
+    image at its own size), which seeds frame t+1's; ``output_offsets`` the
+    fractions of a pixel the output was sampled off it (None: none).
 
     With anchor frames (:mod:`diva_numba.run.anchor_frames`), ``anchor_frame`` is
     the index of the anchor frame t was made from (t itself on an anchor; -1
@@ -80,6 +81,7 @@ class FrameState:
     output_field: object | None = None
     anchor_frame: int = -1
     anchor_frame_flows: tuple[np.ndarray, np.ndarray] | None = None
+    output_offsets: np.ndarray | None = None
 
     def anchor(self, level: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(anchor flow, new pixels)`` of ``level``'s solution; None if anchored here."""
@@ -99,6 +101,8 @@ class FrameState:
         arrays.update({f"anchor_new_{lv}": v for lv, v in self.anchor_new.items()})
         if self.output_field is not None:
             arrays["output_field"] = to_host(self.output_field)
+        if self.output_offsets is not None:
+            arrays["output_offsets"] = self.output_offsets
         arrays["anchor_frame"] = np.asarray(self.anchor_frame)
         if self.anchor_frame_flows is not None:
             arrays["anchor_frame_to"], arrays["anchor_frame_from"] = self.anchor_frame_flows
@@ -120,6 +124,7 @@ class FrameState:
             anchor_flows=levels("anchor_flow_"),
             anchor_new=levels("anchor_new_"),
             output_field=arrays.get("output_field"),
+            output_offsets=arrays.get("output_offsets"),
             anchor_frame=int(arrays.get("anchor_frame", -1)),
             anchor_frame_flows=(arrays["anchor_frame_to"], arrays["anchor_frame_from"])
             if "anchor_frame_to" in arrays

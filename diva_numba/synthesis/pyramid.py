@@ -200,11 +200,17 @@ class Synthesis:
         (device array on a CUDA run).
     scales : list of (int, int)
         The output sizes of the scales, working size first.
+    offsets : float32 array (H, W, 2) or None
+        The ``(y, x)`` fractions of an exemplar pixel by which the image was
+        sampled off ``field`` (0 where it copied the match), None where it
+        copied every match: with ``field``, where each output pixel's content
+        lies in the exemplar.
     """
 
     image: np.ndarray
     field: object
     scales: list[tuple[int, int]]
+    offsets: np.ndarray | None = None
 
 
 def scale_sizes(
@@ -342,12 +348,13 @@ def synthesize(
             field_k = search_scale(images, field_k, prior, searched=searched, params=params,
                                    search=search, cache=cache)  # fmt: skip
             positions = field_k.astype(xp.float32)
+    offsets = None
     if carried is not None and reliability is not None and params.vote_patch_size == 1:
         trusted = reliability >= TRUSTED
-        image = _sampled(exemplar, to_host(field_k), carried, trusted, temporal.offsets)
+        image, offsets = _sampled(exemplar, to_host(field_k), carried, trusted, temporal.offsets)
     else:
         image = _pixels(vote(images.exemplar, field_k, patch_size=params.vote_patch_size or patch))
-    return Synthesis(image=image, field=field_k, scales=sizes)
+    return Synthesis(image=image, field=field_k, scales=sizes, offsets=offsets)
 
 
 def is_fine_scale(shape: tuple[int, int], work_shape: tuple[int, int], fine_from: float) -> bool:
@@ -361,13 +368,15 @@ def _sampled(exemplar: np.ndarray, field: np.ndarray, carried: np.ndarray, trust
              offsets) -> np.ndarray:  # fmt: skip
     """The exemplar (uint8, at its own size) through the last field (host), each trusted
     match the search left where it was carried moved by its fraction of a pixel
-    (bicubic, which is exact at whole pixels); the others copied.
+    (bicubic, which is exact at whole pixels); the others copied. Returns the image and
+    the fractions it was sampled at (float32 (H, W, 2), 0 where copied).
     """
     kept = (field == carried).all(axis=-1) & trusted
-    positions = field.astype(np.float32)
-    positions[kept] += to_host(offsets)[kept]
-    return cv2.remap(exemplar, positions[..., 1], positions[..., 0], cv2.INTER_CUBIC,
-                     borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    applied = np.where(kept[..., None], to_host(offsets), np.float32(0)).astype(np.float32)
+    positions = field.astype(np.float32) + applied
+    image = cv2.remap(exemplar, positions[..., 1], positions[..., 0], cv2.INTER_CUBIC,
+                      borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    return image, applied
 
 
 def _video_scale(temporal, shape, patch_size: int, fine: bool, last: bool,
