@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from clips import pan_frames, photo, random_origin
 
-from diva_numba.video.flow import flow_pair, occlusion_mask, warp_image
+from diva_numba.video.flow import flow_pair, occlusion_mask, refine_flow, warp_image
 
 WIDTH, HEIGHT = 96, 64
 
@@ -108,6 +108,25 @@ def test_flow_of_a_translation(rng, preset, tolerance):
     inner = (slice(8, -8), slice(8, -8))
     np.testing.assert_allclose(np.median(forward[inner], axis=(0, 1)), -shift, atol=tolerance)
     np.testing.assert_allclose(np.median(backward[inner], axis=(0, 1)), shift, atol=tolerance)
+
+
+def test_a_flow_brought_up_from_a_smaller_size_is_refined_to_a_fraction_of_a_pixel():
+    # A window of a photo moved by (3.6, -2.3) px; the flow is known there.
+    image = photo()
+    size, shift = (240, 320), np.array([3.6, -2.3], np.float32)
+    moved = np.float32([[1, 0, 100 + shift[0]], [0, 1, 100 + shift[1]]])
+    still = np.float32([[1, 0, 100], [0, 1, 100]])
+    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    source = cv2.warpAffine(image, moved, size[::-1], flags=flags)
+    target = cv2.warpAffine(image, still, size[::-1], flags=flags)
+    # source's pixel x shows target's x + shift: that flow, rounded to whole pixels.
+    initial = np.broadcast_to(np.round(shift), (*size, 2)).astype(np.float32)
+    refined = refine_flow(source, target, initial)
+    inner = (slice(16, -16), slice(16, -16))
+    error = np.abs(refined[inner] - shift).mean(axis=(0, 1))
+    assert refined.dtype == np.float32 and refined.shape == (*size, 2)
+    assert (error < 0.1).all(), error  # the rounded start is 0.4 and 0.3 off
+    assert initial[0, 0, 0] == 4.0  # the start is not written into
 
 
 def test_flow_accepts_grey_frames_and_checks_inputs(rng):

@@ -29,9 +29,11 @@ def test_a_painted_pan_does_not_drift(model_path, tmp_path: Path):
     the input frames 54-56, the unmoved painting 10.9 / 20.2 / 22.3. Before
     the synthesis (output at the working size, blended with the previous
     output) it climbed from 7.6 to 17. Here, 200 x 120 at 96 and 9 frames:
-    0.20 / 0.67 / 1.03 against 8.1 / 17.6 / 20.7 for the unmoved painting (with
-    the appearance alignment on frame 0, which video runs leave off: 0.93 / 1.19
-    / 1.38).
+    0.05 / 0.06 / 0.06 against 8.1 / 17.6 / 20.7 for the unmoved painting; with
+    the flow to the anchor frame taken from the working size, not refined at
+    the output size, 0.42 / 1.00 / 0.87 (that flow is not precise to a fraction
+    of an output pixel, and the matches moved with its fractions land off);
+    seeded frame by frame, 0.20 / 0.67 / 1.03.
     """
     pan = painted_pan(data.chelsea(), count=FRAMES, width=200, height=120, step=(2.0, 3.0))
     write_clip(tmp_path / "clip.mp4", np.stack(pan.frames), crf=4)
@@ -52,11 +54,10 @@ def test_a_painted_pan_does_not_drift(model_path, tmp_path: Path):
         [lab_distance(pan.painting, i, v) for i, v in zip(pan.ideals, pan.visible, strict=True)]
     )
     print(f"Lab per third: output {output}, unmoved painting {unmoved}")
-    # Frame 0 is its own painting (distance near 0), so 1.25x alone would ask for
-    # nothing to move at all; 1 Lab unit is below a just-noticeable difference (2.3).
-    assert output[2] <= 1.25 * output[0] + 1.0
+    # The painting moves with the pan, to a fraction of a Lab unit (the just-noticeable
+    # difference is 2.3).
+    assert max(output) < 0.3
     assert max(output) < 0.25 * unmoved[2]
-    assert max(output) < 4
 
 
 @pytest.mark.model
@@ -65,9 +66,10 @@ def test_a_large_output_follows_its_previous_field(model_path, tmp_path: Path):
     """At four times the working size a working pixel is four output pixels: the field
     carried along the flow keeps the frames together.
 
-    Measured (400 x 240 from 96, 12 frames): Lab to the ideal at most 0.23, warping
-    error 0.43 against the input's 0.19; upsampling the working field each frame
-    instead gave 0.9 -> 6.3 Lab and a warping error of 4.99.
+    Measured (400 x 240 from 96, 8 frames): Lab to the ideal at most 0.09, warping
+    error 0.48 against the input's 0.19 (with the flow to the anchor frame from the
+    working size, not refined at the output size: 0.57 and 0.72); upsampling the
+    working field each frame instead gave 0.9 -> 6.3 Lab and a warping error of 4.99.
     """
     frames = 8
     pan = painted_pan(data.chelsea(), count=frames, width=400, height=240, step=(2.0, 3.0))
@@ -84,5 +86,5 @@ def test_a_large_output_follows_its_previous_field(model_path, tmp_path: Path):
     error = warp_error(outputs, pan.frames)
     print(f"Lab {np.round(lab, 2)}; warping error {np.mean(error.output):.2f} "
           f"(input {np.mean(error.reference):.2f})")  # fmt: skip
-    assert max(lab) < 1.5
-    assert np.mean(error.output) < 1.0
+    assert max(lab) < 0.3
+    assert np.mean(error.output) < 0.62

@@ -40,7 +40,7 @@ from diva_numba.models import vgg
 from diva_numba.run.workdir import FrameState
 from diva_numba.synthesis.pyramid import is_fine_scale
 from diva_numba.synthesis.temporal_guide import TemporalGuide
-from diva_numba.video.flow import occlusion_mask, warp_image
+from diva_numba.video.flow import occlusion_mask, refine_flow, warp_image
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,11 @@ class AnchorParams:
         that is not whole pixels a frame: on a pan by 0.7 x 2.3 px a frame over
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
-        frames; carried from the anchor it stays at 0.3 / 0.4 / 0.5. The price
-        is flicker, within twice the input's own (the bundled example 2.34
-        against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.56 against
-        1.28, the input's 0.92; BENCHMARKS.md "Anchors by default"). Anchors
+        frames; carried from the anchor it stays at 0.25 / 0.33 / 0.40. The
+        flicker is about seeding's (warping error: the bundled example 2.41
+        against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.30 against
+        1.28, the input's 0.92; BENCHMARKS.md "Sub-pixel anchors at every
+        size"). Anchors
         need the temporal guide (``temporal_weight > 0``) and stand aside where
         painted keyframes are given.
     min_coverage : float
@@ -88,6 +89,17 @@ class AnchorParams:
         neither; a pan over a photo of fur, 0.7 x 2.3 px a frame: 5.64 with
         0.25, 3.50 with None, the painting itself 3.30; BENCHMARKS.md "Anchors
         by default").
+    refine_at_output : bool
+        Refine the flow to the anchor at the output size
+        (:func:`~diva_numba.video.flow.refine_flow`), so that carried matches
+        move by their fractions of a pixel at any output size. The flow from
+        the working size is not precise to a fraction of an output pixel:
+        without the refinement an output three or more times the working size
+        copies whole pixels (Big Buck Bunny at 1280 from 192: warping error 1.56
+        without, 1.30 with), and a smaller one takes its fractions from the
+        working-size flow (a whole-pixel pan at 200 x 120 from 96: up to 1.00
+        Lab from the ideal without, 0.06 with). It costs 0.3 s a carried frame
+        at 1080p on 2 CPU cores.
     """
 
     enabled: bool = True
@@ -95,6 +107,7 @@ class AnchorParams:
     covered_from: float = 0.5
     max_spacing: int = 24
     hold: float | None = None
+    refine_at_output: bool = True
 
     def __post_init__(self):
         if not 0.0 <= self.min_coverage <= 1.0 or not 0.0 <= self.covered_from <= 1.0:
@@ -162,7 +175,8 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
         Its synthesis field into the exemplar at ``exemplar_shape`` (host or
         device); None carries no field.
     flow : float32 array (h, w, 2)
-        ``(dx, dy)`` from the frame to the earlier one, at the working size.
+        ``(dx, dy)`` from the frame to the earlier one, at the working size
+        (brought to the output size here) or at the output size.
     reliability : float32 array (h, w)
         In [0, 1], at the working size.
     weight : float
@@ -184,7 +198,7 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     synthesis (:mod:`diva_numba.synthesis.temporal_guide`).
     """
     height, width = output.shape[:2]
-    moved = output_flow(flow, (height, width))
+    moved = flow if flow.shape[:2] == (height, width) else output_flow(flow, (height, width))
     trusted = cv2.resize(reliability, (width, height), interpolation=cv2.INTER_LINEAR)
     field = None
     if output_field is not None:
@@ -305,9 +319,25 @@ def step_guide(state: FrameState, backward: np.ndarray, occluded: np.ndarray, pa
     )  # fmt: skip
 
 
-def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarray, params,
-                  exemplar_shape, device, profile):  # fmt: skip
+def refines_at_output(output_shape, work_shape, params) -> bool:
+    """Whether frames carried from an anchor refine the flow to it at the output size."""
+    return params.anchors.refine_at_output
+
+
+def grey_for_refinement(frame: np.ndarray, work_frame: np.ndarray, params) -> np.ndarray | None:
+    """An anchor's ``FrameState.input_grey``: ``frame`` (output size) in grey where frames
+    carried from it refine their flow to it at the output size, else None."""
+    if not refines_at_output(frame.shape[:2], work_frame.shape[:2], params):
+        return None
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def follow_anchor(anchor: FrameState, previous: FrameState, frame: np.ndarray,
+                  work_frame: np.ndarray, params, exemplar_shape, device,
+                  profile):  # fmt: skip
     """The anchor carried into the frame after ``previous``, and the frame's synthesis guide.
+
+    ``frame`` is the frame at the output size, ``work_frame`` at the working size.
 
     Returns
     -------
@@ -328,12 +358,18 @@ def follow_anchor(anchor: FrameState, previous: FrameState, work_frame: np.ndarr
         band, hold = None, params.anchors.hold
         if hold is not None:
             band = (0.5 + hold) * np.divide(exemplar_shape, shape)
-        # The synthesis uses the fractions at a coarse last scale only.
-        fine = is_fine_scale(shape, work_frame.shape[:2], params.synthesis.fine_from)
+        # The fractions of a pixel are used where the flow is precise to them: at a coarse
+        # last scale, or at a fine one with the flow refined at the output size.
+        to_anchor = carried.to_key
+        precise = not is_fine_scale(shape, work_frame.shape[:2], params.synthesis.fine_from)
+        if anchor.input_grey is not None and refines_at_output(shape, work_frame.shape[:2],
+                                                               params):  # fmt: skip
+            to_anchor = refine_flow(frame, anchor.input_grey, output_flow(to_anchor, shape))
+            precise = True
         temporal = joined(
-            moved_guide(anchor.output_frame, anchor.output_field, carried.to_key, covered,
+            moved_guide(anchor.output_frame, anchor.output_field, to_anchor, covered,
                         params.temporal_weight, exemplar_shape,
-                        with_offsets=band is not None or not fine,
+                        with_offsets=band is not None or precise,
                         field_offsets=anchor.output_offsets),
             step_guide(previous, backward, occlusion_mask(forward, backward), params,
                        exemplar_shape),
@@ -349,6 +385,8 @@ __all__ = [
     "landing_offsets",
     "output_flow",
     "pulled_offsets",
+    "refines_at_output",
+    "grey_for_refinement",
     "AnchorParams",
     "carried_work_field",
     "carry_anchor",

@@ -46,12 +46,7 @@ from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchor_frames, anchors
-from diva_numba.run.anchor_frames import (
-    carried_work_field,
-    covered_share,
-    needs_anchor,
-    step_guide,
-)
+from diva_numba.run.anchor_frames import carried_work_field, covered_share, needs_anchor, step_guide
 from diva_numba.run.background_writer import BackgroundWriter
 from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
@@ -258,6 +253,7 @@ class FrameLoop:
             outcome = self.seeded(index, frame, work_frame, refresh_b=bool(refresh_b))
         if self.anchoring and outcome.profile is not None and outcome.state.fields_ab:
             outcome.state.anchor_frame = index
+            outcome.state.input_grey = anchor_frames.grey_for_refinement(frame, work_frame, params)
             outcome.anchor = True
             self.anchor = outcome.state
         self.state = outcome.state
@@ -275,7 +271,7 @@ class FrameLoop:
         params = self.params
         profile = self._profile(index, "carried")
         carried, covered, temporal = anchor_frames.follow_anchor(
-            self.anchor, self.state, work_frame, params, self.plan.style_full.shape[:2],
+            self.anchor, self.state, frame, work_frame, params, self.plan.style_full.shape[:2],
             self.device, profile,
         )  # fmt: skip
         if needs_anchor(index, self.anchor.index, covered_share(covered, params.anchors),

@@ -62,6 +62,8 @@ class FrameState:
     ``output_field`` is the synthesis' field of frame t's output (into the style
     image at its own size), which seeds frame t+1's; ``output_offsets`` the
     fractions of a pixel the output was sampled off it (None: none).
+    ``input_grey`` is an anchor frame's input at the output size, in grey, for
+    the flow to it at that size (None where not needed).
 
     With anchor frames (:mod:`diva_numba.run.anchor_frames`), ``anchor_frame`` is
     the index of the anchor frame t was made from (t itself on an anchor; -1
@@ -82,6 +84,7 @@ class FrameState:
     anchor_frame: int = -1
     anchor_frame_flows: tuple[np.ndarray, np.ndarray] | None = None
     output_offsets: np.ndarray | None = None
+    input_grey: np.ndarray | None = None
 
     def anchor(self, level: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(anchor flow, new pixels)`` of ``level``'s solution; None if anchored here."""
@@ -103,6 +106,8 @@ class FrameState:
             arrays["output_field"] = to_host(self.output_field)
         if self.output_offsets is not None:
             arrays["output_offsets"] = self.output_offsets
+        if self.input_grey is not None:
+            arrays["input_grey"] = self.input_grey
         arrays["anchor_frame"] = np.asarray(self.anchor_frame)
         if self.anchor_frame_flows is not None:
             arrays["anchor_frame_to"], arrays["anchor_frame_from"] = self.anchor_frame_flows
@@ -125,6 +130,7 @@ class FrameState:
             anchor_new=levels("anchor_new_"),
             output_field=arrays.get("output_field"),
             output_offsets=arrays.get("output_offsets"),
+            input_grey=arrays.get("input_grey"),
             anchor_frame=int(arrays.get("anchor_frame", -1)),
             anchor_frame_flows=(arrays["anchor_frame_to"], arrays["anchor_frame_from"])
             if "anchor_frame_to" in arrays

@@ -315,11 +315,9 @@ def synthesize(
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
         moves_carried = images.has("previous") and temporal.field is not None
-        if last and not fine and moves_carried and temporal.offsets is not None:
-            # What the search leaves where it was carried moves by its fraction of a pixel.
-            # Not at a fine last scale: a flow from the working size is not precise to a
-            # fraction of an output pixel there (a whole-pixel pan at 400 x 240 from 96: Lab
-            # to the ideal up to 1.78 sampled, 0.56 copied).
+        if last and moves_carried and temporal.offsets is not None:
+            # What the search leaves where it was carried moves by its fraction of a pixel;
+            # the caller gives fractions only where its flow is precise to them.
             carried = to_host(field_k).copy()
         if scale == align_scale:
             aligned, accepted = aligned_positions(
