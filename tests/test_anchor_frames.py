@@ -17,6 +17,7 @@ from diva_numba.run.anchor_frames import (
     AnchorParams,
     covered_share,
     joined,
+    exemplar_step,
     landing_offsets,
     moved_guide,
     needs_anchor,
@@ -129,10 +130,18 @@ def test_a_slow_pan_does_not_drift(tmp_path, tiny_model):
 def test_landing_offsets_are_the_fractions_a_pulled_field_loses():
     moved = np.zeros((4, 6, 2), np.float32)
     moved[..., 0], moved[..., 1] = 0.7, -0.4  # (dx, dy)
-    offsets = landing_offsets(moved, (8, 12))  # the exemplar twice the output's size
+    offsets = landing_offsets(moved, (2.0, 2.0))  # two exemplar pixels an output pixel
     # x + 0.7 rounds to x + 1 (0.3 lost), y - 0.4 to y (0.4 gained); in exemplar pixels.
     np.testing.assert_allclose(offsets[..., 0], -0.8, atol=1e-5)
     np.testing.assert_allclose(offsets[..., 1], -0.6, atol=1e-5)
+
+
+def test_an_output_pixel_is_the_same_step_in_the_exemplar_on_both_axes():
+    # A 4:3 style (640 x 480, working 192 x 144) for a 16:9 clip (1280 x 720, working
+    # 192 x 108): a match moves half an exemplar pixel per output pixel either way,
+    # not 480 / 720 down and 640 / 1280 across.
+    step = exemplar_step(((480, 640), (144, 192)), (108, 192), (720, 1280))
+    np.testing.assert_allclose(step, (0.5, 0.5))
 
 
 def test_an_anchor_sampled_off_whole_pixels_is_carried_with_its_fractions():
@@ -159,8 +168,10 @@ def test_an_anchor_sampled_off_whole_pixels_is_carried_with_its_fractions():
     np.testing.assert_allclose(carried.offsets[inner][..., 1], -0.3, atol=1e-5)
     np.testing.assert_array_equal(carried.field[..., 0], rows)
     np.testing.assert_allclose(carried.offsets[..., 0], 0.0, atol=1e-6)
-    # Matches stay inside the style image at its right edge.
+    # At the style image's right edge the match is clamped, and keeps what the clamp
+    # did not move: it still lands at x + 0.7.
     assert carried.field[..., 1].max() == width - 1
+    np.testing.assert_allclose(carried.offsets[:, -1, 1], 0.7, atol=1e-5)
     # Without the anchor's fractions the frame lands 0.4 px short of its content.
     plain = guide(None)
     np.testing.assert_array_equal(plain.field[..., 1], columns)

@@ -28,6 +28,7 @@ An anchor's state is the run's state for ``--resume``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -76,19 +77,17 @@ class AnchorParams:
         last one covers.
     hold : float or None
         None (the default) takes the anchor's match wherever it covers, and the
-        synthesis samples the style image at it plus the fraction of a pixel
-        its move rounded off (:func:`landing_offsets`; outputs under three
-        times the working size), so that the output moves with the content,
-        not by whole pixels. A number makes a carried
-        pixel keep the previous frame's match, moved one frame on, while that
-        lies within half a pixel plus ``hold`` (per axis, output pixels) of
-        where the anchor's lands, and copy whole pixels: an earlier answer to
-        the same jitter, kept for comparison (measured while anchors after a
-        shot's first still rounded their content to whole pixels: the bundled
-        example's warping error 2.81 with 0.25, 2.81 with None, 2.97 with
-        neither; a pan over a photo of fur, 0.7 x 2.3 px a frame: 5.64 with
-        0.25, 3.50 with None, the painting itself 3.30; BENCHMARKS.md "Anchors
-        by default").
+        synthesis samples the style image at it plus the fraction of a pixel its move
+        rounded off (:func:`landing_offsets`; at any output size with
+        ``refine_at_output``), so that the output moves with the content, not by whole
+        pixels. A number makes a carried pixel keep the previous frame's match, moved
+        one frame on, while that lies within half a pixel plus ``hold`` (per axis,
+        output pixels) of where the anchor's lands, and copy whole pixels: an earlier
+        answer to the same jitter, kept for comparison (measured while anchors after a
+        shot's first still rounded their content to whole pixels: the bundled example's
+        warping error 2.81 with 0.25, 2.81 with None, 2.97 with neither; a pan over a
+        photo of fur, 0.7 x 2.3 px a frame: 5.64 with 0.25, 3.50 with None, the painting
+        itself 3.30; BENCHMARKS.md "Anchors by default").
     refine_at_output : bool
         Refine the flow to the anchor at the output size
         (:func:`~diva_numba.video.flow.refine_flow`), so that carried matches
@@ -163,8 +162,8 @@ def carried_work_field(anchor: FrameState, to_anchor: np.ndarray, style_work_sha
 
 
 def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability: np.ndarray,
-                weight: float, exemplar_shape: tuple[int, int], *,
-                with_offsets: bool = False, field_offsets=None) -> TemporalGuide:  # fmt: skip
+                weight: float, exemplar_shape: tuple[int, int], *, with_offsets: bool = False,
+                field_offsets=None, exemplar_step=None) -> TemporalGuide:  # fmt: skip
     """Guide (c) of the synthesis: an earlier output and its field moved into a frame.
 
     Parameters
@@ -191,11 +190,14 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
         whole pixels going into the field, so that a frame carried from an
         anchor that was itself sampled off whole pixels lands where the content
         does.
+    exemplar_step : (float, float), optional
+        Exemplar pixels per output pixel along a match, ``(y, x)``
+        (:func:`exemplar_step`); the exemplar's size over the output's if not
+        given.
 
-    The flow and the reliability are brought to the output size bilinearly: a
-    DIS flow at the output size costs far more and moves the guide by less than
-    a pixel. Where it is trusted the moved field seeds every scale of the
-    synthesis (:mod:`diva_numba.synthesis.temporal_guide`).
+    A working-size flow and the reliability are brought to the output size
+    bilinearly. Where the flow is trusted the moved field seeds every scale of
+    the synthesis (:mod:`diva_numba.synthesis.temporal_guide`).
     """
     height, width = output.shape[:2]
     moved = flow if flow.shape[:2] == (height, width) else output_flow(flow, (height, width))
@@ -203,7 +205,9 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
     field = None
     if output_field is not None:
         field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
-    offsets = landing_offsets(moved, exemplar_shape) if with_offsets else None
+    if exemplar_step is None:
+        exemplar_step = (exemplar_shape[0] / height, exemplar_shape[1] / width)
+    offsets = landing_offsets(moved, exemplar_step) if with_offsets else None
     if offsets is not None and field is not None and field_offsets is not None:
         field, offsets = _whole_pixels_in_field(
             field, offsets + pulled_offsets(field_offsets, moved), exemplar_shape
@@ -219,43 +223,65 @@ def output_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) * scale
 
 
-def landing_offsets(moved: np.ndarray, exemplar_shape: tuple[int, int]) -> np.ndarray:
+def exemplar_step(exemplar_shapes, work_shape, output_shape) -> tuple[float, float]:
+    """Exemplar pixels per output pixel along a match, ``(y, x)``.
+
+    ``exemplar_shapes`` is the exemplar's ``(full, working)`` size: the working
+    field, made between the frame and the exemplar at their working sizes, is
+    brought up to the output and to the full exemplar, so one output pixel is
+    ``(full / working) * (working frame / output)`` exemplar pixels on each axis,
+    whatever the two images' aspect ratios.
+    """
+    full, working = exemplar_shapes
+    return tuple(f / w * v / o for f, w, v, o in zip(full, working, work_shape, output_shape,
+                                                     strict=True))  # fmt: skip
+
+
+def landing_offsets(moved: np.ndarray, step: tuple[float, float]) -> np.ndarray:
     """Where each pixel's flow lands, from the pixel :func:`pull_field` rounds it to.
 
     ``moved`` is an output-size flow ``(dx, dy)``; the result, float32 ``(H, W, 2)``
-    in ``(y, x)`` order and in pixels of the exemplar at ``exemplar_shape``, is the
-    fraction of a pixel a field moved along it loses (within half a pixel).
+    in ``(y, x)`` order and in exemplar pixels (``step`` of them per output pixel,
+    :func:`exemplar_step`), is the fraction of a pixel a field moved along it loses
+    (within half a pixel).
     """
-    height, width = moved.shape[:2]
-    offsets = np.empty((height, width, 2), np.float32)
-    offsets[..., 0] = moved[..., 1] + np.arange(height, dtype=np.float32)[:, None]
-    offsets[..., 1] = moved[..., 0] + np.arange(width, dtype=np.float32)
-    offsets -= np.floor(offsets + np.float32(0.5))
-    offsets *= np.array([exemplar_shape[0] / height, exemplar_shape[1] / width], np.float32)
-    return offsets
+    rows, columns = _landings(moved)
+    offsets = np.stack([rows - np.floor(rows + 0.5), columns - np.floor(columns + 0.5)], -1)
+    return (offsets * np.asarray(step)).astype(np.float32)
 
 
 def pulled_offsets(offsets: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """Each pixel's entry of ``offsets`` (H, W, 2) from where ``moved`` (output-size
     ``(dx, dy)``) leads it, rounded and clamped as :func:`pull_field` moves matches."""
     height, width = moved.shape[:2]
-    rows = np.floor(moved[..., 1] + np.arange(height, dtype=np.float32)[:, None] + 0.5)
-    columns = np.floor(moved[..., 0] + np.arange(width, dtype=np.float32) + 0.5)
-    rows = np.clip(np.nan_to_num(rows), 0, height - 1).astype(np.intp)
-    columns = np.clip(np.nan_to_num(columns), 0, width - 1).astype(np.intp)
+    rows, columns = (np.floor(v + 0.5) for v in _landings(moved))
+    rows = np.clip(rows, 0, height - 1).astype(np.intp)
+    columns = np.clip(columns, 0, width - 1).astype(np.intp)
     return offsets[rows, columns]
+
+
+def _landings(moved: np.ndarray):
+    """Where each pixel lands along ``moved``, ``(rows, columns)`` in float64, as
+    :func:`pull_field` computes them (a non-finite vector keeps the pixel in place)."""
+    height, width = moved.shape[:2]
+    flow = np.where(np.isfinite(moved).all(axis=-1, keepdims=True), moved, 0).astype(np.float64)
+    rows = flow[..., 1] + np.arange(height, dtype=np.float64)[:, None]
+    columns = flow[..., 0] + np.arange(width, dtype=np.float64)
+    return rows, columns
 
 
 def _whole_pixels_in_field(field, offsets: np.ndarray, exemplar_shape):
     """``field`` and ``offsets`` with the offsets' whole pixels moved into the field, so
-    that every offset is within half a pixel (matches clamped into the exemplar)."""
-    whole = np.floor(offsets + np.float32(0.5))
+    that every offset is within half a pixel; a match clamped into the exemplar keeps
+    what the clamp did not move."""
+    whole = np.floor(offsets + np.float32(0.5)).astype(np.int32)
     if not whole.any():
         return field, offsets
     xp = array_module(field)
-    moved = field + xp.asarray(whole.astype(np.int32))
-    moved = xp.clip(moved, 0, xp.asarray(np.array(exemplar_shape, np.int32) - 1))
-    return moved, (offsets - whole).astype(np.float32)
+    moved = xp.clip(field + xp.asarray(whole), 0, xp.asarray(np.array(exemplar_shape) - 1))
+    moved = moved.astype(xp.int32)
+    applied = to_host(moved - field).astype(np.float32)
+    return moved, (offsets - applied).astype(np.float32)
 
 
 def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
@@ -270,12 +296,12 @@ def joined(anchor: TemporalGuide, previous: TemporalGuide | None, device, *,
     afresh, and flickering, on every frame. Without a previous guide (or either
     field) the anchor's stands alone. The fields go to ``device``.
 
-    The anchor's ``offsets`` (:func:`landing_offsets` of the flow to it) go with
-    its matches (0 elsewhere): the synthesis samples the style image at each kept
-    match plus its offset. With ``band`` (``(y, x)``, exemplar pixels), which needs
-    them, a covered pixel the previous frame's guide trusts keeps the previous
-    frame's match where that is within ``band`` of the anchor's match plus its
-    offset (:attr:`AnchorParams.hold`).
+    The anchor's ``offsets`` (the fractions of a pixel its matches landed off, with the
+    anchor's own: :func:`moved_guide`) go with its matches (0 elsewhere): the synthesis
+    samples the style image at each kept match plus its offset. With ``band``
+    (``(y, x)``, exemplar pixels), which needs them, a covered pixel the previous frame's
+    guide trusts keeps the previous frame's match where that is within ``band`` of the
+    anchor's match plus its offset (:attr:`AnchorParams.hold`).
     """
     if previous is None or previous.field is None or anchor.field is None:
         return anchor
@@ -320,8 +346,9 @@ def step_guide(state: FrameState, backward: np.ndarray, occluded: np.ndarray, pa
 
 
 def refines_at_output(output_shape, work_shape, params) -> bool:
-    """Whether frames carried from an anchor refine the flow to it at the output size."""
-    return params.anchors.refine_at_output
+    """Whether frames carried from an anchor refine the flow to it at the output size
+    (not when the working size is the output's: that flow is made there)."""
+    return params.anchors.refine_at_output and tuple(output_shape) != tuple(work_shape)
 
 
 def grey_for_refinement(frame: np.ndarray, work_frame: np.ndarray, params) -> np.ndarray | None:
@@ -333,11 +360,11 @@ def grey_for_refinement(frame: np.ndarray, work_frame: np.ndarray, params) -> np
 
 
 def follow_anchor(anchor: FrameState, previous: FrameState, frame: np.ndarray,
-                  work_frame: np.ndarray, params, exemplar_shape, device,
-                  profile):  # fmt: skip
+                  work_frame: np.ndarray, params, plan, device, profile):  # fmt: skip
     """The anchor carried into the frame after ``previous``, and the frame's synthesis guide.
 
-    ``frame`` is the frame at the output size, ``work_frame`` at the working size.
+    ``frame`` is the frame at the output size, ``work_frame`` at the working size;
+    ``plan`` (:class:`~diva_numba.run.planning.TransferPlan`) gives the exemplar's sizes.
 
     Returns
     -------
@@ -354,27 +381,30 @@ def follow_anchor(anchor: FrameState, previous: FrameState, frame: np.ndarray,
         carried = carry_anchor(anchor, previous, work_frame, (backward, forward), params.keyframes)
         covered = (carried.reliability >= params.anchors.covered_from).astype(np.float32)
     with profile.stage("synthesis"):
-        shape = anchor.output_frame.shape[:2]
+        shape, work_shape = anchor.output_frame.shape[:2], work_frame.shape[:2]
+        exemplar_shape = plan.style_full.shape[:2]
+        step = exemplar_step((exemplar_shape, plan.style.shape[:2]), work_shape, shape)
         band, hold = None, params.anchors.hold
         if hold is not None:
-            band = (0.5 + hold) * np.divide(exemplar_shape, shape)
-        # The fractions of a pixel are used where the flow is precise to them: at a coarse
-        # last scale, or at a fine one with the flow refined at the output size.
+            band = (0.5 + hold) * np.asarray(step)
+        # The synthesis samples the fractions of a pixel only where the flow is precise
+        # to them: at a coarse last scale, or refined at the output size.
         to_anchor = carried.to_key
-        precise = not is_fine_scale(shape, work_frame.shape[:2], params.synthesis.fine_from)
-        if anchor.input_grey is not None and refines_at_output(shape, work_frame.shape[:2],
-                                                               params):  # fmt: skip
+        precise = not is_fine_scale(shape, work_shape, params.synthesis.fine_from)
+        if anchor.input_grey is not None and refines_at_output(shape, work_shape, params):
             to_anchor = refine_flow(frame, anchor.input_grey, output_flow(to_anchor, shape))
             precise = True
         temporal = joined(
             moved_guide(anchor.output_frame, anchor.output_field, to_anchor, covered,
                         params.temporal_weight, exemplar_shape,
                         with_offsets=band is not None or precise,
-                        field_offsets=anchor.output_offsets),
+                        field_offsets=anchor.output_offsets, exemplar_step=step),
             step_guide(previous, backward, occlusion_mask(forward, backward), params,
                        exemplar_shape),
             device, band=band,
         )  # fmt: skip
+    if not precise and temporal.offsets is not None:
+        temporal = dataclasses.replace(temporal, offsets=None)  # the hold's only
     return carried, covered, temporal
 
 
@@ -383,6 +413,7 @@ __all__ = [
     "step_guide",
     "joined",
     "landing_offsets",
+    "exemplar_step",
     "output_flow",
     "pulled_offsets",
     "refines_at_output",

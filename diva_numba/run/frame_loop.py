@@ -271,8 +271,7 @@ class FrameLoop:
         params = self.params
         profile = self._profile(index, "carried")
         carried, covered, temporal = anchor_frames.follow_anchor(
-            self.anchor, self.state, frame, work_frame, params, self.plan.style_full.shape[:2],
-            self.device, profile,
+            self.anchor, self.state, frame, work_frame, params, self.plan, self.device, profile,
         )  # fmt: skip
         if needs_anchor(index, self.anchor.index, covered_share(covered, params.anchors),
                         params.anchors):  # fmt: skip

@@ -357,8 +357,9 @@ def synthesize(
 
 def is_fine_scale(shape: tuple[int, int], work_shape: tuple[int, int], fine_from: float) -> bool:
     """Whether a scale of ``shape`` is a fine one: at least ``fine_from`` times the working
-    size (:attr:`SynthesisParams.fine_from`), where the patches are smaller, the field is
-    touched up, and carried matches are copied whole (no fractions of a pixel)."""
+    size (:attr:`SynthesisParams.fine_from`), where the patches are smaller and the field
+    is touched up; a flow from the working size is not precise to a fraction of a pixel
+    there (the anchor frames refine it at the output size before giving fractions)."""
     return shape[0] * shape[1] >= fine_from**2 * work_shape[0] * work_shape[1]
 
 
@@ -398,7 +399,7 @@ def _video_scale(temporal, shape, patch_size: int, fine: bool, last: bool,
     else:
         # A coarse last scale searches everywhere: a field moved by whole pixels would
         # stand still under slow motion. One moved with its fractions of a pixel (carried
-        # from an anchor, sampled at a coarse last scale) does not.
+        # from an anchor, the fractions sampled at the last scale) does not.
         follows = not last or temporal.offsets is not None
         unreliable_only = (
             params.coarse_search == "unreliable" and temporal.field is not None and follows

@@ -39,11 +39,13 @@ class TemporalGuide:
         frame: a match a working pixel off, upsampled, is several output pixels
         off, more than a fine scale's touch-up can mend.
     offsets : float32 array (H, W, 2), optional
-        ``(y, x)`` fractions of an exemplar pixel that ``field`` lost to the
-        rounding of the move (0 where it lost none). Where a coarse last scale keeps
-        a carried match, the output samples the exemplar there (bicubic), so
-        that content moving by fractions of a pixel a frame moves so in the
-        output, not by whole pixels.
+        ``(y, x)`` fractions of an exemplar pixel by which each match of
+        ``field`` is off where its content lies (the rounding of the move, and
+        the fractions the earlier output was itself sampled at; 0 where none).
+        Where the last scale keeps a carried match, the output samples the
+        exemplar there (bicubic), so that content moving by fractions of a
+        pixel a frame moves so in the output, not by whole pixels. Given only
+        where the flow is precise to fractions of an output pixel.
     """
 
     previous: np.ndarray
