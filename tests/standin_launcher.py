@@ -29,6 +29,7 @@ import contextlib
 import functools
 import itertools
 import queue
+import sys
 import threading
 import types
 
@@ -265,6 +266,34 @@ def _execute(function, grid_dim, block_dim, dynshared_size, arguments):
                 current.__dict__.pop(attribute, None)
 
 
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_array(self, shape, dtype):
+    """``cuda.shared.array`` of the simulator, made once per call site under a lock.
+
+    The stock simulator looks the call site up and stores a new array unlocked, so
+    two threads of a block running as OS threads could each get an array of their
+    own: a reduction through shared memory then lost some threads' values, one run
+    in several hundred under load (a neural-style loss 2.4 % off the CPU's).
+    """
+    from numba.core import types
+    from numba.np import numpy_support
+
+    if isinstance(dtype, types.Type):
+        dtype = numpy_support.as_dtype(dtype)
+    if shape == 0:  # dynamic shared memory: one buffer for every thread already
+        count = self._dynshared_size // dtype.itemsize
+        return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+    frame = sys._getframe(1)
+    site = (frame.f_code.co_filename, frame.f_lineno)
+    with _SHARED_LOCK:
+        array = self._allocations.get(site)
+        if array is None:
+            array = self._allocations[site] = np.empty(shape, dtype)
+    return array
+
+
 def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
     """Route every simulated kernel launch through the lean launcher, counting it.
 
@@ -273,6 +302,7 @@ def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
     stream captures, and ``diva_numba.gpu.launch_graphs`` makes its capture streams afresh.
     """
     from numba import cuda
+    from numba.cuda.simulator import kernelapi
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
     from diva_numba.gpu import cublas_capture, launch_graphs
@@ -291,6 +321,7 @@ def install_launcher(monkeypatch, counters: Counters = COUNTERS) -> Counters:
 
     monkeypatch.setattr(FakeCUDAKernel, "__call__", call)
     monkeypatch.setattr(FakeCUDAKernel, "__getitem__", getitem)
+    monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", _shared_array)
     monkeypatch.setattr(cuda, "external_stream", standin_capture.external_stream, raising=False)
     monkeypatch.setattr(cublas_capture, "load_cublas", standin_capture.FakeCublas)
     monkeypatch.setattr(launch_graphs, "_captures", {})
