@@ -16,8 +16,8 @@ from diva_numba.images import load_image, save_image
 from diva_numba.run.anchor_frames import (
     AnchorParams,
     covered_share,
-    joined,
     exemplar_step,
+    joined,
     landing_offsets,
     moved_guide,
     needs_anchor,
