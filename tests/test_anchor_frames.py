@@ -81,6 +81,21 @@ def test_anchors_at_shot_starts_spacing_and_lost_coverage(tmp_path, tiny_model, 
     assert seen == [0, 4, 6, 10]
 
 
+def test_anchor_frames_run_their_deconvolutions_longer(tmp_path, tiny_model, monkeypatch):
+    budgets = {}
+    real = frame_loop.analogy
+
+    def spy(*args, params, **kwargs):
+        budgets[len(budgets)] = (params.lbfgs_iterations, params.lbfgs_min_decrease)
+        return real(*args, params=params, **kwargs)
+
+    monkeypatch.setattr(frame_loop, "analogy", spy)
+    stylise(tmp_path, pan_frames(5, width=64, height=48), tiny_model, max_spacing=2,
+            lbfgs_iterations=3)  # fmt: skip
+    # Frame 0: the full analogy (1 iteration here); the anchors 2 and 4: 3, to the end.
+    assert budgets == {0: (1, 0.0), 1: (3, 0.0), 2: (3, 0.0)}
+
+
 def test_without_anchors_every_frame_runs_the_analogy(tmp_path, tiny_model, monkeypatch):
     seen = analogy_frames(monkeypatch)
     stylise(tmp_path, pan_frames(5, width=64, height=48), tiny_model, enabled=False)

@@ -189,6 +189,7 @@ class FrameLoop:
             lbfgs_iterations=params.guided_lbfgs_iterations,
             lbfgs_min_decrease=params.guided_lbfgs_min_decrease,
         )
+        self.anchor_analogy = anchor_frames.anchor_analogy(self.seeded_analogy, params)
         # A seeded frame's matches come from the photo flow between frames; the appearance
         # alignment's noise, different from frame to frame, would make them wander: it runs
         # on a shot's first frame only (docs/DESIGN.md section 10).
@@ -351,7 +352,8 @@ class FrameLoop:
         warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(followed, params)
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
-            params=self.seeded_analogy, features_bp=self.features_bp, warm_start=warm_start,
+            params=self.seeded_analogy if base is None else self.anchor_analogy,
+            features_bp=self.features_bp, warm_start=warm_start,
             profile=self._profile(index, kind),
         )  # fmt: skip
         if temporal is None:
