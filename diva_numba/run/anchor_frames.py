@@ -58,7 +58,7 @@ class AnchorParams:
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
         frames; carried from the anchor it stays at 0.25 / 0.33 / 0.40. The
-        flicker is about seeding's (warping error: the bundled example 2.41
+        flicker is about seeding's (warping error: the bundled example 2.43
         against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.30 against
         1.28, the input's 0.92; BENCHMARKS.md "Sub-pixel anchors at every
         size"). Anchors
