@@ -15,6 +15,7 @@ from diva_numba.gpu.device import Device
 from diva_numba.images import load_image, save_image
 from diva_numba.run.anchor_frames import (
     AnchorParams,
+    anchor_analogy,
     covered_share,
     exemplar_step,
     joined,
@@ -94,6 +95,9 @@ def test_anchor_frames_run_their_deconvolutions_longer(tmp_path, tiny_model, mon
             lbfgs_iterations=3)  # fmt: skip
     # Frame 0: the full analogy (1 iteration here); the anchors 2 and 4: 3, to the end.
     assert budgets == {0: (1, 0.0), 1: (3, 0.0), 2: (3, 0.0)}
+    # Later frames asked not to deconvolve: nor do the anchors.
+    seeded = AnalogyParams(lbfgs_iterations=0)
+    assert anchor_analogy(seeded, TransferParams(guided_lbfgs_iterations=0)) == seeded
 
 
 def test_without_anchors_every_frame_runs_the_analogy(tmp_path, tiny_model, monkeypatch):

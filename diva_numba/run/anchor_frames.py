@@ -101,7 +101,8 @@ class AnchorParams:
         at 1080p on 2 CPU cores.
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least
-        the seeded frames' ``guided_lbfgs_iterations``), run to the end: anchors
+        the seeded frames' ``guided_lbfgs_iterations``; none where those are 0),
+        run to the end: anchors
         are few, and every frame carried from one copies its result. The example
         with an anchor every 8 frames: texture retention 0.949 with the CPU's 2,
         0.958 with 20 (its last quarter 0.911 -> 0.925), for 1 s more an anchor;
@@ -131,6 +132,8 @@ def anchor_analogy(seeded, params):
     """An anchor frame's analogy parameters: the seeded frames' ``seeded``
     (:class:`~diva_numba.image_analogy.params.AnalogyParams`), with
     :attr:`AnchorParams.lbfgs_iterations` run to the end."""
+    if seeded.lbfgs_iterations == 0:  # later frames asked not to deconvolve: nor do anchors
+        return seeded
     iterations = max(seeded.lbfgs_iterations, params.anchors.lbfgs_iterations)
     return dataclasses.replace(seeded, lbfgs_iterations=iterations, lbfgs_min_decrease=0.0)
 
