@@ -19,12 +19,14 @@ from diva_numba.video import probe_video
 WIDTH, HEIGHT = 320, 180
 FRAME_BYTES = WIDTH * HEIGHT * 3
 #: Frames of the short and the long run. Measured peaks with anchor frames every 6
-#: frames: 332, 335, 340 and 341 MB at 12, 24, 48 and 96 frames; with glibc's mmap
+#: frames: 332, 334, 336 and 335 MB at 12, 24, 48 and 96 frames; with glibc's mmap
 #: threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``, which stops its heap from taking
-#: the frame-sized temporaries that its moving threshold sends there) 329, 330 and 332
-#: MB at 24, 48 and 96: the rise to 48 frames is the allocator settling, not the run
-#: keeping anything, so the short run starts after it. (The photo under the pan holds
-#: at most 96 frames.)
+#: the frame-sized temporaries that its moving threshold sends there) 328.7, 328.9 and
+#: 329.5 MB at 24, 48 and 96: what rises up to 48 frames is the allocator settling, not
+#: the run keeping anything, so the short run starts after it. (With the anchors
+#: deconvolving, 20 L-BFGS iterations each, the peaks kept rising by 1.8 MB from 48 to
+#: 96 frames here and by 5 MB on another machine; the frames here run no
+#: deconvolution. The photo under the pan holds at most 96 frames.)
 SHORT, LONG = 48, 96
 # Anchor frames every 6 frames in both runs: carried frames alone would not reach the
 # peak of a seeded analogy, which the long run makes every 24 frames by default.
