@@ -228,11 +228,14 @@ def moved_guide(output: np.ndarray, output_field, flow: np.ndarray, reliability:
         field, _ = pull_field(output_field, moved, source_shape=exemplar_shape)
     if exemplar_step is None:
         exemplar_step = (exemplar_shape[0] / height, exemplar_shape[1] / width)
-    offsets = landing_offsets(moved, exemplar_step) if with_offsets else None
-    if offsets is not None and field is not None and field_offsets is not None:
-        field, offsets = _whole_pixels_in_field(
-            field, offsets + pulled_offsets(field_offsets, moved), exemplar_shape
-        )
+    offsets = None
+    if with_offsets:
+        landings = _landings(moved)  # made once: the fractions and the anchor's both use it
+        offsets = _fractions(landings, exemplar_step)
+        if field is not None and field_offsets is not None:
+            field, offsets = _whole_pixels_in_field(
+                field, offsets + _gathered(field_offsets, landings), exemplar_shape
+            )
     return TemporalGuide(warp_image(output, moved, interpolation="cubic"), trusted, weight, field,
                          offsets)  # fmt: skip
 
@@ -266,19 +269,13 @@ def landing_offsets(moved: np.ndarray, step: tuple[float, float]) -> np.ndarray:
     :func:`exemplar_step`), is the fraction of a pixel a field moved along it loses
     (within half a pixel).
     """
-    rows, columns = _landings(moved)
-    offsets = np.stack([rows - np.floor(rows + 0.5), columns - np.floor(columns + 0.5)], -1)
-    return (offsets * np.asarray(step)).astype(np.float32)
+    return _fractions(_landings(moved), step)
 
 
 def pulled_offsets(offsets: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """Each pixel's entry of ``offsets`` (H, W, 2) from where ``moved`` (output-size
     ``(dx, dy)``) leads it, rounded and clamped as :func:`pull_field` moves matches."""
-    height, width = moved.shape[:2]
-    rows, columns = (np.floor(v + 0.5) for v in _landings(moved))
-    rows = np.clip(rows, 0, height - 1).astype(np.intp)
-    columns = np.clip(columns, 0, width - 1).astype(np.intp)
-    return offsets[rows, columns]
+    return _gathered(offsets, _landings(moved))
 
 
 def _landings(moved: np.ndarray):
@@ -289,6 +286,23 @@ def _landings(moved: np.ndarray):
     rows = flow[..., 1] + np.arange(height, dtype=np.float64)[:, None]
     columns = flow[..., 0] + np.arange(width, dtype=np.float64)
     return rows, columns
+
+
+def _fractions(landings, step) -> np.ndarray:
+    """float32 (H, W, 2): the fractions of a pixel the :func:`_landings` lose to rounding,
+    ``(y, x)``, in exemplar pixels (``step`` per output pixel)."""
+    rows, columns = landings
+    offsets = np.stack([rows - np.floor(rows + 0.5), columns - np.floor(columns + 0.5)], -1)
+    return (offsets * np.asarray(step)).astype(np.float32)
+
+
+def _gathered(offsets: np.ndarray, landings) -> np.ndarray:
+    """``offsets`` (H, W, 2) taken at the pixels the :func:`_landings` round to (clamped)."""
+    height, width = offsets.shape[:2]
+    rows, columns = (np.floor(v + 0.5) for v in landings)
+    rows = np.clip(rows, 0, height - 1).astype(np.intp)
+    columns = np.clip(columns, 0, width - 1).astype(np.intp)
+    return offsets[rows, columns]
 
 
 def _whole_pixels_in_field(field, offsets: np.ndarray, exemplar_shape):

@@ -364,7 +364,7 @@ def is_fine_scale(shape: tuple[int, int], work_shape: tuple[int, int], fine_from
 
 
 def _sampled(exemplar: np.ndarray, field: np.ndarray, carried: np.ndarray, trusted: np.ndarray,
-             offsets) -> np.ndarray:  # fmt: skip
+             offsets) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The exemplar (uint8, at its own size) through the last field (host), each trusted
     match the search left where it was carried moved by its fraction of a pixel
     (bicubic, which is exact at whole pixels); the others copied. Returns the image and
