@@ -39,7 +39,7 @@ def test_plain_defaults_are_the_cpu_defaults():
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ("transfer", ["480 on a GPU, 192 on the CPU", "20 on a GPU, 2 on the CPU", "default: 3;"]),
+        ("transfer", ["480 on a GPU, 320 on the CPU", "20 on a GPU, 2 on the CPU", "default: 3;"]),
         ("analogy", ["448 on a GPU, 224 on the CPU", "100 on a GPU, 20 on the CPU"]),
     ],
 )

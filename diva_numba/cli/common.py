@@ -129,7 +129,7 @@ def default_of(params_class, name: str):
 
 
 def by_device(defaults: dict[str, object]) -> str:
-    """A per-device default as option help shows it: ``480 on a GPU, 192 on the CPU``."""
+    """A per-device default as option help shows it: ``480 on a GPU, 320 on the CPU``."""
     return f"{defaults['cuda']} on a GPU, {defaults['cpu']} on the CPU"
 
 

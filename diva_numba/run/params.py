@@ -18,9 +18,11 @@ from diva_numba.synthesis.alignment import AlignmentParams
 from diva_numba.synthesis.pyramid import SynthesisParams
 from diva_numba.video.shots import CutDetection
 
-#: Long side of the deep analogy's frames by device; the CPU default keeps the
-#: bundled example to a few minutes on two cores (see BENCHMARKS.md).
-WORK_SIZE_BY_DEVICE = {"cuda": 480, "cpu": 192}
+#: Long side of the deep analogy's frames by device (never above the output's). With
+#: anchor frames only anchors run the deep analogy, so the size costs on frame 0 and the
+#: anchors, not on the frames carried between them; below about 320 px VGG-19's deepest
+#: level sees too little of a face to match it (BENCHMARKS.md "Working size 320 on the CPU").
+WORK_SIZE_BY_DEVICE = {"cuda": 480, "cpu": 320}
 #: Warm-started L-BFGS iterations on seeded frames, by device.
 GUIDED_LBFGS_BY_DEVICE = {"cuda": 20, "cpu": 2}
 
@@ -171,7 +173,7 @@ class TransferParams:
         Examples
         --------
         >>> TransferParams.for_device("cpu", temporal_weight=0.5).work_size
-        192
+        320
         """
         kind = device_kind(device)
         defaults = {
