@@ -57,13 +57,13 @@ class AnchorParams:
         that is not whole pixels a frame: on a pan by 0.7 x 2.3 px a frame over
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
-        frames; carried from the anchor it stays at 0.25 / 0.33 / 0.40. The
-        flicker is about seeding's (warping error: the bundled example 2.43
-        against 2.47 seeded, the input's 2.19; Big Buck Bunny 1.30 against
-        1.28, the input's 0.92; BENCHMARKS.md "Sub-pixel anchors at every
-        size"). Anchors
-        need the temporal guide (``temporal_weight > 0``) and stand aside where
-        painted keyframes are given.
+        frames; carried from the anchor it stays at 0.25 / 0.33 / 0.40 (all
+        from a 192 px working size). The flicker is about seeding's (warping
+        error: the bundled example 2.43 against 2.47 seeded, the input's 2.19;
+        Big Buck Bunny 1.30 against 1.28, the input's 0.92; BENCHMARKS.md
+        "Sub-pixel anchors at every size"). Anchors need the temporal guide
+        (``temporal_weight > 0``) and stand aside where painted keyframes are
+        given.
     min_coverage : float
         A frame becomes an anchor when less than this share of its pixels is
         reliably covered (reliability at least ``covered_from``) by the last
