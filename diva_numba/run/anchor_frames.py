@@ -272,12 +272,6 @@ def landing_offsets(moved: np.ndarray, step: tuple[float, float]) -> np.ndarray:
     return _fractions(_landings(moved), step)
 
 
-def pulled_offsets(offsets: np.ndarray, moved: np.ndarray) -> np.ndarray:
-    """Each pixel's entry of ``offsets`` (H, W, 2) from where ``moved`` (output-size
-    ``(dx, dy)``) leads it, rounded and clamped as :func:`pull_field` moves matches."""
-    return _gathered(offsets, _landings(moved))
-
-
 def _landings(moved: np.ndarray):
     """Where each pixel lands along ``moved``, ``(rows, columns)`` in float64, as
     :func:`pull_field` computes them (a non-finite vector keeps the pixel in place)."""
@@ -451,7 +445,6 @@ __all__ = [
     "exemplar_step",
     "anchor_analogy",
     "output_flow",
-    "pulled_offsets",
     "refines_at_output",
     "grey_for_refinement",
     "AnchorParams",
