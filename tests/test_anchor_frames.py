@@ -146,6 +146,17 @@ def test_a_slow_pan_does_not_drift(tmp_path, tiny_model):
     assert without[2] - without[0] > 0.5
 
 
+@pytest.mark.parametrize("step", [(1.0, 3.0), (-2.0, 1.0)])
+def test_a_pan_names_the_content_every_frame_shows(step):
+    # Whole-pixel steps: the ideals are exact copies of each other where they overlap.
+    pan = painted_pan(data.chelsea(), count=5, width=64, height=48, step=step)
+    counts = {int(mask.sum()) for mask in pan.throughout}
+    assert counts == {(48 - 4 * abs(int(step[0]))) * (64 - 4 * abs(int(step[1])))}
+    first = pan.ideals[0][pan.throughout[0]]
+    for ideal, mask in zip(pan.ideals, pan.throughout, strict=True):
+        np.testing.assert_array_equal(ideal[mask], first)
+
+
 def test_landing_offsets_are_the_fractions_a_pulled_field_loses():
     moved = np.zeros((4, 6, 2), np.float32)
     moved[..., 0], moved[..., 1] = 0.7, -0.4  # (dx, dy)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from clips import pan_frames, photo, random_origin
+from clips import pan_frames, photo, random_origin, write_clip
+from skimage import data
 
+from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask, refine_flow, warp_image
 
 WIDTH, HEIGHT = 96, 64
@@ -127,6 +129,33 @@ def test_a_flow_brought_up_from_a_smaller_size_is_refined_to_a_fraction_of_a_pix
     assert refined.dtype == np.float32 and refined.shape == (*size, 2)
     assert (error < 0.1).all(), error  # the rounded start is 0.4 and 0.3 off
     assert initial[0, 0, 0] == 4.0  # the start is not written into
+
+
+def test_the_refinement_smooths_the_noise_of_an_encoded_clip(tmp_path):
+    # A pan by (2.3, 0.7) px a frame over a photo, encoded as H.264 and read back; the
+    # flow from frame 6 to frame 0, made at 320 px and brought up to the clip's 384.
+    step, count = np.array([2.3, 0.7], np.float32), 7
+    image = data.coffee()
+    frames = [
+        cv2.warpAffine(image, np.float32([[1, 0, i * step[0]], [0, 1, i * step[1]]]), (384, 216),
+                       flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
+        for i in range(count)
+    ]  # fmt: skip
+    write_clip(tmp_path / "pan.mp4", np.stack(frames), crf=12)
+    decoded = [frame for _, frame in read_frames(tmp_path / "pan.mp4")]
+    first, last = decoded[0], decoded[-1]
+    _, backward = flow_pair(cv2.resize(first, (320, 180)), cv2.resize(last, (320, 180)))
+    initial = cv2.resize(backward, (384, 216)) * np.float32(384 / 320)
+    inner = (slice(16, -40), slice(16, -40))  # away from the content the pan brings in
+
+    def error(flow):
+        return float(np.linalg.norm(flow[inner] - step * (count - 1), axis=-1).mean())
+
+    smoothed = error(refine_flow(last, first, initial))
+    patches_only = error(refine_flow(last, first, initial, smoothing_iterations=0))
+    # Measured: 0.109 px smoothed, 0.151 from the patches alone, 0.209 brought up.
+    assert smoothed < 0.13, smoothed
+    assert smoothed < 0.85 * patches_only, (smoothed, patches_only)
 
 
 def test_flow_accepts_grey_frames_and_checks_inputs(rng):

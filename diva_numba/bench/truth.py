@@ -97,12 +97,18 @@ class PaintedPan:
         The painting of frame 0 (``ideals[0]``).
     visible : list of bool arrays (H, W)
         Pixels of each frame that frame 0 shows (where the ideal is defined).
+    throughout : list of bool arrays (H, W)
+        Pixels of each frame whose content every frame shows. A distance by
+        frame over ``visible`` weighs frame 0's far corner more and more as the
+        pan goes on; over these it compares the same content in every frame,
+        so that only drift makes it grow.
     """
 
     frames: list
     ideals: list
     painting: np.ndarray
     visible: list
+    throughout: list
 
 
 def painted_pan(
@@ -115,7 +121,9 @@ def painted_pan(
 ) -> PaintedPan:
     """``count`` frames of ``height x width`` panning by ``step`` (dy, dx) px a frame."""
     painted = paint(photo)
-    frames, ideals, visible = [], [], []
+    frames, ideals, visible, throughout = [], [], [], []
+    ys, xs = np.mgrid[0:height, 0:width]
+    last_y, last_x = (count - 1) * step[0], (count - 1) * step[1]
     for index in range(count):
         oy, ox = index * step[0], index * step[1]
         shift = np.float32([[1, 0, ox], [0, 1, oy]])
@@ -126,9 +134,14 @@ def painted_pan(
         ideals.append(
             cv2.warpAffine(painted, shift, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
         )
-        ys, xs = np.mgrid[0:height, 0:width]
-        visible.append((ys + oy <= height - 1) & (xs + ox <= width - 1))
-    return PaintedPan(frames, ideals, ideals[0], visible)
+        # Content at (y + oy, x + ox) of frame 0, in view from frame 0 to the last.
+        rows, columns = ys + oy, xs + ox
+        visible.append((rows <= height - 1) & (columns <= width - 1))
+        throughout.append(
+            (rows >= max(0, last_y)) & (rows <= height - 1 + min(0, last_y))
+            & (columns >= max(0, last_x)) & (columns <= width - 1 + min(0, last_x))
+        )  # fmt: skip
+    return PaintedPan(frames, ideals, ideals[0], visible, throughout)
 
 
 def lab_distance(

@@ -97,7 +97,7 @@ class AnchorParams:
         copies whole pixels (Big Buck Bunny at 1280 from 192: warping error 1.56
         without, 1.30 with), and a smaller one takes its fractions from the
         working-size flow (a whole-pixel pan at 200 x 120 from 96: up to 1.00
-        Lab from the ideal without, 0.06 with). It costs 0.3 s a carried frame
+        Lab from the ideal without, 0.06 with). It costs 0.65 s a carried frame
         at 1080p on 2 CPU cores.
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least
