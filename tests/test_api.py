@@ -40,7 +40,7 @@ def test_plain_defaults_are_the_cpu_defaults():
     ("command", "expected"),
     [
         ("transfer", ["480 on a GPU, 320 on the CPU", "20 on a GPU, 2 on the CPU", "default: 3;"]),
-        ("analogy", ["448 on a GPU, 224 on the CPU", "100 on a GPU, 20 on the CPU"]),
+        ("analogy", ["448 on a GPU, 320 on the CPU", "100 on a GPU, 20 on the CPU"]),
     ],
 )
 def test_command_line_defaults_come_from_the_parameters(command, expected):
