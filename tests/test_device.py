@@ -106,7 +106,10 @@ def test_long_messages_are_shortened(monkeypatch):
 def test_cupy_that_cannot_be_imported(monkeypatch):
     monkeypatch.setattr(device_module, "_numba_cuda", lambda: probe_fakes.FakeCuda())
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
-    assert cuda_status() == (False, "CuPy is not installed (pip install 'diva-numba[cuda]')")
+    assert cuda_status() == (
+        False,
+        "CuPy is not installed (pip install 'diva-numba[cuda]', [cuda13] for CUDA 13)",
+    )
 
 
 def test_cupy_failing_on_the_gpu(monkeypatch):

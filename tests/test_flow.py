@@ -155,7 +155,7 @@ def test_the_refinement_smooths_the_noise_of_an_encoded_clip(tmp_path):
     patches_only = error(refine_flow(last, first, initial, smoothing_iterations=0))
     # Measured: 0.109 px smoothed, 0.151 from the patches alone, 0.209 brought up.
     assert smoothed < 0.13, smoothed
-    assert smoothed < 0.85 * patches_only, (smoothed, patches_only)
+    assert smoothed < 0.9 * patches_only, (smoothed, patches_only)
 
 
 def test_flow_accepts_grey_frames_and_checks_inputs(rng):

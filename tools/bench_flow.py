@@ -5,13 +5,14 @@
 
 H.264 pans with a known motion of 0.7 x 2.3 px a frame: a photo at 384 x 216, the
 bundled example's frame 24 enlarged to 1280 x 720 (soft: a 320 px frame enlarged), and
-with ``--clip`` a frame of any clip at its own size. For every third frame *t* the
-flow from frame *t* to frame 0 is made as the frame loop makes it for a frame carried
-from its anchor (:func:`~diva_numba.finishing.keyframes.propagate` at the working
-size, chained from the frame before and re-anchored on frame 0), brought up to the
-clip's size and refined there by :func:`~diva_numba.video.flow.refine_flow` with each
-number of smoothing iterations. Printed: the mean endpoint error (output pixels, 16 px
-in from the border, over the content frame 0 shows) at each *t*, and milliseconds per
+with ``--clip`` a frame of any clip panned at the clip's size (enlarged 9/8 for room).
+For every third frame *t* the flow from frame *t* to frame 0 is made as the frame loop
+makes it for a frame carried from its anchor
+(:func:`~diva_numba.finishing.keyframes.propagate` at the working size, chained from
+the frame before and re-anchored on frame 0), brought up to the clip's size and
+refined there by :func:`~diva_numba.video.flow.refine_flow` with each number of
+smoothing iterations. Printed: the mean endpoint error (output pixels, 16 px in from
+the border, over the content frame 0 shows) at each *t*, and milliseconds per
 refinement.
 """
 
@@ -30,7 +31,12 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from clips import write_clip  # noqa: E402
 
-from diva_numba.finishing.keyframes import KeyframeParams, Propagation, propagate, step_flows  # noqa: E402
+from diva_numba.finishing.keyframes import (  # noqa: E402
+    KeyframeParams,
+    Propagation,
+    propagate,
+    step_flows,
+)
 from diva_numba.images import resize  # noqa: E402
 from diva_numba.run.anchor_frames import output_flow  # noqa: E402
 from diva_numba.video import read_frames  # noqa: E402
@@ -94,7 +100,9 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, help="also pan over a frame of this clip")
     parser.add_argument("--clip-frame", type=int, default=0)
     args = parser.parse_args()
-    example = next(frame for index, frame in read_frames(EXAMPLE, start=24, end=25))
+    if args.frames < 4:
+        parser.error("--frames must be at least 4 (every third frame is measured)")
+    (_, example), *_ = read_frames(EXAMPLE, start=24, end=25)
     sources = {
         "photo pan, 384 x 216": (data.coffee(), (384, 216)),
         "example frame 24 enlarged, 1280 x 720": (
@@ -103,7 +111,7 @@ def main() -> None:
         ),
     }
     if args.clip is not None:
-        frame = next(f for _, f in read_frames(args.clip, start=args.clip_frame))
+        (_, frame), *_ = read_frames(args.clip, start=args.clip_frame, end=args.clip_frame + 1)
         height, width = frame.shape[:2]
         enlarged = cv2.resize(
             frame, (width * 9 // 8, height * 9 // 8), interpolation=cv2.INTER_CUBIC
@@ -121,7 +129,8 @@ def main() -> None:
             for label, (error, ms) in measure(frames, args.work_size, args.smoothing).items():
                 what = label if isinstance(label, str) else f"refined, {label} smoothing"
                 cells = " / ".join(f"{e:.3f}" for e in error)
-                print(f"| {name} | {what} | {cells} | {ms:.0f} |", flush=True)
+                cost = "" if isinstance(label, str) else f"{ms:.0f}"
+                print(f"| {name} | {what} | {cells} | {cost} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ deconvolves only with at least that share of new pixels), ``default``, or
 * ``cut``: the pan, then a pan over another photo from the middle frame on.
 
 For every case and config: seconds per later frame (mean; the cut frame and
-frame 0 apart), the Lab distance (the pans: its mean, and by third of the clip),
+frame 0 apart), the Lab distance (the pans: its mean, by third of the clip, and by
+third over the content in view throughout),
 the warping error of the output and of the input (0..255). Frame 0 runs 5 L-BFGS
 iterations in every config, so that the comparison is of the later frames alone.
 """

@@ -136,7 +136,7 @@ def painted_pan(
         )
         # Content at (y + oy, x + ox) of frame 0, in view from frame 0 to the last.
         rows, columns = ys + oy, xs + ox
-        visible.append((rows <= height - 1) & (columns <= width - 1))
+        visible.append((rows >= 0) & (rows <= height - 1) & (columns >= 0) & (columns <= width - 1))
         throughout.append(
             (rows >= max(0, last_y)) & (rows <= height - 1 + min(0, last_y))
             & (columns >= max(0, last_x)) & (columns <= width - 1 + min(0, last_x))

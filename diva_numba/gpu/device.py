@@ -104,7 +104,9 @@ def _cupy():
         import cupy
     except ImportError as exc:
         if exc.name == "cupy":
-            raise _ProbeFailure("CuPy is not installed (pip install 'diva-numba[cuda]')") from None
+            raise _ProbeFailure(
+                "CuPy is not installed (pip install 'diva-numba[cuda]', [cuda13] for CUDA 13)"
+            ) from None
         raise _ProbeFailure(f"CuPy cannot be imported ({error_line(exc)})") from None
     except Exception as exc:  # a CuPy build for a CUDA that the machine lacks, and the like
         raise _ProbeFailure(f"CuPy cannot be imported ({error_line(exc)})") from None

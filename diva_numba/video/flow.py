@@ -236,12 +236,13 @@ def refine_flow(source: np.ndarray, target: np.ndarray, initial: np.ndarray, *,
     a flow estimated at a smaller size and brought up to this one
     (bilinear) is right to within about a pixel there, and this makes it
     precise to a fraction of one. DIS's variational refinement then smooths
-    the patch estimates at each scale (``smoothing_iterations``): the patches
-    alone leave each pixel's flow a few hundredths of a pixel off, and an
-    output carried along it shows that as noise on the painting's strokes.
+    the patch estimates at each scale (``smoothing_iterations``): on an encoded
+    clip the patches alone leave a few hundredths of a pixel of noise on each
+    pixel's flow, and an output carried along it shows that on the painting's
+    strokes.
 
     Measured on H.264 pans by 0.7 x 2.3 px a frame, the flow from frames 3-12 to
-    frame 0 chained and re-anchored at 320 px (``tools/bench_flow.py``), mean
+    frame 0 chained and re-anchored at 320 px (``tools/bench_flow.py --clip``), mean
     endpoint error: a Big Buck Bunny frame at 1280 x 720, 0.17-0.21 px brought up,
     0.12-0.17 refined without smoothing (100 ms on 2 CPU cores), 0.10-0.13 with 5
     iterations (260 ms). An oil-painted pan carried along it ends 0.77 mean Lab from
