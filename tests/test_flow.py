@@ -8,6 +8,7 @@ import pytest
 from clips import pan_frames, photo, random_origin, write_clip
 from skimage import data
 
+from diva_numba.bench.truth import shifted_frames
 from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask, refine_flow, warp_image
 
@@ -135,12 +136,7 @@ def test_the_refinement_smooths_the_noise_of_an_encoded_clip(tmp_path):
     # A pan by (2.3, 0.7) px a frame over a photo, encoded as H.264 and read back; the
     # flow from frame 6 to frame 0, made at 320 px and brought up to the clip's 384.
     step, count = np.array([2.3, 0.7], np.float32), 7
-    image = data.coffee()
-    frames = [
-        cv2.warpAffine(image, np.float32([[1, 0, i * step[0]], [0, 1, i * step[1]]]), (384, 216),
-                       flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
-        for i in range(count)
-    ]  # fmt: skip
+    frames = shifted_frames(data.coffee(), count=count, width=384, height=216, step=(0.7, 2.3))
     write_clip(tmp_path / "pan.mp4", np.stack(frames), crf=12)
     decoded = [frame for _, frame in read_frames(tmp_path / "pan.mp4")]
     first, last = decoded[0], decoded[-1]

@@ -31,6 +31,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from clips import write_clip  # noqa: E402
 
+from diva_numba.bench.truth import shifted_frames  # noqa: E402
 from diva_numba.finishing.keyframes import (  # noqa: E402
     KeyframeParams,
     Propagation,
@@ -48,11 +49,7 @@ EXAMPLE = Path(__file__).resolve().parent / "example" / "clip.mp4"
 
 def encoded_pan(image: np.ndarray, size: tuple[int, int], count: int, folder: Path) -> list:
     """``count`` frames of ``size`` (W, H) panning over ``image``, through H.264 and back."""
-    frames = [
-        cv2.warpAffine(image, np.float32([[1, 0, i * STEP[0]], [0, 1, i * STEP[1]]]), size,
-                       flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
-        for i in range(count)
-    ]  # fmt: skip
+    frames = shifted_frames(image, count=count, width=size[0], height=size[1], step=STEP[::-1])
     path = folder / f"pan-{size[0]}.mp4"
     write_clip(path, np.stack(frames), crf=12)
     return [frame for _, frame in read_frames(path)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Remake the README's pictures from the bundled example (about 9 minutes on two CPU
-# cores, the kernels compiled): the contact sheet of the main job, the keyframe sheet (analogy alone, one
-# keyframe, two keyframes) and the analogy picture (A, B', A', B).
+# cores, the kernels compiled): the contact sheet of the main job, the keyframe sheet
+# (analogy alone, one keyframe, two keyframes) and the analogy picture (A, B', A', B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${DIVA_VENV:-.venv}"

@@ -111,6 +111,19 @@ class PaintedPan:
     throughout: list
 
 
+def shifted_frames(
+    image: np.ndarray, *, count: int, width: int, height: int, step: tuple[float, float]
+) -> list[np.ndarray]:
+    """``count`` ``height x width`` windows of ``image``, the window moved ``step`` (dy, dx)
+    px a frame (bicubic): frame t at ``(y, x)`` shows ``image`` at ``(y, x) + t * step``."""
+    frames = []
+    for index in range(count):
+        shift = np.float32([[1, 0, index * step[1]], [0, 1, index * step[0]]])
+        frames.append(cv2.warpAffine(image, shift, (width, height),
+                                     flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP))  # fmt: skip
+    return frames
+
+
 def painted_pan(
     photo: np.ndarray,
     *,
@@ -120,22 +133,15 @@ def painted_pan(
     step: tuple[float, float] = (2.0, 3.0),
 ) -> PaintedPan:
     """``count`` frames of ``height x width`` panning by ``step`` (dy, dx) px a frame."""
-    painted = paint(photo)
-    frames, ideals, visible, throughout = [], [], [], []
+    window = {"count": count, "width": width, "height": height, "step": step}
+    frames = shifted_frames(photo, **window)
+    ideals = shifted_frames(paint(photo), **window)
+    visible, throughout = [], []
     ys, xs = np.mgrid[0:height, 0:width]
     last_y, last_x = (count - 1) * step[0], (count - 1) * step[1]
     for index in range(count):
-        oy, ox = index * step[0], index * step[1]
-        shift = np.float32([[1, 0, ox], [0, 1, oy]])
-        size = (width, height)
-        frames.append(
-            cv2.warpAffine(photo, shift, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
-        )
-        ideals.append(
-            cv2.warpAffine(painted, shift, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
-        )
         # Content at (y + oy, x + ox) of frame 0, in view from frame 0 to the last.
-        rows, columns = ys + oy, xs + ox
+        rows, columns = ys + index * step[0], xs + index * step[1]
         visible.append((rows >= 0) & (rows <= height - 1) & (columns >= 0) & (columns <= width - 1))
         throughout.append(
             (rows >= max(0, last_y)) & (rows <= height - 1 + min(0, last_y))
