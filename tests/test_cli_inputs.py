@@ -246,3 +246,27 @@ def test_jpeg_orientation_is_applied(reduced, tmp_path, rng, caplog):
         loaded = cv2.resize(loaded, upright.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     assert loaded.shape == upright.shape == (width, height, 3)
     assert np.abs(loaded.astype(int) - upright).mean() < 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "capped_at"),
+    [(["--work-size", "200"], 64), (["--work-size", "200", "--size", "96"], 96),
+     (["--work-size", "64"], None), ([], None)],
+)  # fmt: skip
+def test_a_work_size_above_the_output_says_where_it_is_capped(
+    extra, capped_at, style, clip, tmp_path, tiny_model
+):
+    out = tmp_path / "out.mp4"
+    result = invoke("transfer", [str(style), str(clip), "-o", str(out), "--end", "2", *extra],
+                    tiny_model)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "is above the output's" in line]
+    if capped_at is None:
+        assert notices == []
+    else:
+        assert notices == [
+            f"diva-numba: --work-size 200 is above the output's long side ({capped_at}), so "
+            f"the analogy works at {capped_at}; for finer detail on a small clip enlarge the "
+            "output too: --size 200 --work-size 200"
+        ]
+    assert probe_video(out).width == (capped_at or 64)

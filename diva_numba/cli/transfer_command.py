@@ -18,6 +18,7 @@ from diva_numba.cli.common import (
     by_device,
     default_of,
     device_option,
+    notice,
     quiet_option,
 )
 from diva_numba.cli.stylise_command import (
@@ -260,6 +261,9 @@ def transfer(style, clip, output, device, quiet, as_json, method, **options):
                                crf=options["crf"], chroma=options["chroma"])  # fmt: skip
     else:
         params = _transfer_params(device, options)
+    capped = work_size_notice(clip, options["work_size"], options["size"])
+    if capped and not quiet:
+        notice(capped)
     spec = RunSpec.make(
         style,
         clip,
@@ -297,6 +301,27 @@ def transfer(style, clip, output, device, quiet, as_json, method, **options):
     if not quiet:
         click.echo(summary_text(summary), err=True)
     click.echo(json.dumps(summary) if as_json else str(output))
+
+
+def work_size_notice(clip: Path, work_size: int | None, size: int | None) -> str | None:
+    """What to tell a user whose ``--work-size`` is above the output's long side, or None.
+
+    The working size is capped at the output's: the analogy never works on enlarged
+    frames unless the output is enlarged too, which ``--size`` asks for.
+    """
+    if work_size is None:
+        return None
+    from diva_numba.video.probe import even_size, probe_video
+
+    info = probe_video(clip)
+    output_side = max(even_size(info.width, info.height, size or max(info.width, info.height)))
+    if work_size <= output_side:
+        return None
+    return (
+        f"--work-size {work_size} is above the output's long side ({output_side}), so the "
+        f"analogy works at {output_side}; for finer detail on a small clip enlarge the "
+        f"output too: --size {work_size} --work-size {work_size}"
+    )
 
 
 def transfer_summary(result, preview: Path | None) -> dict:
