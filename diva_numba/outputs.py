@@ -53,7 +53,9 @@ class AtomicFile:
             # Not tempfile.mkstemp: its files are private (0600) whatever the umask says.
             os.close(os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileNotFoundError:
-            raise OutputError(f"{self.path}: directory {directory} does not exist") from None
+            # Some file systems (/proc) refuse new files this way in a directory that exists.
+            reason = "is not writable" if directory.is_dir() else "does not exist"
+            raise OutputError(f"{self.path}: directory {directory} {reason}") from None
         except PermissionError:
             raise OutputError(f"{self.path}: directory {directory} is not writable") from None
         except OSError as exc:

@@ -9,6 +9,10 @@ def assert_one_error(result, exit_code: int) -> str:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, result.output
+    # Progress and notices may come first, but not click's usage block around the error.
+    assert not any(line.startswith(("Usage:", "Try '")) for line in result.output.splitlines()), (
+        result.output
+    )
     return lines[0]
 
 

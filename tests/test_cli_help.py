@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import pytest
+from cli_checks import assert_one_error
 from click.testing import CliRunner
 
 from diva_numba.cli import cli
@@ -58,3 +59,22 @@ def test_transfer_help_says_which_frames_take_the_analogy_options():
 def test_the_model_cache_variable_is_named_where_models_are_cached():
     assert "DIVA_NUMBA_CACHE" in _help("models")
     assert "DIVA_NUMBA_CACHE" in _help("models", "fetch")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["transfer", "missing.png", "missing.mp4", "-o", "out.mp4"],
+         "Invalid value for 'STYLE': File 'missing.png' does not exist. "
+         "(see 'diva-numba transfer --help')"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["nosuch"], "No such command 'nosuch'. (see 'diva-numba --help')"),
+        (["metrics", "texture"], "Missing argument 'OUTPUT'. "
+         "(see 'diva-numba metrics texture --help')"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_that_points_to_the_help(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args, prog_name="diva-numba")
+    line = assert_one_error(result, 2)
+    assert message in line, line

@@ -165,3 +165,15 @@ def test_analogy_output_directory_holding_an_input_is_refused(inside, case, tmp_
     with pytest.raises(OutputError, match="is an input of this run"):
         analogy_files(a, case.style, folder, device="cpu", model=tiny_model, overwrite=True)
     assert (folder / "a.png").read_bytes() == case.style.read_bytes()
+
+
+def test_a_directory_that_refuses_new_files_is_called_unwritable(tmp_path, monkeypatch):
+    # /proc exists but answers "no such file" when a file is created in it.
+    def refuse(path, flags, mode=0o777):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(outputs.os, "open", refuse)
+    with pytest.raises(OutputError, match=f"directory {tmp_path} is not writable"):
+        outputs.AtomicFile(tmp_path / "out.mp4")
+    with pytest.raises(OutputError, match="directory .*missing does not exist"):
+        outputs.AtomicFile(tmp_path / "missing" / "out.mp4")

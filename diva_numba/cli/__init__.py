@@ -18,16 +18,33 @@ from diva_numba.errors import DivaError  # noqa: E402
 
 
 class DivaGroup(click.Group):
-    """A group whose commands report DivaError and Ctrl-C as one line each."""
+    """A group whose commands report DivaError, usage errors and Ctrl-C as one line each."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DivaError as exc:
             raise UserError(exc) from None
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except KeyboardInterrupt:
             notice("interrupted")
             ctx.exit(130)
+
+
+def _one_line(error: click.UsageError) -> click.ClickException:
+    """A usage error (a missing file, an unknown option) as one ``Error:`` line, like every
+    other error: click's usage block above it repeats what ``--help`` is for."""
+    command = error.ctx.command_path if error.ctx is not None else "diva-numba"
+    one_line = click.ClickException(f"{error.format_message()} (see '{command} --help')")
+    one_line.exit_code = error.exit_code
+    return one_line
 
 
 @click.group(cls=DivaGroup, context_settings={"help_option_names": ["-h", "--help"]})
