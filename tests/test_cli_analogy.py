@@ -104,8 +104,8 @@ def test_bad_images_are_one_line_errors(kind, pair, tmp_path, tiny_model):
 def test_huge_image_is_scaled_to_the_area_limit(tmp_path, rng, tiny_model):
     huge = write(tmp_path / "huge.png", np.zeros((700, 800, 3), np.uint8) + 90)
     small = write(tmp_path / "small.png", rng.integers(0, 255, (40, 40, 3)).astype(np.uint8))
-    result = run([str(huge), str(small), "-o", str(tmp_path / "out"), "--size", "800"],
-                 tiny_model)  # fmt: skip
+    result = run([str(huge), str(small), "-o", str(tmp_path / "out"), "--size", "800",
+                  "--work-size", "800"], tiny_model)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "area limit" in result.output
     assert cv2.imread(str(tmp_path / "out" / "A_prime.png")).shape == (700, 800, 3)
@@ -115,3 +115,18 @@ def test_alpha_is_validated(pair, tmp_path, tiny_model):
     a, bp = pair
     result = run([str(a), str(bp), "-o", str(tmp_path / "o"), "--alpha", "0.8,2"], tiny_model)
     assert result.exit_code == 2 and "four numbers" in result.output
+
+
+@pytest.mark.parametrize(("long_side", "limited"), [(None, False), (320, False), (1200, True)])
+def test_the_area_notice_shows_only_when_the_area_limit_shrinks_the_image(long_side, limited,
+                                                                          caplog):  # fmt: skip
+    from diva_numba.gpu.device import resolve_device
+    from diva_numba.run.analogy_files import working_shape
+
+    image = np.zeros((720, 1280, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="diva_numba"):
+        shape = working_shape(image, device=resolve_device("cpu"), long_side=long_side,
+                              ratio=1.0, name="big.png")  # fmt: skip
+    notices = [r.getMessage() for r in caplog.records if "area limit" in r.getMessage()]
+    assert bool(notices) == limited, notices
+    assert (max(shape) < long_side) if limited else (max(shape) == (long_side or 320))

@@ -10,6 +10,7 @@ writes an output directory that appears whole or not at all.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from diva_numba.finishing.compositing import preserve_colour as preserve_colour_
 from diva_numba.gpu.device import Device, resolve_device, to_host, within_memory
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyParams, AnalogyResult, analogy, load_model
-from diva_numba.images import MAX_AREA, load_image, resize, save_image, working_size
+from diva_numba.images import load_image, resize, save_image, working_size
 from diva_numba.outputs import atomic_directory, check_target
 from diva_numba.run.progress import AnalogyProgress
 from diva_numba.synthesis.pyramid import SynthesisParams, synthesize
@@ -174,7 +175,7 @@ def working_shape(
     side = long_side or min(max(height, width), IMAGE_SIZE_BY_DEVICE[device.kind])
     side = max(1, round(side * ratio))
     shape = working_size(height, width, long_side=side)
-    if height * width > MAX_AREA and shape[0] * shape[1] <= MAX_AREA:
+    if shape != working_size(height, width, long_side=side, max_area=math.inf):
         log.warning(
             "%s: %dx%d is above the area limit; working at %dx%d",
             name, width, height, shape[1], shape[0],
