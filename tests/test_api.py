@@ -29,7 +29,7 @@ def test_plain_defaults_are_the_cpu_defaults():
     from diva_numba import AnalogyParams, TransferParams
 
     assert TransferParams() == TransferParams.for_device("cpu")
-    assert AnalogyParams.for_device("cpu").lbfgs_iterations == 20
+    assert AnalogyParams.for_device("cpu").lbfgs_iterations == 10
     assert AnalogyParams.for_device("cuda").lbfgs_iterations == 100
     gpu = TransferParams.for_device("cuda", temporal_weight=0.5)
     assert (gpu.work_size, gpu.guided_lbfgs_iterations, gpu.temporal_weight) == (480, 20, 0.5)
@@ -40,7 +40,7 @@ def test_plain_defaults_are_the_cpu_defaults():
     ("command", "expected"),
     [
         ("transfer", ["480 on a GPU, 320 on the CPU", "20 on a GPU, 2 on the CPU", "default: 3;"]),
-        ("analogy", ["448 on a GPU, 320 on the CPU", "100 on a GPU, 20 on the CPU"]),
+        ("analogy", ["448 on a GPU, 320 on the CPU", "100 on a GPU, 10 on the CPU"]),
     ],
 )
 def test_command_line_defaults_come_from_the_parameters(command, expected):

@@ -327,10 +327,14 @@ def notices(monkeypatch):
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append
     logger = logging.getLogger("diva_numba")
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    # setLevel, not the attribute: it also clears the logger's cache of enabled levels,
+    # which a command line run at INFO before this test leaves saying "no DEBUG".
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+    logger.setLevel(previous)
 
 
 def test_own_gpu_forward_pass_is_announced_once(tiny_model, monkeypatch, notices):

@@ -19,8 +19,9 @@ ALPHA_PRESETS: dict[str, tuple[float, float, float, float]] = {
 }
 
 #: L-BFGS iterations per deconvolution by device: the reference's 100 where a GPU
-#: makes them cheap; on the CPU quality is flat from about 5 on (BENCHMARKS.md).
-LBFGS_ITERATIONS_BY_DEVICE = {"cuda": 100, "cpu": 20}
+#: makes them cheap; on the CPU quality is flat from about 5 on, so 10, half the time
+#: of 20 (BENCHMARKS.md "Frame 0 with 10 L-BFGS iterations on the CPU").
+LBFGS_ITERATIONS_BY_DEVICE = {"cuda": 100, "cpu": 10}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class AnalogyParams:
         Examples
         --------
         >>> AnalogyParams.for_device("cpu").lbfgs_iterations
-        20
+        10
         """
         defaults = {"lbfgs_iterations": LBFGS_ITERATIONS_BY_DEVICE[device_kind(device)]}
         return cls(**{**defaults, **changes})
