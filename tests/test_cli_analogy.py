@@ -117,16 +117,23 @@ def test_alpha_is_validated(pair, tmp_path, tiny_model):
     assert result.exit_code == 2 and "four numbers" in result.output
 
 
-@pytest.mark.parametrize(("long_side", "limited"), [(None, False), (320, False), (1200, True)])
-def test_the_area_notice_shows_only_when_the_area_limit_shrinks_the_image(long_side, limited,
-                                                                          caplog):  # fmt: skip
+@pytest.mark.parametrize(
+    ("size", "long_side", "notice"),
+    [((720, 1280), None, None), ((720, 1280), 320, None),
+     ((720, 1280), 1200, "a working size of 1200x675 is above the area limit; working at"),
+     ((300, 400), 1200, "a working size of 1200x900 is above the area limit; working at")],
+)  # fmt: skip
+def test_the_area_notice_only_when_the_limit_shrinks_the_image(size, long_side, notice, caplog):
     from diva_numba.gpu.device import resolve_device
     from diva_numba.run.analogy_files import working_shape
 
-    image = np.zeros((720, 1280, 3), np.uint8)
+    image = np.zeros((*size, 3), np.uint8)
     with caplog.at_level("WARNING", logger="diva_numba"):
         shape = working_shape(image, device=resolve_device("cpu"), long_side=long_side,
-                              ratio=1.0, name="big.png")  # fmt: skip
+                              ratio=1.0, name="image.png")  # fmt: skip
     notices = [r.getMessage() for r in caplog.records if "area limit" in r.getMessage()]
-    assert bool(notices) == limited, notices
-    assert (max(shape) < long_side) if limited else (max(shape) == (long_side or 320))
+    if notice is None:
+        assert notices == []
+    else:
+        assert len(notices) == 1 and notices[0].startswith(f"image.png: {notice}"), notices
+    assert (max(shape) < long_side) if notice else (max(shape) == (long_side or 320))

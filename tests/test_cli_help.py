@@ -66,11 +66,11 @@ def test_the_model_cache_variable_is_named_where_models_are_cached():
     [
         (["transfer", "missing.png", "missing.mp4", "-o", "out.mp4"],
          "Invalid value for 'STYLE': File 'missing.png' does not exist. "
-         "(see 'diva-numba transfer --help')"),
+         "(usage: 'diva-numba transfer --help')"),
         (["--bogus"], "No such option '--bogus'"),
-        (["nosuch"], "No such command 'nosuch'. (see 'diva-numba --help')"),
+        (["nosuch"], "No such command 'nosuch'. (usage: 'diva-numba --help')"),
         (["metrics", "texture"], "Missing argument 'OUTPUT'. "
-         "(see 'diva-numba metrics texture --help')"),
+         "(usage: 'diva-numba metrics texture --help')"),
     ],
 )  # fmt: skip
 def test_a_usage_error_is_one_line_that_points_to_the_help(args, message, tmp_path, monkeypatch):
@@ -78,3 +78,10 @@ def test_a_usage_error_is_one_line_that_points_to_the_help(args, message, tmp_pa
     result = CliRunner().invoke(cli, args, prog_name="diva-numba")
     line = assert_one_error(result, 2)
     assert message in line, line
+
+
+@pytest.mark.parametrize("args", [[], ["metrics"], ["models"]])
+def test_a_group_given_nothing_shows_its_help_not_an_error(args):
+    result = CliRunner().invoke(cli, args, prog_name="diva-numba")
+    assert "Error" not in result.output and "Commands:" in result.output, result.output
+    assert result.output.startswith("Usage: diva-numba")

@@ -266,7 +266,7 @@ def test_a_work_size_above_the_output_says_where_it_is_capped(
     else:
         assert notices == [
             f"diva-numba: --work-size 200 is above the output's long side ({capped_at}), so "
-            f"the analogy works at {capped_at}; for finer detail on a small clip enlarge the "
-            "output too: --size 200 --work-size 200"
+            f"the frames are worked on at {capped_at}; for finer detail on a small clip "
+            "enlarge the output too: --size 200 --work-size 200"
         ]
     assert probe_video(out).width == (capped_at or 64)

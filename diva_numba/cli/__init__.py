@@ -23,6 +23,8 @@ class DivaGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group given nothing shows its help, as it should
         except click.UsageError as exc:
             raise _one_line(exc) from None
 
@@ -31,6 +33,8 @@ class DivaGroup(click.Group):
             return super().invoke(ctx)
         except DivaError as exc:
             raise UserError(exc) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as exc:
             raise _one_line(exc) from None
         except KeyboardInterrupt:
@@ -42,7 +46,7 @@ def _one_line(error: click.UsageError) -> click.ClickException:
     """A usage error (a missing file, an unknown option) as one ``Error:`` line, like every
     other error: click's usage block above it repeats what ``--help`` is for."""
     command = error.ctx.command_path if error.ctx is not None else "diva-numba"
-    one_line = click.ClickException(f"{error.format_message()} (see '{command} --help')")
+    one_line = click.ClickException(f"{error.format_message()} (usage: '{command} --help')")
     one_line.exit_code = error.exit_code
     return one_line
 

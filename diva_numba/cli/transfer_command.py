@@ -311,16 +311,16 @@ def work_size_notice(clip: Path, work_size: int | None, size: int | None) -> str
     """
     if work_size is None:
         return None
-    from diva_numba.video.probe import even_size, probe_video
+    from diva_numba.video.probe import long_side
 
-    info = probe_video(clip)
-    output_side = max(even_size(info.width, info.height, size or max(info.width, info.height)))
+    output_side = size or long_side(clip)
+    output_side -= output_side % 2  # as the output's size is made even
     if work_size <= output_side:
         return None
     return (
         f"--work-size {work_size} is above the output's long side ({output_side}), so the "
-        f"analogy works at {output_side}; for finer detail on a small clip enlarge the "
-        f"output too: --size {work_size} --work-size {work_size}"
+        f"frames are worked on at {output_side}; for finer detail on a small clip enlarge "
+        f"the output too: --size {work_size} --work-size {work_size}"
     )
 
 

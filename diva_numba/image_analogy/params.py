@@ -19,8 +19,8 @@ ALPHA_PRESETS: dict[str, tuple[float, float, float, float]] = {
 }
 
 #: L-BFGS iterations per deconvolution by device: the reference's 100 where a GPU
-#: makes them cheap; on the CPU quality is flat from about 5 on, so 10, half the time
-#: of 20 (BENCHMARKS.md "Frame 0 with 10 L-BFGS iterations on the CPU").
+#: makes them cheap; on the CPU quality is flat from about 5 on, so 10, about two thirds
+#: of 20's time (BENCHMARKS.md "Frame 0 with 10 L-BFGS iterations on the CPU").
 LBFGS_ITERATIONS_BY_DEVICE = {"cuda": 100, "cpu": 10}
 
 

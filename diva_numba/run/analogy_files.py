@@ -175,10 +175,11 @@ def working_shape(
     side = long_side or min(max(height, width), IMAGE_SIZE_BY_DEVICE[device.kind])
     side = max(1, round(side * ratio))
     shape = working_size(height, width, long_side=side)
-    if shape != working_size(height, width, long_side=side, max_area=math.inf):
+    asked = working_size(height, width, long_side=side, max_area=math.inf)
+    if shape != asked:
         log.warning(
-            "%s: %dx%d is above the area limit; working at %dx%d",
-            name, width, height, shape[1], shape[0],
+            "%s: a working size of %dx%d is above the area limit; working at %dx%d",
+            name, asked[1], asked[0], shape[1], shape[0],
         )  # fmt: skip
     return shape
 

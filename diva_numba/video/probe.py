@@ -326,6 +326,23 @@ def even_size(width: int, height: int, long_side: int | None = None) -> tuple[in
     return (target, short_even) if width >= height else (short_even, target)
 
 
+def long_side(path: str | os.PathLike) -> int:
+    """The long side of a video's frames in pixels, from its header alone.
+
+    A rotation does not change it, and no packet is read: what a caller needs
+    before :func:`probe_video`'s full check (which may decode every frame).
+
+    Raises
+    ------
+    InputError
+        The file cannot be opened as a video (as :func:`probe_video` says).
+    """
+    path = str(path)
+    with _open_input(path) as container:
+        context = _video_stream(container, path).codec_context
+        return max(context.width, context.height)
+
+
 def _open_input(path: str):
     """``av.open`` with every failure turned into an InputError."""
     if not os.path.exists(path):
@@ -401,6 +418,7 @@ __all__ = [
     "VideoInfo",
     "even_size",
     "frame_times",
+    "long_side",
     "probe_video",
     "read_frames",
 ]
