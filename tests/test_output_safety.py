@@ -6,6 +6,7 @@ fail before the first frame (or the analogy) is computed.
 """
 
 import os
+import re
 import shutil
 from collections import namedtuple
 from fractions import Fraction
@@ -173,7 +174,7 @@ def test_a_directory_that_refuses_new_files_is_called_unwritable(tmp_path, monke
         raise FileNotFoundError(2, "No such file or directory", str(path))
 
     monkeypatch.setattr(outputs.os, "open", refuse)
-    with pytest.raises(OutputError, match=f"directory {tmp_path} is not writable"):
+    with pytest.raises(OutputError, match=re.escape(f"directory {tmp_path} is not writable")):
         outputs.AtomicFile(tmp_path / "out.mp4")
     with pytest.raises(OutputError, match="directory .*missing does not exist"):
         outputs.AtomicFile(tmp_path / "missing" / "out.mp4")

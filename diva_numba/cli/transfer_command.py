@@ -306,14 +306,14 @@ def transfer(style, clip, output, device, quiet, as_json, method, **options):
 def work_size_notice(clip: Path, work_size: int | None, size: int | None) -> str | None:
     """What to tell a user whose ``--work-size`` is above the output's long side, or None.
 
-    The working size is capped at the output's: the analogy never works on enlarged
-    frames unless the output is enlarged too, which ``--size`` asks for.
+    The working size is capped at the output's: frames are never enlarged to be worked
+    on unless the output is enlarged too, which ``--size`` asks for.
     """
     if work_size is None:
         return None
-    from diva_numba.video.probe import long_side
+    from diva_numba.video.probe import clip_long_side
 
-    output_side = size or long_side(clip)
+    output_side = size or clip_long_side(clip)
     output_side -= output_side % 2  # as the output's size is made even
     if work_size <= output_side:
         return None

@@ -326,7 +326,7 @@ def even_size(width: int, height: int, long_side: int | None = None) -> tuple[in
     return (target, short_even) if width >= height else (short_even, target)
 
 
-def long_side(path: str | os.PathLike) -> int:
+def clip_long_side(path: str | os.PathLike) -> int:
     """The long side of a video's frames in pixels, from its header alone.
 
     A rotation does not change it, and no packet is read: what a caller needs
@@ -418,7 +418,7 @@ __all__ = [
     "VideoInfo",
     "even_size",
     "frame_times",
-    "long_side",
+    "clip_long_side",
     "probe_video",
     "read_frames",
 ]
