@@ -41,7 +41,7 @@ scratch = Path(sys.argv[1])
 astronaut = resize(data.astronaut(), 256, 256)
 save_image(scratch / "a.png", astronaut)
 analogy_files(scratch / "a.png", "tools/example/style.png", scratch / "pair",
-              AnalogyParams.for_device("cpu", lbfgs_iterations=10), device="cpu")
+              AnalogyParams.for_device("cpu"), device="cpu")
 pictures = [astronaut, load_image("tools/example/style.png"),
             load_image(scratch / "pair" / "A_prime.png"), load_image(scratch / "pair" / "B.png")]
 height = 256
