@@ -167,6 +167,11 @@ def test_params_are_checked():
         NeuralStyleParams(long_term=(1, 3))
     with pytest.raises(ValueError, match="content_layer"):
         NeuralStyleParams(content_layer="conv4_2")
+    for name in ("style_weight", "tv_weight", "temporal_weight"):
+        with pytest.raises(ValueError, match=name):
+            NeuralStyleParams(**{name: float("inf")})
+    with pytest.raises(ValueError, match="style_layer_weights"):
+        NeuralStyleParams(style_layer_weights=(float("nan"), 1.0, 1.0, 1.0, 1.0))
     cuda, cpu = NeuralStyleParams.for_device("cuda"), NeuralStyleParams()
     assert cuda.later_iterations > cpu.later_iterations
     assert NeuralStyleParams(long_term=(4, 2, 2)).long_term == (2, 4)
@@ -208,6 +213,35 @@ def test_stylise_refuses_bad_layer_weights(tmp_path, tiny_model):
     assert result.exit_code == 2
     assert "expected 5 comma-separated numbers" in result.output
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--style-weight", "inf"),
+        ("--tv-weight", "nan"),
+        ("--style-layer-weights", "inf,1,1,1,1"),
+        ("--style-layer-weights", "nan,1,1,1,1"),
+        ("--mask-feather", "inf"),
+    ],
+)
+def test_stylise_refuses_non_finite_weights(tmp_path, tiny_model, option, value):
+    image, style = _images(tmp_path)
+    out = tmp_path / "o.png"
+    result = CliRunner().invoke(cli, ["stylise", str(style), str(image), "-o", str(out),
+                                      "--model", str(tiny_model), option, value])  # fmt: skip
+    assert option in assert_one_error(result, 2)
+    assert not out.exists()
+
+
+def test_a_loss_that_overflows_is_an_error_not_the_input(tmp_path, tiny_model):
+    image, style = _images(tmp_path)
+    out = tmp_path / "o.png"
+    result = CliRunner().invoke(cli, ["stylise", str(style), str(image), "-o", str(out),
+                                      "--model", str(tiny_model), "--first-iters", "2",
+                                      "--work-size", "48", "--tv-weight", "1e308"])  # fmt: skip
+    assert "loss is not finite" in assert_one_error(result, 1)
+    assert not out.exists()
 
 
 def test_the_command_line_uses_the_library_defaults():

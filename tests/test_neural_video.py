@@ -183,3 +183,12 @@ def test_help_says_which_method_each_option_belongs_to():
     assert analogy < text.index("--guided-iters") < neural
     assert neural < text.index("--style-weight") and neural < text.index("--temporal-loss-weight")
     assert "--help" in text[both:analogy]
+
+
+def test_a_weight_that_overflows_the_loss_is_one_error(clip, tmp_path, tiny_model):
+    path, style = clip
+    out = tmp_path / "out.mp4"
+    fast = [*FAST, "--tv-weight", "1e308"]
+    result = run([str(style), str(path), "-o", str(out), "--end", "2"], tiny_model, fast)
+    assert "loss is not finite" in assert_one_error(result, 1)
+    assert not out.exists()

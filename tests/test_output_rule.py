@@ -261,6 +261,8 @@ def test_bench_json_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
         ("--temporal-weight", "1e30"),
         ("--crf", "nan"),
         ("--mask-feather", "1e999"),
+        ("--anchor-coverage", "nan"),
+        ("--temporal-loss-weight", "inf"),
     ],
 )
 def test_numeric_options_must_be_finite_and_in_range(option, value, run, tmp_path, tiny_model):
@@ -268,6 +270,25 @@ def test_numeric_options_must_be_finite_and_in_range(option, value, run, tmp_pat
     args = [str(style), str(clip), "-o", str(tmp_path / "o.mp4"), option, value]
     line = assert_one_error(transfer(args, tiny_model), 2)
     assert option in line and computed == []
+
+
+def test_every_float_option_of_every_command_refuses_non_finite_numbers():
+    import click
+
+    from diva_numba.cli.common import FiniteFloat
+
+    def float_options(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from float_options(sub, [*path, name])
+            return
+        for param in command.params:
+            if isinstance(param.type, click.types.FloatParamType):
+                yield " ".join(path), param.name, param.type
+
+    found = list(float_options(cli, []))
+    assert found  # the walk reached the commands
+    assert [item for item in found if not isinstance(item[2], FiniteFloat)] == []
 
 
 def test_analogy_ratio_must_be_finite(pair, tmp_path, tiny_model):

@@ -8,12 +8,19 @@ is refused with one line (:func:`refuse_other_method`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from diva_numba.cli.common import as_user_errors, by_device, default_of, device_option
+from diva_numba.cli.common import (
+    FiniteFloat,
+    as_user_errors,
+    by_device,
+    default_of,
+    device_option,
+)
 from diva_numba.neural_style.params import (
     CONTENT_LAYERS,
     FIRST_ITERATIONS_BY_DEVICE,
@@ -47,6 +54,9 @@ def _numbers(count: int | None, kind):
             numbers = tuple(kind(part) for part in value.split(",") if part.strip())
         except ValueError:
             numbers = None
+        # float() reads "nan" and "inf", and a weight of either only wrecks the loss.
+        if numbers is not None and not all(math.isfinite(number) for number in numbers):
+            raise click.BadParameter(f"expected finite numbers, got {value!r}")
         if numbers is None or (count is not None and len(numbers) != count):
             wanted = f"{count} " if count is not None else ""
             raise click.BadParameter(f"expected {wanted}comma-separated numbers, got {value!r}")
@@ -60,7 +70,7 @@ def neural_options(*, video: bool):
     options = [
         click.option(
             "--style-weight",
-            type=click.FloatRange(0.0),
+            type=FiniteFloat(0.0),
             default=default_of(NeuralStyleParams, "style_weight"),
             show_default=True,
             help="Weight of the style (Gram matrices) against the content: larger paints more.",
@@ -82,7 +92,7 @@ def neural_options(*, video: bool):
         ),
         click.option(
             "--tv-weight",
-            type=click.FloatRange(0.0),
+            type=FiniteFloat(0.0),
             default=default_of(NeuralStyleParams, "tv_weight"),
             show_default=True,
             help="Weight of the total variation (smoothness) term.",
@@ -112,7 +122,7 @@ def neural_options(*, video: bool):
             ),
             click.option(
                 "--temporal-loss-weight",
-                type=click.FloatRange(0.0),
+                type=FiniteFloat(0.0),
                 default=default_of(NeuralStyleParams, "temporal_weight"),
                 show_default=True,
                 help="Weight of the distance to the previous output moved along the flow "
@@ -245,7 +255,7 @@ def refuse_other_method(ctx: click.Context, method: str) -> None:
 )
 @click.option(
     "--mask-feather",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0, 8192),
     default=default_of(NeuralStyleParams, "mask_feather"),
     show_default=True,
     metavar="PX",

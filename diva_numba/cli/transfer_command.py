@@ -106,7 +106,7 @@ PREVIEW_ROWS = 4
 )
 @click.option(
     "--anchor-coverage",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=default_of(AnchorParams, "min_coverage"),
     show_default=True,
     help="A frame becomes an anchor when the last anchor reliably covers less than this "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from diva_numba.gpu.device import Device, device_kind
@@ -137,10 +138,10 @@ class NeuralStyleParams:
                 f"{', '.join(STYLE_LAYERS)}"
             )
         for name in ("style_weight", "tv_weight", "temporal_weight", "mask_feather"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if any(weight < 0 for weight in self.style_layer_weights):
-            raise ValueError("style_layer_weights must be >= 0")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
+        if not all(0 <= weight < math.inf for weight in self.style_layer_weights):
+            raise ValueError("style_layer_weights must be finite and >= 0")
         if self.content_layer not in CONTENT_LAYERS:
             raise ValueError(
                 f"content_layer must be one of {', '.join(CONTENT_LAYERS)}, got "

@@ -13,6 +13,7 @@ itself, noise, or a given start (a video's previous output moved along the flow)
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diva_numba.errors import OutputError
+from diva_numba.errors import DivaError, OutputError
 from diva_numba.finishing.compositing import Mask, preserve_colour
 from diva_numba.gpu.device import Device, resolve_device, to_device, to_host
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, load_model
@@ -120,7 +121,17 @@ class NeuralStyler:
         # liblbfgs' relative gradient test would stop a 255-scale image far too early;
         # the iteration budget decides, as in Gatys' and Ruder's code.
         lbfgs = LBFGSParams(history=8, max_iterations=iterations, gradient_tolerance=1e-16)
-        result = minimize_lbfgs(self.loss, initial, params=lbfgs)
+        # Huge weights overflow the loss; that is reported below as one error, not as
+        # NumPy warnings on the way.
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = minimize_lbfgs(self.loss, initial, params=lbfgs)
+        if not math.isfinite(result.loss):
+            # L-BFGS cannot move from a point whose loss overflowed, and the start it
+            # hands back (the frame itself) must not pass for a stylised result.
+            raise DivaError(
+                f"neural style: the loss is not finite ({result.loss}); the style, "
+                "total variation or temporal weight is too large"
+            )
         return NeuralResult(result.x, self.to_rgb(result.x), result, time.perf_counter() - started)
 
 
