@@ -381,3 +381,21 @@ def test_even_size_rejects_nonsense():
         even_size(0, 10, 10)
     with pytest.raises(ValueError):
         even_size(10, 10, 1)
+
+
+@pytest.mark.parametrize(("output", "magic"), [("res:1.mp4", b"ftyp"), ("http:x.mkv", b"\x1aE")])
+def test_names_with_a_colon_are_local_files(tmp_path, frames, clip_with_audio, monkeypatch, output,
+                                            magic):  # fmt: skip
+    # FFmpeg would read "take:" or "http:" as a protocol; relative names show it.
+    monkeypatch.chdir(tmp_path)
+    clip_with_audio.rename(tmp_path / "take:1.mp4")
+    source = probe_video("take:1.mp4")
+    assert source.frame_count == COUNT and source.has_audio
+    assert len(frame_times("take:1.mp4")) == COUNT + 1  # and the end
+    assert len(list(read_frames("take:1.mp4", end=3))) == 3
+    write_video(output, frames, audio_source="take:1.mp4")
+    info = probe_video(output)
+    assert info.frame_count == COUNT and info.has_audio
+    # The container is still the one the extension names.
+    assert magic in (tmp_path / output).read_bytes()[:8]
+    assert files_in(tmp_path) == sorted([output, "take:1.mp4"])

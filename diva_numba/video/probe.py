@@ -343,6 +343,17 @@ def clip_long_side(path: str | os.PathLike) -> int:
         return max(context.width, context.height)
 
 
+def local_url(path: str | os.PathLike) -> str:
+    """``path`` as FFmpeg should open it: always a local file.
+
+    FFmpeg reads a name like ``take:1.mp4`` or ``http:x.mp4`` as a protocol and
+    an address (failing, or going to the network); the ``file:`` protocol takes
+    the rest as a file name, whatever it holds, and keeps its extension for the
+    container's guess.
+    """
+    return f"file:{os.fspath(path)}"
+
+
 def _open_input(path: str):
     """``av.open`` with every failure turned into an InputError."""
     if not os.path.exists(path):
@@ -352,7 +363,7 @@ def _open_input(path: str):
     if os.path.getsize(path) == 0:
         raise InputError(f"{path} is empty")
     try:
-        return av.open(path, mode="r")
+        return av.open(local_url(path), mode="r")
     except (av.error.InvalidDataError, av.error.EOFError):
         raise InputError(f"{path}: not a video file, or truncated") from None
     except (OSError, av.FFmpegError) as exc:

@@ -34,6 +34,7 @@ from diva_numba.video.probe import (
     _reason,
     _video_stream,
     frame_times,
+    local_url,
     probe_video,
 )
 from diva_numba.video.x264 import x264_options
@@ -194,7 +195,9 @@ class VideoWriter:
         self._temp_path = self._file.temp
         try:
             self._container = av.open(
-                str(self._temp_path), mode="w", format=OUTPUT_FORMATS[self.path.suffix.lower()]
+                local_url(self._temp_path),
+                mode="w",
+                format=OUTPUT_FORMATS[self.path.suffix.lower()],
             )
             self._add_video_stream()
             if self.audio_source is not None:
