@@ -270,3 +270,37 @@ def test_a_work_size_above_the_output_says_where_it_is_capped(
             "enlarge the output too: --size 200 --work-size 200"
         ]
     assert probe_video(out).width == (capped_at or 64)
+
+
+def rgba_png(path, height: int, width: int) -> None:
+    """A white-to-black ramp, half transparent: a usable image whose alpha is dropped."""
+    ramp = np.linspace(255, 0, width, dtype=np.uint8)[None, :].repeat(height, axis=0)
+    alpha = np.full((height, width), 128, np.uint8)
+    cv2.imwrite(str(path), np.dstack([ramp, ramp, ramp, alpha]))
+
+
+def test_input_notices_are_said_once_and_not_under_quiet(clip, tmp_path, tiny_model):
+    style, mask = tmp_path / "style_rgba.png", tmp_path / "mask_rgba.png"
+    rgba_png(style, 40, 56)
+    rgba_png(mask, 48, 64)
+    args = [str(style), str(clip), "-o", str(tmp_path / "out.mp4"), "--mask", str(mask)]
+    said = invoke("transfer", args, tiny_model)
+    assert said.exit_code == 0, said.output
+    for name in ("style_rgba.png", "mask_rgba.png"):
+        assert said.stderr.count(f"{name}: transparency dropped") == 1, said.stderr
+    quiet = invoke("transfer", [*args, "--overwrite", "-q"], tiny_model)
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""
+
+
+def test_analogy_input_notices_are_not_said_under_quiet(tmp_path, rng, tiny_model):
+    deep = tmp_path / "deep.png"
+    image = cv2.GaussianBlur(rng.integers(0, 65535, (40, 48, 3)).astype(np.uint16), (0, 0), 2)
+    cv2.imwrite(str(deep), image)
+    args = [str(deep), str(deep), "-o", str(tmp_path / "out")]
+    said = invoke("analogy", args, tiny_model)
+    assert said.exit_code == 0, said.output
+    assert "16-bit image reduced" in said.stderr
+    quiet = invoke("analogy", [*args, "--overwrite", "-q"], tiny_model)
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""

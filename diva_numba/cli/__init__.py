@@ -63,10 +63,24 @@ def cli(verbose: bool):
 
 
 class _NoticeHandler(logging.Handler):
-    """Library log records as `diva-numba: message` lines on stderr."""
+    """Library log records as `diva-numba: message` lines on stderr.
+
+    A warning is said once per run: an input read twice (a mask checked, then
+    opened for the frames; an image given as both style and mask) would say the
+    same thing about it again.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._warned: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        notice(record.getMessage())
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        notice(message)
 
 
 def _configure_logging(level: int) -> None:

@@ -89,7 +89,9 @@ def quiet_option(command):
     @functools.wraps(command)
     def wrapper(*args, quiet: bool, **kwargs):
         if quiet:
-            logging.getLogger("diva_numba").setLevel(logging.WARNING)
+            # The library's notices about inputs are warnings (a dropped alpha channel,
+            # a reduced decode); -q promises none of them, only the errors.
+            logging.getLogger("diva_numba").setLevel(logging.ERROR)
         return command(*args, quiet=quiet, **kwargs)
 
     return wrapper
