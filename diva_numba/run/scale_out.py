@@ -24,10 +24,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from diva_numba.errors import DeviceError, DivaError, InputError
 from diva_numba.images import resize, save_image
@@ -43,6 +45,10 @@ log = logging.getLogger("diva_numba")
 
 #: How often the driver looks at the chunks' progress, in seconds.
 POLL_SECONDS = 0.5
+#: How long a cluster's address may take to accept a connection, in seconds.
+CONNECT_SECONDS = 5.0
+#: Ports an address without one means: Ray Client's for ``ray://``, the GCS's otherwise.
+DEFAULT_PORTS = {"ray": 10001, "": 6379}
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,54 @@ def run_chunk(run: ChunkRun, job: ChunkJob) -> str:
     return str(job.work_dir)
 
 
+def check_cluster(scale_out: ScaleOut) -> None:
+    """Refuse a run whose workers cannot be had, before its work directory is made.
+
+    Ray must be installed; a cluster's address must accept a TCP connection within
+    :data:`CONNECT_SECONDS`. Without that check ``ray.init`` waits for an absent
+    cluster for many minutes, deaf to Ctrl-C. ``auto`` (the address Ray finds
+    itself) is left to Ray.
+
+    Raises
+    ------
+    DeviceError
+        Ray is not installed, or the address is malformed or unreachable.
+    """
+    _import_ray()
+    address = scale_out.address
+    if address is None or address == "auto":
+        return
+    host, port = cluster_host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise DeviceError(
+            f"cannot reach the Ray cluster at {address} ({reason}); is it running?"
+        ) from None
+
+
+def cluster_host_port(address: str) -> tuple[str, int]:
+    """The host and port of a Ray address: ``host:port``, ``ray://host[:port]``, ``[::1]:port``.
+
+    Raises
+    ------
+    DeviceError
+        Not an address of that form.
+    """
+    scheme, _, rest = address.rpartition("://")
+    try:
+        parts = urlsplit(f"//{rest}")
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or not parts.hostname or scheme not in DEFAULT_PORTS or parts.path:
+        raise DeviceError(
+            f"{address!r} is not a Ray cluster address (host:port, ray://host:port or auto)"
+        )
+    return parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
 def _import_ray():
     try:
         import ray
@@ -197,15 +251,23 @@ def _cluster(ray, scale_out: ScaleOut, device, threads: int | None):
         )
     else:
         options["address"] = scale_out.address
+    # Ray's own Python warnings (token authentication, ...) follow the project's level,
+    # so that -q leaves them out too.
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+    ray_logger.setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     try:
-        ray.init(**options)
-    except Exception as exc:
-        where = scale_out.address or "a local Ray cluster"
-        raise DeviceError(f"cannot start {where}: {type(exc).__name__}: {exc}") from None
-    try:
-        yield ray
+        try:
+            ray.init(**options)
+        except Exception as exc:
+            where = scale_out.address or "a local Ray cluster"
+            raise DeviceError(f"cannot start {where}: {type(exc).__name__}: {exc}") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        ray_logger.setLevel(level)
 
 
 #: Thread-pool sizes a CPU worker is limited to (Numba, OpenMP, OpenBLAS).

@@ -50,7 +50,7 @@ from diva_numba.run.params import (
 )
 from diva_numba.run.planning import TransferPlan, check_encoding, plan_transfer, work_space_needed
 from diva_numba.run.progress import FrameReport, VideoProgress
-from diva_numba.run.scale_out import run_chunks
+from diva_numba.run.scale_out import check_cluster, run_chunks
 from diva_numba.run.spec import RunSpec, ScaleOut
 from diva_numba.run.workdir import WorkDirectory, WorkLock
 from diva_numba.video import VideoWriter, read_frames
@@ -300,6 +300,8 @@ def run_transfer(
     work_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".work")
     keep_frames = None if keep_frames is None else Path(keep_frames)
     plan = _checked_plan(spec, output, work_dir, keep_frames, overwrite=overwrite, resume=resume)
+    if spec.scale_out is not None:
+        check_cluster(spec.scale_out)
     total = plan.end - plan.start
     keep_hint = (
         f"the finished frames are kept in {work_dir}; fix that and run the same command "

@@ -1,0 +1,65 @@
+"""Scale-out set-up that needs no cluster: the address checked first, Ray's logging kept quiet."""
+
+import logging
+import socket
+import time
+import types
+
+import pytest
+from cli_checks import assert_one_error
+from click.testing import CliRunner
+from fault_clips import make_clip
+
+from diva_numba.cli import cli
+from diva_numba.errors import DeviceError
+from diva_numba.run import scale_out
+from diva_numba.run.scale_out import ScaleOut, cluster_host_port
+
+
+def test_cluster_addresses_are_host_and_port():
+    assert cluster_host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert cluster_host_port("ray://head") == ("head", 10001)
+    assert cluster_host_port("[::1]:7000") == ("::1", 7000)
+    for wrong in ("http://head:1", "head:port", "", "head:1/x"):
+        with pytest.raises(DeviceError, match="not a Ray cluster address"):
+            cluster_host_port(wrong)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_cluster_is_one_error_at_once(tmp_path, tiny_model):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'diva-numba[ray]')")
+    clip, style = make_clip(tmp_path)
+    out = tmp_path / "out.mp4"
+    address = f"127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["transfer", str(style), str(clip), "-o", str(out),
+                                      "--model", str(tiny_model), "--workers", "2",
+                                      "--ray-address", address, "-q"])  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert f"cannot reach the Ray cluster at {address}" in assert_one_error(result, 4)
+    assert not out.exists() and not (tmp_path / "out.mp4.work").exists()
+
+
+def test_rays_warnings_follow_quiet(caplog):
+    def init(**options):
+        logging.getLogger("ray._private.authentication").warning("Token authentication ...")
+
+    fake = types.SimpleNamespace(init=init, shutdown=lambda: None)
+    project = logging.getLogger("diva_numba")
+    level, ray_level = project.level, logging.getLogger("ray").level
+    try:
+        for quiet, expected in ((True, []), (False, ["Token authentication ..."])):
+            caplog.clear()
+            project.setLevel(logging.ERROR if quiet else logging.INFO)
+            with scale_out._cluster(fake, ScaleOut(address="ray://head"), None, None):
+                pass
+            said = [r.getMessage() for r in caplog.records if r.name.startswith("ray")]
+            assert said == expected
+    finally:
+        project.setLevel(level)
+    assert logging.getLogger("ray").level == ray_level  # as it was
