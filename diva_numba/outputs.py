@@ -216,6 +216,30 @@ def mark_directory(directory: Path, names: Iterable[str]) -> None:
     write_atomically(directory / MARKER, (json.dumps(record, indent=1) + "\n").encode())
 
 
+def remove_made(
+    directory: Path, names: Iterable[str], *, inputs: Iterable[os.PathLike] = ()
+) -> None:
+    """Delete those of ``names`` that the tool wrote into ``directory``, and forget them.
+
+    Only files its marker records are touched, never an input of the run: what
+    ``--overwrite`` clears of an earlier run's outputs, and nothing else.
+    """
+    directory = Path(directory)
+    made = made_here(directory)
+    inputs = list(inputs)
+    gone = set()
+    for name in sorted(set(names) & made):
+        try:
+            refuse_inputs(directory / name, inputs)
+            (directory / name).unlink(missing_ok=True)
+        except (OutputError, OSError):
+            continue  # an input of this run, or not ours to remove after all
+        gone.add(name)
+    if gone:
+        record = {"by": "diva-numba", "files": sorted(made - gone)}
+        write_atomically(directory / MARKER, (json.dumps(record, indent=1) + "\n").encode())
+
+
 def make_directory(path: Path) -> None:
     """Create ``path`` and its missing parents with the permissions the umask gives.
 

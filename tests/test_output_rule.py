@@ -106,6 +106,27 @@ def test_keep_frames_replaces_only_frames_it_kept_before(run, tmp_path, tiny_mod
     assert (folder / "notes.txt").read_text() == "kept" and hidden_files(folder) == [MARKER]
 
 
+def test_overwrite_leaves_nothing_of_an_earlier_run_behind(run, tmp_path, tiny_model):
+    clip, style, _ = run
+    out, folder = tmp_path / "j.mp4", tmp_path / "kf"
+    preview = tmp_path / "j.mp4.preview.png"
+    args = [str(style), str(clip), "-o", str(out), "--keep-frames", str(folder)]
+    assert transfer([*args, "--end", "4", "--preview"], tiny_model).exit_code == 0
+    (folder / "000009.png").write_bytes(b"a frame the tool did not keep")
+    assert preview.exists() and made_here(folder) == {f"{i:06d}.png" for i in range(4)}
+    result = transfer([*args, "--end", "2", "--overwrite"], tiny_model)
+    assert result.exit_code == 0, result.output
+    # This run's frames, and a file the tool never wrote; no earlier frame, no preview.
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "000000.png", "000001.png",
+                                                        "000009.png"]  # fmt: skip
+    assert made_here(folder) == {"000000.png", "000001.png"}
+    assert not preview.exists()
+    # A preview that is an input of the run is never removed.
+    os.replace(style, preview)
+    args = [str(preview), str(clip), "-o", str(out), "--end", "2", "--overwrite"]
+    assert transfer(args, tiny_model).exit_code == 0 and preview.exists()
+
+
 def test_keep_frames_in_an_unusable_place_fails_before_any_frame(run, tmp_path, tiny_model):
     clip, style, computed = run
     (tmp_path / "a-file").write_text("not a directory")

@@ -295,6 +295,8 @@ def transfer(style, clip, output, device, quiet, as_json, method, **options):
         progress=not quiet,
         cpu_fallback=ask_cpu_fallback,
     )
+    if preview is None and options["overwrite"]:
+        _Preview.discard(output, inputs=spec.inputs())
     if options["profile"] and result.last_profile is not None:
         click.echo(result.last_profile.table(), err=as_json)
     summary = transfer_summary(result, None if preview is None else preview.path)
@@ -437,6 +439,23 @@ class _Preview:
         check_target(self.path, overwrite=overwrite, inputs=inputs)
         remove_partials(self.path.parent, [self.path.name])
         self.rows: list[np.ndarray] = []
+
+    @staticmethod
+    def discard(output: Path, *, inputs: list[Path]) -> None:
+        """Remove an earlier run's OUTPUT.preview.png, which --overwrite replaces.
+
+        A run without --preview would otherwise leave beside its video a preview
+        of another one. An input of the run is never removed.
+        """
+        from diva_numba.errors import OutputError
+        from diva_numba.outputs import refuse_inputs
+
+        path = output.with_name(output.name + ".preview.png")
+        try:
+            refuse_inputs(path, inputs)
+            path.unlink(missing_ok=True)
+        except (OutputError, OSError):
+            pass  # an input of this run, or a directory: not ours to remove
 
     def __call__(self, report) -> None:
         if (report.done - 1) % max(1, report.total // PREVIEW_ROWS):

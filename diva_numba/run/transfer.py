@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -35,9 +36,11 @@ from diva_numba.outputs import (
     AtomicFile,
     check_free_space,
     check_target,
+    made_here,
     make_directory,
     mark_directory,
     refuse_inputs,
+    remove_made,
     remove_partials,
 )
 from diva_numba.run.frame_loop import stylise_frames
@@ -83,16 +86,23 @@ def encode_video(
     chroma: str = "420",
     overwrite: bool,
     keep_frames: Path | None = None,
+    inputs: Sequence[Path] = (),
 ) -> None:
     """Encode the finished frames (with the clip's audio) to ``output``, atomically.
 
     Frames keep the clip's timing: its exact rate, or for a variable rate each
-    frame's own time (``plan.frame_times``).
+    frame's own time (``plan.frame_times``). With ``overwrite``, the frames an
+    earlier run kept in ``keep_frames`` outside this run's range are removed
+    (never a file the tool did not write there, nor one of ``inputs``).
     """
     kept = [kept_frame_name(index) for index in range(plan.start, plan.end)]
     if keep_frames is not None:
         make_directory(keep_frames)
         remove_partials(keep_frames, kept)
+        if overwrite:
+            # Otherwise the folder would mix this run's frames with an earlier run's.
+            stale = {n for n in made_here(keep_frames) if KEPT_FRAME.fullmatch(n)} - set(kept)
+            remove_made(keep_frames, stale, inputs=inputs)
         mark_directory(keep_frames, kept)
     settings = plan.writer_settings(clip_path, crf=crf, chroma=chroma)
     with VideoWriter(output, **settings, overwrite=overwrite) as writer:
@@ -101,6 +111,10 @@ def encode_video(
             if keep_frames is not None:
                 with AtomicFile(keep_frames / name) as temp:
                     shutil.copyfile(work.frame_path(index), temp)
+
+
+#: The names :func:`kept_frame_name` gives.
+KEPT_FRAME = re.compile(r"[0-9]{6,}\.png")
 
 
 def kept_frame_name(index: int) -> str:
@@ -346,6 +360,7 @@ def run_transfer(
                 encode_video(
                     plan, spec.clip, work, output, crf=spec.params.crf,
                     chroma=spec.params.chroma, overwrite=overwrite, keep_frames=keep_frames,
+                    inputs=spec.inputs(),
                 )  # fmt: skip
             except OutputError as exc:
                 raise OutputError(f"{exc}; {keep_hint}") from None
