@@ -236,7 +236,23 @@ def lose_frames(path, style, out, work):
     return "missing finished frames", "remove it"
 
 
-@pytest.mark.parametrize("damage", [damage_style, damage_manifest, damage_state, lose_frames])
+def damage_latent_b(path, style, out, work):
+    latent = work / "latent_b.npz"
+    latent.write_bytes(latent.read_bytes()[:100])
+    return "damaged", "latent_b.npz"
+
+
+def lose_latent_b(path, style, out, work):
+    # Frame 0 saved B's latent features before its state; resuming without them would
+    # make the later frames from a new B, unlike an uninterrupted run.
+    (work / "latent_b.npz").unlink()
+    return "missing", "latent_b.npz"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage_style, damage_manifest, damage_state, lose_frames, damage_latent_b, lose_latent_b],
+)
 def test_damaged_or_foreign_work_directory_is_refused(damage, interrupted, tiny_model):
     path, style, out, work = interrupted
     expected = damage(path, style, out, work)

@@ -41,6 +41,8 @@ log = logging.getLogger("diva_numba")
 WORK_FORMAT = 1
 #: The file a running run holds locked (:class:`WorkLock`).
 LOCK_NAME = "lock"
+#: The entry of state.npz that says whether latent_b.npz was saved before it.
+LATENT_B_SAVED = "latent_b_saved"
 #: Manifest entries a resumed run may change: a run started on the GPU can finish on
 #: the CPU (frames differ only by rounding; sizes and parameters are still checked).
 RESUMABLE_ANYWHERE = frozenset({"device"})
@@ -153,6 +155,7 @@ class WorkDirectory:
         self.path = path
         self.manifest = manifest
         self.frames = path / "frames"
+        self._latent_b_expected = False  # set by load_state
 
     @classmethod
     def open(cls, path: Path, manifest: dict, *, resume: bool) -> WorkDirectory:
@@ -257,10 +260,19 @@ class WorkDirectory:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def save_state(self, state: FrameState) -> None:
-        self._save_arrays("state.npz", state.to_arrays())
+        # Whether B's latent features were on disk when this frame was finished (they
+        # are written first): on resume their absence is then damage, not a fresh run.
+        has_latent_b = (self.path / "latent_b.npz").exists()
+        self._save_arrays("state.npz", {**state.to_arrays(), LATENT_B_SAVED: has_latent_b})
 
     def load_state(self) -> FrameState | None:
-        return self._load_state("state.npz")
+        path = self.path / "state.npz"
+        self._latent_b_expected = False
+        state = self._load_state("state.npz")
+        if state is not None:
+            with open(path, "rb") as handle, np.load(handle) as arrays:
+                self._latent_b_expected = bool(arrays.get(LATENT_B_SAVED, False))
+        return state
 
     def save_anchor(self, state: FrameState) -> None:
         """Keep an anchor frame's whole state (``anchors/NNNNNN.npz``) for the frames after it."""
@@ -306,8 +318,18 @@ class WorkDirectory:
             np.savez(handle, **arrays)
 
     def load_latent_b(self) -> dict[int, np.ndarray] | None:
+        """B's latent features saved by the run (None if it has none yet).
+
+        Raises
+        ------
+        InputError
+            The file is damaged, or missing where the last state says it was saved
+            (call :meth:`load_state` first for that check).
+        """
         path = self.path / "latent_b.npz"
         if not path.exists():
+            if self._latent_b_expected:
+                raise InputError(f"work directory {self.path}: latent_b.npz is missing; remove it")
             return None
         try:
             with open(path, "rb") as handle, np.load(handle) as arrays:
