@@ -181,7 +181,12 @@ def _to_rgb8(decoded: np.ndarray, path: Path) -> np.ndarray:
 
 
 def working_size(
-    height: int, width: int, *, long_side: int | None = None, max_area: int = MAX_AREA
+    height: int,
+    width: int,
+    *,
+    long_side: int | None = None,
+    max_area: int = MAX_AREA,
+    option: str = "--size",
 ) -> tuple[int, int]:
     """The (H, W) an image is processed at.
 
@@ -193,6 +198,9 @@ def working_size(
         Scale so that the longer side has this many pixels (up or down).
     max_area : int
         Scale down further, keeping the aspect ratio, if the area exceeds this.
+    option : str
+        The command-line option that sets ``long_side``, which the error for a
+        size below the minimum asks to raise.
 
     Returns
     -------
@@ -206,7 +214,7 @@ def working_size(
     if min(new_h, new_w) < MIN_SIDE:
         raise InputError(
             f"a working size of {new_w}x{new_h} is below the minimum of {MIN_SIDE} px per side; "
-            "ask for a larger --size"
+            f"ask for a larger {option}"
         )
     return new_h, new_w
 

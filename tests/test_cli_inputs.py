@@ -304,3 +304,31 @@ def test_analogy_input_notices_are_not_said_under_quiet(tmp_path, rng, tiny_mode
     quiet = invoke("analogy", [*args, "--overwrite", "-q"], tiny_model)
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "work_size", "larger"),
+    [(96, 24, "128", "--size"), (96, 24, "32", "--size"), (192, 48, "64", "--work-size")],
+)
+def test_too_small_frames_name_the_option_that_helps(style, tmp_path, tiny_model, width, height,
+                                                     work_size, larger):  # fmt: skip
+    # The working size never exceeds the output's: frames too small even at the output
+    # size need a larger --size; others a larger --work-size.
+    path = tmp_path / "wide.mp4"
+    write_clip(path, pan_frames(3, width=width, height=height), fps=Fraction(25))
+    args = [str(style), str(path), "-o", str(tmp_path / "o.mp4"), "--work-size", work_size]
+    line = assert_one_error(invoke("transfer", args, tiny_model), 2)
+    assert "too small" in line and line.endswith(f"ask for a larger {larger}")
+
+
+@pytest.mark.parametrize("command", ["analogy", "stylise"])
+def test_a_too_small_working_size_of_an_image_asks_for_a_larger_work_size(
+    command, style, tmp_path, rng, tiny_model
+):
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), rng.integers(0, 255, (40, 400, 3)).astype(np.uint8))
+    args = [str(style), str(wide), "-o", str(tmp_path / "out.png"), "--work-size", "64"]
+    fast = FAST if command == "analogy" else ["--first-iters", "1"]
+    result = CliRunner().invoke(cli, [command, *args, "--model", str(tiny_model), *fast])
+    line = assert_one_error(result, 2)
+    assert "below the minimum" in line and line.endswith("ask for a larger --work-size")

@@ -210,7 +210,7 @@ def stylise(
         raise OutputError(f"{output}: cannot write images of type {output.suffix!r}; use .png")
     picture = load_image(image)
     style_picture = load_image(style)
-    work_shape = working_size(*picture.shape[:2], long_side=params.work_size)
+    work_shape = working_size(*picture.shape[:2], long_side=params.work_size, option="--work-size")
     output_shape = (
         picture.shape[:2]
         if params.size is None

@@ -174,8 +174,8 @@ def working_shape(
     height, width = image.shape[:2]
     side = long_side or min(max(height, width), IMAGE_SIZE_BY_DEVICE[device.kind])
     side = max(1, round(side * ratio))
-    shape = working_size(height, width, long_side=side)
-    asked = working_size(height, width, long_side=side, max_area=math.inf)
+    shape = working_size(height, width, long_side=side, option="--work-size")
+    asked = working_size(height, width, long_side=side, max_area=math.inf, option="--work-size")
     if shape != asked:
         log.warning(
             "%s: a working size of %dx%d is above the area limit; working at %dx%d",

@@ -167,9 +167,12 @@ def plan_transfer(
         info.width, info.height, min(params.work_size, max(width, height))
     )
     if min(work_width, work_height) < 32:
+        # The working size is at most the output's: frames too small at that size
+        # need a larger --size; a larger --work-size cannot help them.
+        larger = "--size" if min(width, height) < 32 else "--work-size"
         raise InputError(
             f"{clip_path}: {work_width}x{work_height} frames are too small (32 px minimum on "
-            "each side); ask for a larger --work-size"
+            f"each side); ask for a larger {larger}"
         )
     style = load_image(style_path)
     style_size = style_working_size(
