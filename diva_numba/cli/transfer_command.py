@@ -120,6 +120,15 @@ PREVIEW_ROWS = 4
     help="At most this many frames from one anchor frame to the next.",
 )
 @click.option(
+    "--anchor-temporal-weight",
+    type=FiniteFloat(0.0, 1000.0),
+    default=default_of(AnchorParams, "temporal_weight"),
+    show_default=True,
+    help="Weight of the earlier output as a guide of an anchor frame, which searches "
+    "every pixel so that it mends what the frames before it carried; larger holds it "
+    "closer to them.",
+)
+@click.option(
     "--independent",
     is_flag=True,
     help="Process every frame on its own, without temporal coherence (a separate image "
@@ -378,6 +387,7 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
             enabled=options["anchors"],
             min_coverage=options["anchor_coverage"],
             max_spacing=options["anchor_spacing"],
+            temporal_weight=options["anchor_temporal_weight"],
         ),
         "crf": options["crf"],
         "chroma": options["chroma"],

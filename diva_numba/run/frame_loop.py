@@ -46,7 +46,13 @@ from diva_numba.images import resize, save_image
 from diva_numba.kernels.nnf_resample import pull_field
 from diva_numba.models import vgg
 from diva_numba.run import anchor_frames, anchors
-from diva_numba.run.anchor_frames import carried_work_field, covered_share, needs_anchor, step_guide
+from diva_numba.run.anchor_frames import (
+    anchor_synthesis,
+    carried_work_field,
+    covered_share,
+    needs_anchor,
+    step_guide,
+)
 from diva_numba.run.background_writer import BackgroundWriter
 from diva_numba.run.params import TransferParams
 from diva_numba.run.planning import TransferPlan
@@ -367,8 +373,11 @@ class FrameLoop:
         )
         if refresh_b:
             self.latent_b = {**result.latent_b, 0: result.b}
+        synthesis = self.seeded_synthesis
+        if base is not None:
+            synthesis, temporal = anchor_synthesis(synthesis, temporal, params.anchors)
         return self._synthesised(
-            index, frame, work_frame, result, self.seeded_synthesis, refreshed=refresh_b,
+            index, frame, work_frame, result, synthesis, refreshed=refresh_b,
             temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind=kind,
         )  # fmt: skip
 
