@@ -229,6 +229,8 @@ def remove_made(
     inputs = list(inputs)
     gone = set()
     for name in sorted(set(names) & made):
+        if Path(name).name != name:
+            continue  # a marker names files in its own directory, nothing beyond it
         try:
             refuse_inputs(directory / name, inputs)
             (directory / name).unlink(missing_ok=True)

@@ -20,9 +20,21 @@ def test_cluster_addresses_are_host_and_port():
     assert cluster_host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
     assert cluster_host_port("ray://head") == ("head", 10001)
     assert cluster_host_port("[::1]:7000") == ("::1", 7000)
+    assert cluster_host_port("head:0") == ("head", 0)  # a port given is the port used
     for wrong in ("http://head:1", "head:port", "", "head:1/x"):
         with pytest.raises(DeviceError, match="not a Ray cluster address"):
             cluster_host_port(wrong)
+
+
+@pytest.mark.parametrize("address", ["auto", "local"])
+def test_addresses_ray_resolves_itself_are_not_dialled(monkeypatch, address):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'diva-numba[ray]')")
+
+    def dial(*args, **kwargs):
+        raise AssertionError(f"{address!r} is not a host to connect to")
+
+    monkeypatch.setattr(socket, "create_connection", dial)
+    scale_out.check_cluster(ScaleOut(workers=2, address=address))
 
 
 def closed_port() -> int:

@@ -129,8 +129,8 @@ class NeuralStyler:
             # L-BFGS cannot move from a point whose loss overflowed, and the start it
             # hands back (the frame itself) must not pass for a stylised result.
             raise DivaError(
-                f"neural style: the loss is not finite ({result.loss}); the style, "
-                "total variation or temporal weight is too large"
+                f"neural style: the loss is not finite ({result.loss}); --style-weight, "
+                "--tv-weight or --temporal-loss-weight is too large"
             )
         return NeuralResult(result.x, self.to_rgb(result.x), result, time.perf_counter() - started)
 
@@ -221,7 +221,9 @@ def stylise(
         region = Mask(mask, feather=params.mask_feather)
         region.check(picture.shape[1], picture.shape[0], 1)
         weight = region
-    style_shape = working_size(*style_picture.shape[:2], long_side=max(work_shape))
+    style_shape = working_size(
+        *style_picture.shape[:2], long_side=max(work_shape), option="--work-size"
+    )
     styler = NeuralStyler(load_model(model, device), resize(style_picture, *style_shape), params)
     stylised, result = stylise_image(
         styler, resize(picture, *work_shape), output_shape=output_shape

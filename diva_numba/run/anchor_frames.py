@@ -59,12 +59,13 @@ class AnchorParams:
         a photo whose frame 0 is the style, the mean Lab distance to the
         painting moved along the motion climbs 2.5 / 4.8 / 5.9 by third of 24
         frames; carried from the anchor it stays at 0.25 / 0.33 / 0.40 (all
-        from a 192 px working size). The flicker is about seeding's (warping
+        from a 192 px working size). The flicker was about seeding's (warping
         error: the bundled example 2.43 against 2.47 seeded, the input's 2.19;
         Big Buck Bunny 1.30 against 1.28, the input's 0.92; BENCHMARKS.md
-        "Sub-pixel anchors at every size"). Anchors need the temporal guide
-        (``temporal_weight > 0``) and stand aside where painted keyframes are
-        given.
+        "Sub-pixel anchors at every size", before anchors started their synthesis
+        from their own analogy: :attr:`temporal_weight`). Anchors need the
+        run's temporal guide (``TransferParams.temporal_weight > 0``) and stand
+        aside where painted keyframes are given.
     min_coverage : float
         A frame becomes an anchor when less than this share of its pixels is
         reliably covered (reliability at least ``covered_from``) by the last
@@ -112,8 +113,9 @@ class AnchorParams:
         light) is then carried to the end of the shot. Big Buck Bunny 0-122 against
         its painted frame 122: the body clean instead of mottled, frame 122 5.99 Lab
         from the painting against 7.78, the warping error 1.45 against 1.41 (the
-        input's 1.08): the anchors' pairs jump more (4.15 against 1.97), the frames
-        between flicker less (1.07 against 1.33); weight 1: 1.54, the anchors' pairs
+        input's 1.08): the pairs into an anchor jump more (4.15 against 1.97 on
+        average, at most 7.8 times the input's), the frames between flicker less
+        (1.07 against 1.33); weight 1: 1.54, the anchors' pairs
         4.83 (BENCHMARKS.md "An anchor mends what the frames before it carried").
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least

@@ -184,7 +184,7 @@ def check_cluster(scale_out: ScaleOut) -> None:
     """
     _import_ray()
     address = scale_out.address
-    if address is None or address == "auto":
+    if address is None or address in ("auto", "local"):  # Ray finds or starts these itself
         return
     host, port = cluster_host_port(address)
     try:
@@ -214,7 +214,7 @@ def cluster_host_port(address: str) -> tuple[str, int]:
         raise DeviceError(
             f"{address!r} is not a Ray cluster address (host:port, ray://host:port or auto)"
         )
-    return parts.hostname, port or DEFAULT_PORTS[scheme]
+    return parts.hostname, DEFAULT_PORTS[scheme] if port is None else port
 
 
 def _import_ray():

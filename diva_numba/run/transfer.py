@@ -232,7 +232,8 @@ def transfer_video(
     keep_frames : path-like, optional
         Also copy the output frames there as PNG files (``NNNNNN.png``). The
         directory may exist; files already there are replaced only with
-        ``overwrite``, and only those the tool wrote (never an input).
+        ``overwrite``, and only those the tool wrote (never an input); frames an
+        earlier run kept there outside this run's range are then removed.
     on_frame : callable, optional
         Called with a :class:`~diva_numba.run.progress.FrameReport` after every frame.
     progress : bool, default False
