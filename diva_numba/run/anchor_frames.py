@@ -116,7 +116,9 @@ class AnchorParams:
         input's 1.08): the pairs into an anchor jump more (4.15 against 1.97 on
         average, at most 7.8 times the input's), the frames between flicker less
         (1.07 against 1.33); weight 1: 1.54, the anchors' pairs
-        4.83 (BENCHMARKS.md "An anchor mends what the frames before it carried").
+        4.83. Where the earlier frames were right, an anchor's own analogy is a
+        little further off: the oil pan's last third 0.80 -> 1.13 Lab from the
+        ideal (BENCHMARKS.md "An anchor mends what the frames before it carried").
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least
         the seeded frames' ``guided_lbfgs_iterations``; none where those are 0),
