@@ -193,8 +193,13 @@ def test_an_interrupted_run_resumes_chunk_by_chunk(clip, tmp_path, tiny_model):
             time.sleep(0.02)
 
     threading.Thread(target=interrupt_after_the_first_finished_frame, daemon=True).start()
-    with pytest.raises(Interrupted, match="--resume"):
-        transfer_video(**run)
+    # Ctrl-C's own handler, whatever an earlier test in this process left there.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Interrupted, match="--resume"):
+            transfer_video(**run)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert not out.exists() and work.is_dir()
     done_before = {}
     for chunk in work.glob("chunks/*"):
