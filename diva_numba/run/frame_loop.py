@@ -39,13 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from diva_numba.finishing.finisher import Finisher
-from diva_numba.gpu.device import Device, array_module, download_together, to_device
+from diva_numba.gpu.device import download_together, to_device
 from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
-from diva_numba.kernels.nnf_resample import pull_field
-from diva_numba.models import vgg
-from diva_numba.run import anchor_frames, anchors
+from diva_numba.run import anchor_frames, anchors, inheritance
 from diva_numba.run.anchor_frames import (
     anchor_synthesis,
     carried_work_field,
@@ -223,12 +221,14 @@ class FrameLoop:
 
     def resume(self, work: WorkDirectory) -> None:
         """Continue from the last finished frame's state in ``work``."""
-        self.state = _state_on_device(work.load_state(), self.device)
+        self.state = inheritance.state_on_device(work.load_state(), self.device)
         if self.anchoring and self.state.anchor_frame >= 0:
             self.anchor = (
                 self.state
                 if self.state.anchor_frame == self.state.index
-                else _state_on_device(work.load_anchor(self.state.anchor_frame), self.device)
+                else inheritance.state_on_device(
+                    work.load_anchor(self.state.anchor_frame), self.device
+                )
             )
         latent_b = None if self.known_b is not None else work.load_latent_b()
         if latent_b is not None:
@@ -325,7 +325,9 @@ class FrameLoop:
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
             params=self.params.analogy, features_bp=self.features_bp,
-            warm_start=None if known is None else WarmStart(latent_b=_feature_levels(known)),
+            warm_start=None if known is None else WarmStart(
+                latent_b=inheritance.feature_levels(known)
+            ),
             profile=self._profile(index, "full"),
         )  # fmt: skip
         if known is None:
@@ -351,10 +353,10 @@ class FrameLoop:
         followed = {
             lv: anchors.follow(state.anchor(lv), backward, occluded) for lv in state.deconv_ab
         }
-        warm_start = _warm_start(state, backward, followed, occluded, self.plan, params,
-                                 self.device)  # fmt: skip
+        warm_start = inheritance.warm_start(state, backward, followed, occluded, self.plan,
+                                            params, self.device)  # fmt: skip
         if not refresh_b:
-            warm_start.latent_b = _feature_levels(self.latent_b)
+            warm_start.latent_b = inheritance.feature_levels(self.latent_b)
         warm_start.solve_levels, warm_start.solve_boxes = anchors.plan_solves(followed, params)
         result = analogy(
             self.model, self._analogy_input(index, work_frame), self.plan.style,
@@ -421,21 +423,6 @@ class FrameLoop:
         )
 
 
-def _feature_levels(latent_b: dict) -> dict:
-    """B's latent features (levels 1..4) without its pixels (level 0)."""
-    return {level: value for level, value in latent_b.items() if level > 0}
-
-
-def _state_on_device(state: FrameState, device: Device) -> FrameState:
-    """A loaded state with its fields and solutions on ``device`` (one upload each)."""
-    return dataclasses.replace(
-        state,
-        fields_ab={lv: to_device(v, device) for lv, v in state.fields_ab.items()},
-        deconv_ab={lv: to_device(v, device) for lv, v in state.deconv_ab.items()},
-        output_field=None if state.output_field is None else to_device(state.output_field, device),
-    )
-
-
 def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
     """Host copies of a frame's results (one transfer), and the job that writes them.
 
@@ -476,32 +463,3 @@ def _frame_writer(work: WorkDirectory, outcome: FrameOutcome):
 def _output_frames(clip_path: Path, plan, first: int) -> Iterator:
     for index, frame in read_frames(clip_path, start=first, end=plan.end):
         yield index, resize(frame, *plan.output_shape)
-
-
-def _warm_start(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
-           params, device: Device) -> WarmStart:  # fmt: skip
-    """Seeds for frame t from frame t-1's state, on ``device``.
-
-    The fields move along the backward flow (PatchMatch refines them every
-    frame); each level's solution moves once from its anchor frame, along the
-    flow of ``followed`` (:func:`diva_numba.run.anchors.follow`). The state's fields and
-    solutions are on ``device``; the flows go up in one transfer and the
-    occlusion mask in another, and every level is moved there.
-    """
-    warm_start = WarmStart(patchmatch_iterations=params.guided_patchmatch_iterations)
-    style_shape = plan.style.shape[:2]
-    levels = list(followed)
-    flows = to_device(np.stack([backward] + [followed[lv][0] for lv in levels]), device)
-    occluded_by_level = anchors.pooled_masks(
-        to_device(occluded, device), max(state.fields_ab, default=1)
-    )
-    xp = array_module(flows)
-    for level, previous in state.fields_ab.items():
-        seeded, invalid = pull_field(
-            previous, flows[0], source_shape=vgg.level_shape(*style_shape, level)
-        )
-        warm_start.fields_ab[level] = seeded
-        warm_start.fresh_ab[level] = xp.maximum(invalid, occluded_by_level[level])
-    for slot, level in enumerate(levels, start=1):
-        warm_start.deconv_ab[level] = anchors.move(state.deconv_ab[level], flows[slot])
-    return warm_start
