@@ -1,6 +1,5 @@
 """Anchor frames: which frames run the deep analogy, and a slow pan that does not drift."""
 
-import dataclasses
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,6 @@ from diva_numba.images import load_image, save_image
 from diva_numba.run.anchor_frames import (
     AnchorParams,
     anchor_analogy,
-    anchor_synthesis,
     covered_share,
     exemplar_step,
     joined,
@@ -102,40 +100,33 @@ def test_anchor_frames_run_their_deconvolutions_longer(tmp_path, tiny_model, mon
     assert anchor_analogy(seeded, TransferParams(guided_lbfgs_iterations=0)) == seeded
 
 
-@pytest.mark.parametrize("weight", [0.5, None])
-def test_an_anchor_searches_every_pixel_held_to_earlier_outputs_by_its_weight(
-    tmp_path, tiny_model, monkeypatch, weight
+@pytest.mark.parametrize("agreement", [5.0, None])
+def test_an_anchor_s_synthesis_is_told_where_its_own_analogy_agrees(
+    tmp_path, tiny_model, monkeypatch, agreement
 ):
-    calls = []
-    real = frame_loop.synthesize
+    made, guides = [], []
+    real_anchor, real_synthesize = frame_loop.anchor_synthesis, frame_loop.synthesize
 
-    def spy(*args, params, temporal=None, **kwargs):
-        guide = None if temporal is None else (temporal.weight, temporal.field is None)
-        calls.append((params.fine_search, params.coarse_search, guide))
-        return real(*args, params=params, temporal=temporal, **kwargs)
+    def anchor(synthesis, temporal, own, params):
+        assert params.agreement == agreement and own.shape[2] == 3
+        made.append(real_anchor(synthesis, temporal, own, params))
+        return made[-1]
 
-    monkeypatch.setattr(frame_loop, "synthesize", spy)
+    def synthesize(*args, params, temporal=None, **kwargs):
+        guides.append((params, temporal))
+        return real_synthesize(*args, params=params, temporal=temporal, **kwargs)
+
+    monkeypatch.setattr(frame_loop, "anchor_synthesis", anchor)
+    monkeypatch.setattr(frame_loop, "synthesize", synthesize)
     stylise(tmp_path, pan_frames(5, width=64, height=48), tiny_model, max_spacing=2,
-            temporal_weight=weight)  # fmt: skip
-    frozen, everywhere = ("unreliable",) * 2, ("everywhere",) * 2
-    carried = (*frozen, (1.0, False))  # starting from the earlier output's matches
-    anchor = carried if weight is None else (*everywhere, (weight, True))
-    # Frame 0 has no earlier output; 2 and 4 are anchors, 1 and 3 carried.
-    assert calls == [(*frozen, None), carried, anchor, carried, anchor]
-
-
-def test_an_anchor_synthesis_starts_from_its_own_analogy_only_with_a_weight():
-    guide = TemporalGuide(np.zeros((2, 2, 3), np.uint8), np.ones((2, 2), np.float32), 1.0)
-    synthesis = TransferParams().synthesis
-    unchanged = anchor_synthesis(synthesis, guide, AnchorParams(temporal_weight=None))
-    assert unchanged == (synthesis, guide)
-    carried = dataclasses.replace(guide, field=np.zeros((2, 2, 2), np.int32))
-    searched, weighted = anchor_synthesis(synthesis, carried, AnchorParams(temporal_weight=0.5))
-    found = (searched.fine_search, searched.coarse_search, weighted.weight, weighted.field)
-    assert found == ("everywhere", "everywhere", 0.5, None)
-    for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError):
-            AnchorParams(temporal_weight=bad)
+            agreement=agreement)  # fmt: skip
+    # Frame 0 has no earlier output; 2 and 4 are anchors, synthesised as their agreement
+    # says; 1 and 3 are carried.
+    assert len(made) == 2 and len(guides) == 5 and guides[0][1] is None
+    assert [guides[2], guides[4]] == made
+    carried = [guide.carry for _, guide in made]
+    assert all((c is None) == (agreement is None) for c in carried)
+    assert guides[1][1].carry is None and guides[3][1].carry is None
 
 
 def test_without_anchors_every_frame_runs_the_analogy(tmp_path, tiny_model, monkeypatch):

@@ -59,7 +59,7 @@ def test_the_cli_uses_the_library_defaults(monkeypatch, tmp_path):
                "independent": False, "crf": 18, "chroma": "420", "size": None, "work_size": None,
                "preserve_colour": False, "mask_feather": 8.0, "anchors": True,
                "anchor_coverage": 0.85, "anchor_spacing": 24,
-               "anchor_temporal_weight": 4.0}  # fmt: skip
+               "anchor_agreement": 5.0, "anchor_temporal_weight": 4.0}  # fmt: skip
     for kind in ("cpu", "cuda"):
         assert _transfer_params(Device(kind, kind), options) == TransferParams.for_device(kind)
 

@@ -120,13 +120,21 @@ PREVIEW_ROWS = 4
     help="At most this many frames from one anchor frame to the next.",
 )
 @click.option(
+    "--anchor-agreement",
+    type=FiniteFloat(0.0, 1000.0),
+    default=default_of(AnchorParams, "agreement"),
+    show_default=True,
+    help="An anchor frame keeps what the frames before it carried where its own analogy "
+    "looks as they do within this many CIE Lab units, and mends the rest; 0 starts every "
+    "anchor afresh.",
+)
+@click.option(
     "--anchor-temporal-weight",
     type=FiniteFloat(0.0, 1000.0),
     default=default_of(AnchorParams, "temporal_weight"),
     show_default=True,
     help="Weight of the earlier output as a guide of an anchor frame, which searches "
-    "every pixel so that it mends what the frames before it carried; larger holds it "
-    "closer to them.",
+    "every pixel; larger jumps less at the anchor and mends less.",
 )
 @click.option(
     "--independent",
@@ -387,6 +395,7 @@ def _transfer_params(device: Device, options: dict) -> TransferParams:
             enabled=options["anchors"],
             min_coverage=options["anchor_coverage"],
             max_spacing=options["anchor_spacing"],
+            agreement=options["anchor_agreement"],
             temporal_weight=options["anchor_temporal_weight"],
         ),
         "crf": options["crf"],

@@ -62,8 +62,8 @@ class AnchorParams:
         from a 192 px working size). The flicker was about seeding's (warping
         error: the bundled example 2.43 against 2.47 seeded, the input's 2.19;
         Big Buck Bunny 1.30 against 1.28, the input's 0.92; BENCHMARKS.md
-        "Sub-pixel anchors at every size", before anchors started their synthesis
-        from their own analogy: :attr:`temporal_weight`). Anchors need the
+        "Sub-pixel anchors at every size", before anchors took their own analogy
+        where it differs from what was carried: :attr:`agreement`). Anchors need the
         run's temporal guide (``TransferParams.temporal_weight > 0``) and stand
         aside where painted keyframes are given.
     min_coverage : float
@@ -101,24 +101,28 @@ class AnchorParams:
         working-size flow (a whole-pixel pan at 200 x 120 from 96: up to 1.00
         Lab from the ideal without, 0.06 with). It costs 0.65 s a carried frame
         at 1080p on 2 CPU cores.
-    temporal_weight : float or None
-        An anchor frame's synthesis starts from the anchor's own analogy and
-        searches every pixel, and the earlier outputs moved along the flow are a
-        guide of this weight, no longer its starting matches
-        (:func:`anchor_synthesis`): so an anchor mends what the frames before it
-        carried, and the guide keeps it from jumping where the two agree. None
-        starts it from the earlier outputs' matches and keeps them wherever the
-        flow is trusted, as on carried frames: a mistake of an early frame (a dark
-        frame's analogy copying dark strokes onto a body that later comes into the
-        light) is then carried to the end of the shot. Big Buck Bunny 0-122 against
-        its painted frame 122: the body clean instead of mottled, frame 122 5.99 Lab
-        from the painting against 7.78, the warping error 1.45 against 1.41 (the
-        input's 1.08): the pairs into an anchor jump more (4.15 against 1.97 on
-        average, at most 7.8 times the input's), the frames between flicker less
-        (1.07 against 1.33); weight 1: 1.54, the anchors' pairs
-        4.83. Where the earlier frames were right, an anchor's own analogy is a
-        little further off: the oil pan's last third 0.80 -> 1.13 Lab from the
-        ideal (BENCHMARKS.md "An anchor mends what the frames before it carried").
+    agreement : float or None
+        An anchor frame's synthesis starts from the earlier outputs' matches
+        where they look as the anchor's own analogy does, within this many CIE
+        Lab units (:func:`~diva_numba.run.anchor_agreement.look_difference` at
+        the working size), and from its own analogy's elsewhere; it searches
+        every pixel, the earlier outputs a guide of weight
+        :attr:`temporal_weight` (:func:`~diva_numba.run.anchor_agreement.anchor_synthesis`).
+        None starts from the earlier outputs' matches and keeps them wherever
+        the flow is trusted, as on carried frames: a mistake of an early frame (a
+        dark frame's analogy copying dark strokes onto a body that later comes
+        into the light) is then carried to the end of the shot. 0 starts every
+        anchor from its own analogy: where the earlier frames were right, that is
+        a little further off (an oil pan whose frame 0 is its own painting: the
+        last third 1.13 Lab from the ideal, 1.54 times the first's), and every
+        anchor jumps (Big Buck Bunny 0-122: the pairs into an anchor 4.15 on
+        average, up to 7.8 times the input's). With 5: the pan 0.80 (1.10 times),
+        Big Buck Bunny's body clean, its anchors' pairs 2.38 (up to 3.7 times),
+        the warping error 1.24 against 1.45 (the input's 1.08; BENCHMARKS.md "An
+        anchor starts from what agrees with its own analogy").
+    temporal_weight : float
+        Weight of the earlier outputs as an anchor frame's guide (with an
+        ``agreement``): larger jumps less at the anchor and mends less.
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least
         the seeded frames' ``guided_lbfgs_iterations``; none where those are 0),
@@ -135,7 +139,8 @@ class AnchorParams:
     max_spacing: int = 24
     hold: float | None = None
     refine_at_output: bool = True
-    temporal_weight: float | None = 4.0
+    agreement: float | None = 5.0
+    temporal_weight: float = 4.0
     lbfgs_iterations: int = 20
 
     def __post_init__(self):
@@ -147,8 +152,10 @@ class AnchorParams:
             raise ValueError("hold must be at least 0, or None")
         if self.lbfgs_iterations < 0:
             raise ValueError("lbfgs_iterations must be at least 0")
-        if self.temporal_weight is not None and not 0.0 <= self.temporal_weight < math.inf:
-            raise ValueError("temporal_weight must be a finite number >= 0, or None")
+        if self.agreement is not None and not 0.0 <= self.agreement < math.inf:
+            raise ValueError("agreement must be a finite number >= 0, or None")
+        if not 0.0 <= self.temporal_weight < math.inf:
+            raise ValueError("temporal_weight must be a finite number >= 0")
 
 
 def anchor_analogy(seeded, params):
@@ -159,23 +166,6 @@ def anchor_analogy(seeded, params):
         return seeded
     iterations = max(seeded.lbfgs_iterations, params.anchors.lbfgs_iterations)
     return dataclasses.replace(seeded, lbfgs_iterations=iterations, lbfgs_min_decrease=0.0)
-
-
-def anchor_synthesis(synthesis, temporal: TemporalGuide, params: AnchorParams):
-    """An anchor frame's synthesis parameters and guide.
-
-    ``synthesis`` (the seeded frames'
-    :class:`~diva_numba.synthesis.pyramid.SynthesisParams`) searching every pixel,
-    and ``temporal`` without its field (the synthesis then starts from the anchor's
-    analogy) weighing :attr:`AnchorParams.temporal_weight`; both as given when that
-    is None.
-    """
-    if params.temporal_weight is None:
-        return synthesis, temporal
-    everywhere = dataclasses.replace(synthesis, fine_search="everywhere",
-                                     coarse_search="everywhere")  # fmt: skip
-    guide = dataclasses.replace(temporal, weight=params.temporal_weight, field=None, offsets=None)
-    return everywhere, guide
 
 
 def covered_share(reliability: np.ndarray, params: AnchorParams) -> float:
@@ -484,7 +474,6 @@ __all__ = [
     "landing_offsets",
     "exemplar_step",
     "anchor_analogy",
-    "anchor_synthesis",
     "output_flow",
     "refines_at_output",
     "grey_for_refinement",

@@ -44,8 +44,8 @@ from diva_numba.gpu.timing import Profile
 from diva_numba.image_analogy.deep_analogy import AnalogyModel, WarmStart, analogy
 from diva_numba.images import resize, save_image
 from diva_numba.run import anchor_frames, anchors, inheritance
+from diva_numba.run.anchor_agreement import anchor_synthesis, own_analogy
 from diva_numba.run.anchor_frames import (
-    anchor_synthesis,
     carried_work_field,
     covered_share,
     needs_anchor,
@@ -377,7 +377,8 @@ class FrameLoop:
             self.latent_b = {**result.latent_b, 0: result.b}
         synthesis = self.seeded_synthesis
         if base is not None:
-            synthesis, temporal = anchor_synthesis(synthesis, temporal, params.anchors)
+            own = own_analogy(self.plan.style, result.level_fields[1][0])
+            synthesis, temporal = anchor_synthesis(synthesis, temporal, own, params.anchors)
         return self._synthesised(
             index, frame, work_frame, result, synthesis, refreshed=refresh_b,
             temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind=kind,

@@ -64,8 +64,14 @@ from diva_numba.kernels.field_smoothing import FieldPriorParams, smooth_field
 from diva_numba.kernels.patchmatch import PatchMatchParams
 from diva_numba.kernels.voting import vote
 from diva_numba.synthesis.alignment import AlignmentParams, aligned_positions, alignment_scale
-from diva_numba.synthesis.scales import ExemplarCache, ScaleImages, scale_reliability, search_scale
-from diva_numba.synthesis.temporal_guide import TRUSTED, TemporalGuide, unreliable_pixels
+from diva_numba.synthesis.scales import (
+    ExemplarCache,
+    ScaleImages,
+    carried_pixels,
+    scale_reliability,
+    search_scale,
+)
+from diva_numba.synthesis.temporal_guide import TemporalGuide, unreliable_pixels
 
 
 @dataclass(frozen=True)
@@ -309,8 +315,7 @@ def synthesize(
         )  # fmt: skip
         if images.has("previous") and temporal.field is not None:
             positions = carry_positions(
-                positions, to_device(temporal.field, device),
-                images.frame["reliability"] >= TRUSTED,
+                positions, to_device(temporal.field, device), carried_pixels(images),
                 source_shape=exemplar_shape, field_source_shape=exemplar.shape[:2],
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
@@ -348,7 +353,7 @@ def synthesize(
             positions = field_k.astype(xp.float32)
     offsets = None
     if carried is not None and reliability is not None and params.vote_patch_size == 1:
-        trusted = reliability >= TRUSTED
+        trusted = to_host(carried_pixels(images))
         image, offsets = _sampled(exemplar, to_host(field_k), carried, trusted, temporal.offsets)
     else:
         image = _pixels(vote(images.exemplar, field_k, patch_size=params.vote_patch_size or patch))

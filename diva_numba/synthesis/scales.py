@@ -27,6 +27,7 @@ from diva_numba.synthesis.guide_channels import (
     ssd_source,
     ssd_target,
 )
+from diva_numba.synthesis.temporal_guide import TRUSTED
 
 #: Tile side, in pixels of a scale, of the boxes searched around the searched pixels.
 SEARCH_TILE = 32
@@ -75,6 +76,8 @@ class ScaleImages:
             host["reliability"] = (
                 scale_reliability(temporal, shape) if reliability is None else reliability
             )
+            if temporal.carry is not None:
+                host["carry"] = scale_map(temporal.carry, shape)
         if searched is not None:
             host["searched"] = searched
         return cls(
@@ -274,7 +277,21 @@ class ExemplarCache:
 
 def scale_reliability(temporal, shape) -> np.ndarray:
     """The temporal guide's reliability at a scale's ``shape``, float32 (H, W)."""
-    return resize(temporal.reliability.astype(np.float32)[:, :, None], *shape).reshape(shape)
+    return scale_map(temporal.reliability, shape)
+
+
+def scale_map(values: np.ndarray, shape) -> np.ndarray:
+    """A float (H, W) map of the output's size at a scale's ``shape``, float32."""
+    return resize(values.astype(np.float32)[:, :, None], *shape).reshape(shape)
+
+
+def carried_pixels(images: ScaleImages):
+    """Where a video frame's scale starts from the earlier output's field (bool (H, W)):
+    the flow trusted and, where the guide says so, carried (:attr:`TemporalGuide.carry`)."""
+    trusted = images.frame["reliability"] >= TRUSTED
+    if images.has("carry"):
+        trusted &= images.frame["carry"] >= TRUSTED
+    return trusted
 
 
 def _chw(image: np.ndarray) -> np.ndarray:

@@ -46,6 +46,12 @@ class TemporalGuide:
         exemplar there (bicubic), so that content moving by fractions of a
         pixel a frame moves so in the output, not by whole pixels. Given only
         where the flow is precise to fractions of an output pixel.
+    carry : float32 array (H, W), optional
+        Where ``field`` starts the synthesis besides where ``reliability`` is
+        trusted (at least :data:`TRUSTED` in both; scaled alike). None: wherever
+        the reliability is. An anchor frame keeps the earlier outputs as its
+        guide everywhere but starts from their matches only where they agree
+        with its own analogy (:mod:`~diva_numba.run.anchor_agreement`).
     """
 
     previous: np.ndarray
@@ -53,6 +59,7 @@ class TemporalGuide:
     weight: float
     field: object | None = None
     offsets: np.ndarray | None = None
+    carry: np.ndarray | None = None
 
 
 #: Reliability (0..1) from which the flow is trusted: the previous field is carried
