@@ -306,6 +306,24 @@ def test_analogy_input_notices_are_not_said_under_quiet(tmp_path, rng, tiny_mode
     assert quiet.stderr == ""
 
 
+def test_stylise_says_how_it_went_on_standard_error_and_nothing_under_quiet(
+    tmp_path, rng, tiny_model
+):
+    deep = tmp_path / "deep.png"
+    image = cv2.GaussianBlur(rng.integers(0, 65535, (40, 48, 3)).astype(np.uint16), (0, 0), 2)
+    cv2.imwrite(str(deep), image)
+    out = tmp_path / "out.png"
+    args = ["stylise", str(deep), str(deep), "-o", str(out), "--model", str(tiny_model),
+            "--first-iters", "2", "--work-size", "48"]  # fmt: skip
+    said = CliRunner().invoke(cli, args)
+    assert said.exit_code == 0, said.output
+    assert said.stdout == f"{out}\n"
+    assert "16-bit image reduced" in said.stderr and "2 L-BFGS iterations" in said.stderr
+    quiet = CliRunner().invoke(cli, [*args, "--overwrite", "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert (quiet.stdout, quiet.stderr) == (f"{out}\n", "")
+
+
 @pytest.mark.parametrize(
     ("width", "height", "work_size", "larger"),
     [(96, 24, "128", "--size"), (96, 24, "32", "--size"), (192, 48, "64", "--work-size")],

@@ -20,6 +20,7 @@ from diva_numba.cli.common import (
     by_device,
     default_of,
     device_option,
+    quiet_option,
 )
 from diva_numba.neural_style.params import (
     CONTENT_LAYERS,
@@ -275,14 +276,17 @@ def refuse_other_method(ctx: click.Context, method: str) -> None:
     help="ONNX feature model to use instead of the default one (fetched on first use).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@quiet_option
 @device_option
 @as_user_errors
-def stylise(style, image, output, device, **options):
+def stylise(style, image, output, device, quiet, **options):
     """Paint IMAGE in the manner of the STYLE image (neural style, Gatys et al.).
 
     The image's VGG-19 content (relu4_2) is kept while the Gram matrices of its
     features are brought to the style's, by L-BFGS on the pixels. The style may
     show anything: unlike the analogy, it needs no content in common with IMAGE.
+
+    Standard output gets OUTPUT; standard error how the optimisation went.
     """
     from diva_numba.neural_style.styler import stylise as stylise_files
 
@@ -297,7 +301,10 @@ def stylise(style, image, output, device, **options):
         overwrite=options["overwrite"],
     )
     losses = result.lbfgs.losses
-    click.echo(
-        f"{output} ({result.lbfgs.iterations} L-BFGS iterations, loss {losses[0]:.4g} -> "
-        f"{losses[-1]:.4g}, {result.seconds:.1f} s)"
-    )
+    if not quiet:
+        click.echo(
+            f"diva-numba: done in {result.seconds:.1f} s: {result.lbfgs.iterations} L-BFGS "
+            f"iterations, loss {losses[0]:.4g} -> {losses[-1]:.4g}",
+            err=True,
+        )
+    click.echo(str(output))

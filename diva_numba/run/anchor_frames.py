@@ -122,7 +122,8 @@ class AnchorParams:
         anchor starts from what agrees with its own analogy").
     temporal_weight : float
         Weight of the earlier outputs as an anchor frame's guide (with an
-        ``agreement``): larger jumps less at the anchor and mends less.
+        ``agreement``): larger jumps less at the anchor and mends less; 0 leaves
+        them out, and the anchor starts from its own analogy everywhere.
     lbfgs_iterations : int
         L-BFGS iterations of each deconvolution an anchor frame solves (at least
         the seeded frames' ``guided_lbfgs_iterations``; none where those are 0),

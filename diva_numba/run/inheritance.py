@@ -36,8 +36,8 @@ def state_on_device(state: FrameState, device: Device) -> FrameState:
     )
 
 
-def warm_start(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray, plan,
-           params, device: Device) -> WarmStart:  # fmt: skip
+def warm_start(state: FrameState, backward: np.ndarray, followed: dict, occluded: np.ndarray,
+               plan, params, device: Device) -> WarmStart:  # fmt: skip
     """Seeds for frame t from frame t-1's state, on ``device``.
 
     The fields move along the backward flow (PatchMatch refines them every
