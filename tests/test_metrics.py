@@ -15,6 +15,7 @@ from test_flow import bilinear_reference
 
 from diva_numba.cli.metrics_command import metrics
 from diva_numba.errors import InputError
+from diva_numba.video import read_frames
 from diva_numba.video.flow import flow_pair, occlusion_mask
 from diva_numba.video.metrics import WarpError, video_warp_error, warp_error
 
@@ -197,3 +198,30 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, clips, pan):
     assert "frames" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     missing = CliRunner().invoke(metrics, ["warp-error", str(tmp_path / "nope.mp4"), "-r", "x"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_an_output_of_part_of_the_clip_is_measured_against_that_part(tmp_path, clips, pan):
+    output, reference = clips
+    part = tmp_path / "part.mp4"
+    write_clip(part, pan[2:6])  # frames 2-5 of the reference
+    decoded = [frame for _, frame in read_frames(reference, start=2, end=6)]
+    expected = warp_error([frame for _, frame in read_frames(part)], decoded)
+    found = video_warp_error(part, reference, reference_start=2)
+    np.testing.assert_allclose(found.reference, expected.reference, atol=1e-6)
+    np.testing.assert_allclose(found.output, expected.output, atol=1e-6)
+    table = CliRunner().invoke(
+        metrics, ["warp-error", str(part), "-r", str(reference), "--reference-start", "2"]
+    )
+    assert table.exit_code == 0, table.output
+    assert [line.split()[0] for line in table.stdout.splitlines()[2:5]] == ["2-3", "3-4", "4-5"]
+    report = json.loads(
+        CliRunner()
+        .invoke(
+            metrics,
+            ["warp-error", str(part), "-r", str(reference), "--reference-start", "2", "--json"],
+        )  # fmt: skip
+        .stdout
+    )
+    assert report["pairs"][0]["frames"] == [2, 3]
+    with pytest.raises(InputError, match="not 4 from frame 5"):
+        video_warp_error(part, reference, reference_start=5)

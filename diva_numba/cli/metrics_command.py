@@ -26,6 +26,13 @@ def metrics():
     help="The input video whose motion the output should follow.",
 )
 @click.option(
+    "--reference-start",
+    type=click.IntRange(0),
+    metavar="N",
+    help="OUTPUT shows the reference from its frame N on (a transfer with --start N); "
+    "it is measured against that many reference frames [default: the same frames].",
+)
+@click.option(
     "--flow-preset",
     type=click.Choice(["ultrafast", "fast", "medium"]),
     default=DEFAULT_PRESET,
@@ -40,7 +47,8 @@ def metrics():
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @as_user_errors
-def warp_error(output: str, reference: str, flow_preset: str, style: str | None, as_json: bool):
+def warp_error(output: str, reference: str, reference_start: int | None, flow_preset: str,
+               style: str | None, as_json: bool):  # fmt: skip
     """Temporal warping error of OUTPUT, and of the reference for comparison.
 
     For each pair of consecutive frames: the mean absolute difference
@@ -58,10 +66,12 @@ def warp_error(output: str, reference: str, flow_preset: str, style: str | None,
         # disable=None: a bar on a terminal only, never in logs or pipes.
         return tqdm(frames, total=total, desc="warp error", unit="frame", leave=False, disable=None)
 
-    result = video_warp_error(output, reference, preset=flow_preset, progress=progress)
+    result = video_warp_error(output, reference, preset=flow_preset, progress=progress,
+                              reference_start=reference_start)  # fmt: skip
     texture = None if style is None else video_texture_retention(output, style)
+    first = reference_start or 0  # pairs are named by the reference's frames
     if as_json:
-        report = _as_dict(result, output, reference, flow_preset)
+        report = _as_dict(result, output, reference, flow_preset, first=first)
         if texture is not None:
             report["texture"] = _texture_dict(texture, output, style)
         click.echo(json.dumps(report, indent=2))
@@ -74,7 +84,7 @@ def warp_error(output: str, reference: str, flow_preset: str, style: str | None,
     for pair, (out, ref, valid) in enumerate(
         zip(result.output, result.reference, result.valid_fraction, strict=True)
     ):
-        label = f"{pair}-{pair + 1}"
+        label = f"{first + pair}-{first + pair + 1}"
         click.echo(f"{label:>12}  {out:8.3f}  {ref:9.3f}  {valid:8.1%}")
     click.echo(f"{'mean':>12}  {result.output_mean:8.3f}  {result.reference_mean:9.3f}")
     if texture is not None:
@@ -129,7 +139,7 @@ def _texture_dict(result, output: str, style: str) -> dict:
     }
 
 
-def _as_dict(result, output: str, reference: str, flow_preset: str) -> dict:
+def _as_dict(result, output: str, reference: str, flow_preset: str, *, first: int) -> dict:
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(float(value), 6)
 
@@ -141,7 +151,7 @@ def _as_dict(result, output: str, reference: str, flow_preset: str) -> dict:
         "flow_preset": flow_preset,
         "pairs": [
             {
-                "frames": [pair, pair + 1],
+                "frames": [first + pair, first + pair + 1],
                 "output": number(out),
                 "reference": number(ref),
                 "reliable_fraction": number(valid),

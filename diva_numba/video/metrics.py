@@ -148,6 +148,7 @@ def video_warp_error(
     *,
     preset: FlowPreset = DEFAULT_PRESET,
     progress=None,
+    reference_start: int | None = None,
 ) -> WarpError:
     """:func:`warp_error` of two video files, decoded frame by frame.
 
@@ -158,23 +159,42 @@ def video_warp_error(
     progress : callable or None, optional
         Wraps the reference's frame iterator, e.g.
         ``lambda frames, total: tqdm(frames, total=total)``.
+    reference_start : int, optional
+        The reference's frame that the output's first frame shows (an output
+        made of part of the clip, ``transfer --start``); the output is measured
+        against as many reference frames from there as it has. None: the two
+        have the same frames.
 
     Raises
     ------
     InputError
-        Unreadable files, or different frame counts.
+        Unreadable files; different frame counts, or (with ``reference_start``)
+        a reference too short for the output from there.
     """
     output_info = probe_video(output_path)
     reference_info = probe_video(reference_path)
-    if output_info.frame_count != reference_info.frame_count:
+    count = output_info.frame_count
+    if reference_start is None:
+        if count != reference_info.frame_count:
+            raise InputError(
+                f"{output_path} has {count} frames but "
+                f"{reference_path} has {reference_info.frame_count}"
+            )
+        reference_start = 0
+    elif reference_start < 0 or reference_start + count > reference_info.frame_count:
         raise InputError(
-            f"{output_path} has {output_info.frame_count} frames but "
-            f"{reference_path} has {reference_info.frame_count}"
+            f"{output_path} has {count} frames but {reference_path} has "
+            f"{reference_info.frame_count}, not {count} from frame {reference_start}"
         )
     output_frames = (frame for _, frame in read_frames(output_path))
-    reference_frames = (frame for _, frame in read_frames(reference_path))
+    reference_frames = (
+        frame
+        for _, frame in read_frames(
+            reference_path, start=reference_start, end=reference_start + count
+        )
+    )
     if progress is not None:
-        reference_frames = progress(reference_frames, reference_info.frame_count)
+        reference_frames = progress(reference_frames, count)
     return warp_error(output_frames, reference_frames, preset=preset)
 
 
