@@ -34,7 +34,28 @@ def test_addresses_ray_resolves_itself_are_not_dialled(monkeypatch, address):
         raise AssertionError(f"{address!r} is not a host to connect to")
 
     monkeypatch.setattr(socket, "create_connection", dial)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scale_out.check_cluster(ScaleOut(workers=2, address=address))
+
+
+def test_auto_is_the_address_in_the_environment_checked_like_any(monkeypatch):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'diva-numba[ray]')")
+    address = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with pytest.raises(DeviceError, match=f"at {address} \\(from RAY_ADDRESS\\)"):
+        scale_out.check_cluster(ScaleOut(workers=2, address="auto"))
+
+
+def test_workers_without_an_address_start_a_cluster_of_their_own(monkeypatch):
+    # Not the one RAY_ADDRESS names, nor one an earlier run left on this machine.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    seen = {}
+    fake = types.SimpleNamespace(init=lambda **options: seen.update(options),
+                                 shutdown=lambda: None)  # fmt: skip
+    cpu = types.SimpleNamespace(is_cuda=False)
+    with scale_out._cluster(fake, ScaleOut(workers=2), cpu, None):
+        pass
+    assert seen["address"] == "local" and seen["num_cpus"] == 2
 
 
 def closed_port() -> int:

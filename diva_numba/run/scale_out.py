@@ -49,6 +49,8 @@ POLL_SECONDS = 0.5
 CONNECT_SECONDS = 5.0
 #: Ports an address without one means: Ray Client's for ``ray://``, the GCS's otherwise.
 DEFAULT_PORTS = {"ray": 10001, "": 6379}
+#: The environment variable Ray reads a cluster's address from (for ``auto``).
+RAY_ADDRESS = "RAY_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,9 @@ def check_cluster(scale_out: ScaleOut) -> None:
 
     Ray must be installed; a cluster's address must accept a TCP connection within
     :data:`CONNECT_SECONDS`. Without that check ``ray.init`` waits for an absent
-    cluster for many minutes, deaf to Ctrl-C. ``auto`` (the address Ray finds
-    itself) is left to Ray.
+    cluster for many minutes, deaf to Ctrl-C. ``auto`` is the address in the
+    ``RAY_ADDRESS`` environment variable, which is checked the same way, or
+    else the cluster Ray finds on this machine itself.
 
     Raises
     ------
@@ -183,7 +186,9 @@ def check_cluster(scale_out: ScaleOut) -> None:
         Ray is not installed, or the address is malformed or unreachable.
     """
     _import_ray()
-    address = scale_out.address
+    address, named = scale_out.address, ""
+    if address == "auto" and os.environ.get(RAY_ADDRESS):  # what ray.init reads for "auto"
+        address, named = os.environ[RAY_ADDRESS], f" (from {RAY_ADDRESS})"
     if address is None or address in ("auto", "local"):  # Ray finds or starts these itself
         return
     host, port = cluster_host_port(address)
@@ -192,7 +197,7 @@ def check_cluster(scale_out: ScaleOut) -> None:
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise DeviceError(
-            f"cannot reach the Ray cluster at {address} ({reason}); is it running?"
+            f"cannot reach the Ray cluster at {address}{named} ({reason}); is it running?"
         ) from None
 
 
@@ -243,6 +248,9 @@ def _cluster(ray, scale_out: ScaleOut, device, threads: int | None):
     }
     if scale_out.address is None:
         options.update(
+            # "local": a cluster of this run's own, never one that RAY_ADDRESS or an
+            # earlier session on this machine points ray.init at.
+            address="local",
             num_cpus=scale_out.workers * (threads or 1),
             num_gpus=scale_out.workers if device.is_cuda else 0,
             include_dashboard=False,
