@@ -1,5 +1,7 @@
 """Where an anchor frame keeps what the frames before it carried."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from diva_numba.run.anchor_agreement import anchor_synthesis, look_difference, own_analogy
 from diva_numba.run.anchor_frames import AnchorParams
 from diva_numba.run.params import TransferParams
-from diva_numba.synthesis.scales import ScaleImages, carried_pixels
+from diva_numba.synthesis.scales import carried_pixels
 from diva_numba.synthesis.temporal_guide import TemporalGuide
 
 
@@ -53,6 +55,9 @@ def test_an_anchor_starts_from_what_was_carried_only_where_it_looks_as_its_own_a
     assert unchanged == (synthesis, temporal)
     _, everywhere = anchor_synthesis(synthesis, temporal, own, AnchorParams(agreement=100.0))
     np.testing.assert_array_equal(everywhere.carry, 1.0)
+    same = dataclasses.replace(temporal, previous=cv2.resize(own, (128, 96)))
+    _, afresh = anchor_synthesis(synthesis, same, own, AnchorParams(agreement=0.0))
+    np.testing.assert_array_equal(afresh.carry, 0.0)  # 0: even the same look starts afresh
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             AnchorParams(agreement=bad)
@@ -62,11 +67,9 @@ def test_an_anchor_starts_from_what_was_carried_only_where_it_looks_as_its_own_a
 
 def test_a_scale_starts_from_the_carried_field_where_trusted_and_carried():
     reliability = np.array([[1.0, 1.0, 0.5, 0.0]], np.float32)
-    images = ScaleImages(frame={"reliability": reliability}, exemplar=None, latent=None,
-                         temporal_weight=1.0)  # fmt: skip
-    np.testing.assert_array_equal(carried_pixels(images), [[True, True, False, False]])
-    images.frame["carry"] = np.array([[1.0, 0.0, 1.0, 1.0]], np.float32)
-    np.testing.assert_array_equal(carried_pixels(images), [[True, False, False, False]])
+    np.testing.assert_array_equal(carried_pixels(reliability), [[True, True, False, False]])
+    carry = np.array([[1.0, 0.0, 1.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(carried_pixels(reliability, carry), [[True, False, False, False]])
 
 
 def test_an_anchor_s_own_analogy_is_the_style_through_its_field():

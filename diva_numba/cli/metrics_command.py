@@ -30,7 +30,8 @@ def metrics():
     type=click.IntRange(0),
     metavar="N",
     help="OUTPUT shows the reference from its frame N on (a transfer with --start N); "
-    "it is measured against that many reference frames [default: the same frames].",
+    "it is measured against as many reference frames from N as it has "
+    "[default: the same frames].",
 )
 @click.option(
     "--flow-preset",
@@ -149,6 +150,7 @@ def _as_dict(result, output: str, reference: str, flow_preset: str, *, first: in
         "width": result.width,
         "height": result.height,
         "flow_preset": flow_preset,
+        "reference_start": first,
         "pairs": [
             {
                 "frames": [first + pair, first + pair + 1],

@@ -30,6 +30,7 @@ from diva_numba.neural_style.params import (
     STYLE_LAYERS,
     NeuralStyleParams,
 )
+from diva_numba.run.progress import clock
 
 INPUT_IMAGE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -303,7 +304,7 @@ def stylise(style, image, output, device, quiet, **options):
     losses = result.lbfgs.losses
     if not quiet:
         click.echo(
-            f"diva-numba: done in {result.seconds:.1f} s: {result.lbfgs.iterations} L-BFGS "
+            f"diva-numba: done in {clock(result.seconds)}: {result.lbfgs.iterations} L-BFGS "
             f"iterations, loss {losses[0]:.4g} -> {losses[-1]:.4g}",
             err=True,
         )

@@ -104,7 +104,7 @@ def agreement(temporal: TemporalGuide, own: np.ndarray, threshold: float) -> np.
     own : uint8 array (h, w, 3)
         The anchor's own analogy at the working size (:func:`own_analogy`).
     threshold : float
-        Largest :func:`look_difference` at which the two agree.
+        The two agree where their :func:`look_difference` is below it (0: nowhere).
 
     Returns
     -------
@@ -114,7 +114,7 @@ def agreement(temporal: TemporalGuide, own: np.ndarray, threshold: float) -> np.
     """
     height, width = own.shape[:2]
     earlier = cv2.resize(temporal.previous, (width, height), interpolation=cv2.INTER_AREA)
-    agrees = (look_difference(own, earlier) <= threshold).astype(np.float32)
+    agrees = (look_difference(own, earlier) < threshold).astype(np.float32)
     out_height, out_width = temporal.reliability.shape
     return cv2.resize(agrees, (out_width, out_height), interpolation=cv2.INTER_LINEAR)
 

@@ -376,9 +376,10 @@ class FrameLoop:
         if refresh_b:
             self.latent_b = {**result.latent_b, 0: result.b}
         synthesis = self.seeded_synthesis
-        if base is not None:
-            own = own_analogy(self.plan.style, result.level_fields[1][0])
-            synthesis, temporal = anchor_synthesis(synthesis, temporal, own, params.anchors)
+        if base is not None and params.anchors.agreement is not None:
+            with result.profile.stage("synthesis"):
+                own = own_analogy(self.plan.style, result.level_fields[1][0])
+                synthesis, temporal = anchor_synthesis(synthesis, temporal, own, params.anchors)
         return self._synthesised(
             index, frame, work_frame, result, synthesis, refreshed=refresh_b,
             temporal=temporal, solutions=solutions, state_anchors=state_anchors, kind=kind,

@@ -249,7 +249,7 @@ def _cluster(ray, scale_out: ScaleOut, device, threads: int | None):
     if scale_out.address is None:
         options.update(
             # "local": a cluster of this run's own, never one that RAY_ADDRESS or an
-            # earlier session on this machine points ray.init at.
+            # earlier Ray cluster on this machine points ray.init at.
             address="local",
             num_cpus=scale_out.workers * (threads or 1),
             num_gpus=scale_out.workers if device.is_cuda else 0,

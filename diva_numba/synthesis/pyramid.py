@@ -68,6 +68,7 @@ from diva_numba.synthesis.scales import (
     ExemplarCache,
     ScaleImages,
     carried_pixels,
+    scale_map,
     scale_reliability,
     search_scale,
 )
@@ -315,7 +316,8 @@ def synthesize(
         )  # fmt: skip
         if images.has("previous") and temporal.field is not None:
             positions = carry_positions(
-                positions, to_device(temporal.field, device), carried_pixels(images),
+                positions, to_device(temporal.field, device),
+                carried_pixels(images.frame["reliability"], images.frame.get("carry")),
                 source_shape=exemplar_shape, field_source_shape=exemplar.shape[:2],
             )  # fmt: skip
         field_k = round_positions(positions, exemplar_shape)
@@ -353,7 +355,8 @@ def synthesize(
             positions = field_k.astype(xp.float32)
     offsets = None
     if carried is not None and reliability is not None and params.vote_patch_size == 1:
-        trusted = to_host(carried_pixels(images))
+        carry = None if temporal.carry is None else scale_map(temporal.carry, reliability.shape)
+        trusted = carried_pixels(reliability, carry)  # on the host: no download
         image, offsets = _sampled(exemplar, to_host(field_k), carried, trusted, temporal.offsets)
     else:
         image = _pixels(vote(images.exemplar, field_k, patch_size=params.vote_patch_size or patch))

@@ -285,12 +285,16 @@ def scale_map(values: np.ndarray, shape) -> np.ndarray:
     return resize(values.astype(np.float32)[:, :, None], *shape).reshape(shape)
 
 
-def carried_pixels(images: ScaleImages):
+def carried_pixels(reliability, carry=None):
     """Where a video frame's scale starts from the earlier output's field (bool (H, W)):
-    the flow trusted and, where the guide says so, carried (:attr:`TemporalGuide.carry`)."""
-    trusted = images.frame["reliability"] >= TRUSTED
-    if images.has("carry"):
-        trusted &= images.frame["carry"] >= TRUSTED
+    the flow trusted and, where the guide says so, carried (:attr:`TemporalGuide.carry`).
+
+    ``reliability`` and ``carry`` are the scale's float (H, W) maps, both on the
+    host or both on the device; ``carry`` None carries wherever the flow is trusted.
+    """
+    trusted = reliability >= TRUSTED
+    if carry is not None:
+        trusted &= carry >= TRUSTED
     return trusted
 
 

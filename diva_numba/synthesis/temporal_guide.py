@@ -47,9 +47,9 @@ class TemporalGuide:
         pixel a frame moves so in the output, not by whole pixels. Given only
         where the flow is precise to fractions of an output pixel.
     carry : float32 array (H, W), optional
-        Where ``field`` starts the synthesis besides where ``reliability`` is
-        trusted (at least :data:`TRUSTED` in both; scaled alike). None: wherever
-        the reliability is. An anchor frame keeps the earlier outputs as its
+        Of the pixels where ``reliability`` is trusted, those where ``field``
+        starts the synthesis (at least :data:`TRUSTED` in both; scaled alike).
+        None: all of them. An anchor frame keeps the earlier outputs as its
         guide everywhere but starts from their matches only where they agree
         with its own analogy (:mod:`~diva_numba.run.anchor_agreement`).
     """
