@@ -20,6 +20,24 @@ def thirds(values):
     return [float(np.mean(values[k * FRAMES // 3 : (k + 1) * FRAMES // 3])) for k in range(3)]
 
 
+def painted_pan_clip(folder: Path, *, count: int, width: int, height: int):
+    """A pan over a photo, written as ``clip.mp4`` with its painted frame 0 as ``style.png``."""
+    pan = painted_pan(data.chelsea(), count=count, width=width, height=height, step=(2.0, 3.0))
+    write_clip(folder / "clip.mp4", np.stack(pan.frames), crf=4)
+    save_image(folder / "style.png", pan.painting)
+    return pan
+
+
+def run_pan(folder: Path, pan, params, model_path, frames: Path):
+    """``params`` run on the pan: the run's result, its kept frames, each one's Lab to its ideal."""
+    result = transfer_video(folder / "style.png", folder / "clip.mp4", folder / "out.mp4",
+                            params, device="cpu", model=model_path, keep_frames=frames,
+                            overwrite=True)  # fmt: skip
+    outputs = [load_image(frames / f"{i:06d}.png") for i in range(len(pan.frames))]
+    ideal = zip(outputs, pan.ideals, pan.visible, strict=True)
+    return result, outputs, [lab_distance(o, i, v) for o, i, v in ideal]
+
+
 @pytest.mark.model
 @pytest.mark.slow
 def test_a_painted_pan_does_not_drift(model_path, tmp_path: Path):
@@ -36,21 +54,14 @@ def test_a_painted_pan_does_not_drift(model_path, tmp_path: Path):
     of an output pixel, and the matches moved with its fractions land off);
     seeded frame by frame, 0.20 / 0.67 / 1.03.
     """
-    pan = painted_pan(data.chelsea(), count=FRAMES, width=200, height=120, step=(2.0, 3.0))
-    write_clip(tmp_path / "clip.mp4", np.stack(pan.frames), crf=4)
-    save_image(tmp_path / "style.png", pan.painting)
+    pan = painted_pan_clip(tmp_path, count=FRAMES, width=200, height=120)
     params = TransferParams.for_device(
         "cpu", work_size=96, analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3),
         guided_lbfgs_iterations=2,
     )  # fmt: skip
-    result = transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4",
-                            params, device="cpu", model=model_path,
-                            keep_frames=tmp_path / "frames")  # fmt: skip
+    result, _, lab = run_pan(tmp_path, pan, params, model_path, tmp_path / "frames")
     assert (result.width, result.height) == (200, 120)
-    outputs = [load_image(tmp_path / "frames" / f"{i:06d}.png") for i in range(FRAMES)]
-    output = thirds(
-        [lab_distance(o, i, v) for o, i, v in zip(outputs, pan.ideals, pan.visible, strict=True)]
-    )
+    output = thirds(lab)
     unmoved = thirds(
         [lab_distance(pan.painting, i, v) for i, v in zip(pan.ideals, pan.visible, strict=True)]
     )
@@ -72,18 +83,11 @@ def test_a_large_output_follows_its_previous_field(model_path, tmp_path: Path):
     working size, not refined at the output size: 0.57 and 0.72); upsampling the
     working field each frame instead gave 0.9 -> 6.3 Lab and a warping error of 4.99.
     """
-    frames = 8
-    pan = painted_pan(data.chelsea(), count=frames, width=400, height=240, step=(2.0, 3.0))
-    write_clip(tmp_path / "clip.mp4", np.stack(pan.frames), crf=4)
-    save_image(tmp_path / "style.png", pan.painting)
+    pan = painted_pan_clip(tmp_path, count=8, width=400, height=240)
     params = TransferParams.for_device(
         "cpu", work_size=96, analogy=AnalogyParams.for_device("cpu", lbfgs_iterations=3)
     )
-    transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4",
-                   params, device="cpu", model=model_path,
-                   keep_frames=tmp_path / "frames")  # fmt: skip
-    outputs = [load_image(tmp_path / "frames" / f"{i:06d}.png") for i in range(frames)]
-    lab = [lab_distance(o, i, v) for o, i, v in zip(outputs, pan.ideals, pan.visible, strict=True)]
+    _, outputs, lab = run_pan(tmp_path, pan, params, model_path, tmp_path / "frames")
     error = warp_error(outputs, pan.frames)
     print(f"Lab {np.round(lab, 2)}; warping error {np.mean(error.output):.2f} "
           f"(input {np.mean(error.reference):.2f})")  # fmt: skip
@@ -102,9 +106,7 @@ def test_an_anchor_keeps_a_painted_pan_it_agrees_with(model_path, tmp_path: Path
     third 0.03 / 0.04 / 0.04 by agreement, 0.03 / 0.10 / 0.20 from the anchors' own
     analogy everywhere.
     """
-    pan = painted_pan(data.chelsea(), count=FRAMES, width=200, height=120, step=(2.0, 3.0))
-    write_clip(tmp_path / "clip.mp4", np.stack(pan.frames), crf=4)
-    save_image(tmp_path / "style.png", pan.painting)
+    pan = painted_pan_clip(tmp_path, count=FRAMES, width=200, height=120)
     found = {}
     for agreement in (5.0, 0.0):
         params = TransferParams.for_device(
@@ -112,17 +114,8 @@ def test_an_anchor_keeps_a_painted_pan_it_agrees_with(model_path, tmp_path: Path
             guided_lbfgs_iterations=2,
             anchors=AnchorParams(max_spacing=3, agreement=agreement),
         )  # fmt: skip
-        frames = tmp_path / f"frames-{agreement}"
-        transfer_video(tmp_path / "style.png", tmp_path / "clip.mp4", tmp_path / "out.mp4",
-                       params, device="cpu", model=model_path, keep_frames=frames,
-                       overwrite=True)  # fmt: skip
-        outputs = [load_image(frames / f"{i:06d}.png") for i in range(FRAMES)]
-        found[agreement] = thirds(
-            [
-                lab_distance(o, i, v)
-                for o, i, v in zip(outputs, pan.ideals, pan.visible, strict=True)
-            ]  # fmt: skip
-        )
+        _, _, lab = run_pan(tmp_path, pan, params, model_path, tmp_path / f"frames-{agreement}")
+        found[agreement] = thirds(lab)
     print(f"Lab per third: by agreement {found[5.0]}, afresh {found[0.0]}")
     assert max(found[5.0]) < 0.3
     assert found[0.0][2] > 2 * found[5.0][2]
